@@ -1,0 +1,68 @@
+# modelloop — the project's verbs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: help setup tools test test-unit test-integration test-faults demo crds crds-check lint bench images kind-e2e clean
+
+help: ## list the verbs
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(PIP_STAMP): pyproject.toml
+	@echo "[setup] creating $(VENV) and installing modelloop with all extras (first time: a few minutes, torch is large)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[operator,trainer,server,dev]'
+	@touch $@
+
+setup: $(PIP_STAMP) tools ## create the virtualenv and build the pinned tools (cached outside the repo)
+
+tools: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, MinIO, Helm; install promtool, lua5.1
+	@bash hack/tools.sh >/dev/null
+
+test: setup ## everything CI runs: lint, CRD drift, unit, integration, e2e and fault tests
+	@$(MAKE) --no-print-directory lint crds-check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(PIP_STAMP) ## pure tests only (no processes started)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## tests against a real kube-apiserver and MinIO
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-faults: setup ## the fault suite (operator killed, MinIO stopped, API server restarted, ...)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+demo: setup ## the whole loop on this machine: control plane, MinIO, operator, server + sidecar, training, hot swap
+	$(PY) -m modelloop.devenv.demo
+
+crds: $(PIP_STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the pydantic models
+	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds
+
+crds-check: $(PIP_STAMP) ## fail if the committed CRDs differ from the models
+	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --check
+
+lint: $(PIP_STAMP) ## ruff, mypy --strict on the packages, import-linter layer contract
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: setup ## benchmarks: each prints its baseline, its own figure and the ratio
+	$(PY) -m bench
+
+images: ## build the operator, trainer and server images (needs Docker)
+	docker build -f operator/Dockerfile -t modelloop/operator:dev .
+	docker build -f trainer-image/Dockerfile -t modelloop/trainer:dev .
+	docker build -f server-image/Dockerfile -t modelloop/server:dev .
+
+kind-e2e: ## for users with Docker: kind cluster, images, MinIO, chart, example policy, wait for Active
+	bash hack/kind-e2e.sh
+
+clean: ## remove the virtualenv and caches (the built tools stay in ~/.cache/modelloop)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The contracts every part of modelloop shares: custom resources, artifact layout, feedback."""

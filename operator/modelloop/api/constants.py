@@ -1,0 +1,55 @@
+"""Names that other parts, users and acceptance checks rely on. Change them only with a migration."""
+
+from typing import Final
+
+GROUP: Final = "modelloop.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "modelloop"
+
+RETRAINPOLICY_KIND: Final = "RetrainPolicy"
+RETRAINPOLICY_PLURAL: Final = "retrainpolicies"
+RETRAINPOLICY_SINGULAR: Final = "retrainpolicy"
+RETRAINPOLICY_SHORT: Final = "rp"
+
+MODELVERSION_KIND: Final = "ModelVersion"
+MODELVERSION_PLURAL: Final = "modelversions"
+MODELVERSION_SINGULAR: Final = "modelversion"
+MODELVERSION_SHORT: Final = "mv"
+
+# Annotations a user sets on a RetrainPolicy. The operator never edits them; what it has done
+# with a value is remembered in the policy's status.
+ANNOTATION_RETRAIN_NOW: Final = f"{GROUP}/retrain-now"
+ANNOTATION_ROLLBACK_TO: Final = f"{GROUP}/rollback-to"
+ROLLBACK_PREVIOUS: Final = "previous"
+
+# Set by the reload sidecar on its own Pod: what this replica serves right now.
+ANNOTATION_SERVING_VERSION: Final = f"{GROUP}/serving-version"
+ANNOTATION_SERVING_DIGEST: Final = f"{GROUP}/serving-digest"
+
+# Labels the operator puts on what it creates.
+LABEL_MODEL: Final = f"{GROUP}/model"
+LABEL_POLICY: Final = f"{GROUP}/policy"
+LABEL_VERSION: Final = f"{GROUP}/version"
+LABEL_COMPONENT: Final = f"{GROUP}/component"  # "train" | "verify"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "modelloop"
+
+# Environment the operator sets on training and verification pods (the trainer's contract).
+ENV_MODEL: Final = "MODELLOOP_MODEL"
+ENV_VERSION: Final = "MODELLOOP_VERSION"
+ENV_PARENT_VERSION: Final = "MODELLOOP_PARENT_VERSION"  # empty: train from scratch
+ENV_ACTIVE_VERSION: Final = "MODELLOOP_ACTIVE_VERSION"  # verify: the version to beat, may be empty
+ENV_BUCKET: Final = "MODELLOOP_BUCKET"
+ENV_S3_ENDPOINT: Final = "MODELLOOP_S3_ENDPOINT"  # host:port
+ENV_S3_SECURE: Final = "MODELLOOP_S3_SECURE"  # "true" | "false"
+ENV_S3_REGION: Final = "MODELLOOP_S3_REGION"
+ENV_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"  # from a Secret, never a literal
+ENV_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"  # from a Secret, never a literal
+ENV_DATASET: Final = "MODELLOOP_DATASET"  # prefix in the bucket of the base dataset
+ENV_PLUGIN: Final = "MODELLOOP_PLUGIN"  # "package.module:Class" implementing the model plug-in
+ENV_HYPERPARAMETERS: Final = "MODELLOOP_HYPERPARAMETERS"  # JSON object
+ENV_FEEDBACK_THROUGH: Final = "MODELLOOP_FEEDBACK_THROUGH"  # last feedback key included, may be empty
+ENV_GATES: Final = "MODELLOOP_GATES"  # verify: JSON of the policy's gates (for the probe sizes)
+
+DEFAULT_PLUGIN: Final = "modelloop_trainer.examples.digits:DigitsPlugin"

@@ -1,0 +1,44 @@
+"""The feedback record: a reviewer's label for an input the server answered.
+
+The server appends records in batches to ``<model>/feedback/<key>.jsonl``. Keys sort in time
+order (UTC timestamp first, then a random suffix), so the operator counts only what is new with
+a ``start_after`` listing from its cursor, and the trainer takes everything up to a key.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .artifacts import feedback_prefix
+
+
+class FeedbackRecord(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    id: str = Field(description="Client-supplied or server-generated id of the reviewed request.")
+    version: str = Field(description="The model version that answered.")
+    input: list[float] | list[list[float]] = Field(description="The input the model answered.")
+    predicted: int = Field(ge=0)
+    label: int = Field(ge=0, description="The reviewer's answer.")
+    reviewed_at: datetime = Field(alias="reviewedAt")
+
+    @property
+    def is_correction(self) -> bool:
+        return self.label != self.predicted
+
+
+def batch_key(model: str, now: datetime | None = None) -> str:
+    """A sortable, unique object key for one flushed batch."""
+    ts = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{feedback_prefix(model)}{ts}-{secrets.token_hex(4)}.jsonl"
+
+
+def encode_batch(records: list[FeedbackRecord]) -> bytes:
+    return b"".join(r.model_dump_json(by_alias=True).encode() + b"\n" for r in records)
+
+
+def decode_batch(data: bytes) -> list[FeedbackRecord]:
+    return [FeedbackRecord.model_validate_json(line) for line in data.splitlines() if line.strip()]

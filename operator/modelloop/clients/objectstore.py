@@ -1,0 +1,223 @@
+"""S3-generic object store access (MinIO in tests and the demo, any S3 in production).
+
+Everything that touches the bucket goes through :class:`ObjectStore`: uploads and downloads
+stream in chunks (a 1 GB artifact never sits in memory) and transient failures (connection
+refused, 5xx, throttling) are retried with exponential backoff, so a MinIO restart is a delay,
+not a failed training run or a lost feedback batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from modelloop.api import constants as c
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK = 8 << 20
+_TRANSIENT_S3 = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
+
+
+class NotFound(KeyError):
+    """The object does not exist (a fact, never retried)."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    secure: bool = False
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StoreConfig:
+        """Credentials come from the environment, which Kubernetes fills from a Secret."""
+        e = os.environ if env is None else env
+        missing = [k for k in (c.ENV_S3_ENDPOINT, c.ENV_ACCESS_KEY, c.ENV_SECRET_KEY, c.ENV_BUCKET) if not e.get(k)]
+        if missing:
+            raise RuntimeError(f"object store not configured: set {', '.join(missing)}")
+        return cls(
+            endpoint=e[c.ENV_S3_ENDPOINT],
+            access_key=e[c.ENV_ACCESS_KEY],
+            secret_key=e[c.ENV_SECRET_KEY],
+            bucket=e[c.ENV_BUCKET],
+            secure=e.get(c.ENV_S3_SECURE, "false").lower() == "true",
+            region=e.get(c.ENV_S3_REGION) or None,
+        )
+
+
+def _transient(err: BaseException) -> bool:
+    if isinstance(err, S3Error):
+        return err.code in _TRANSIENT_S3
+    return isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)) and not isinstance(
+        err, (FileNotFoundError, IsADirectoryError, PermissionError)
+    )
+
+
+class ObjectStore:
+    def __init__(self, config: StoreConfig, attempts: int = 6, base_delay: float = 0.2, max_delay: float = 5.0):
+        self.config = config
+        self.bucket = config.bucket
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0), maxsize=16, retries=False
+        )
+        self.client = Minio(
+            config.endpoint,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            secure=config.secure,
+            region=config.region,
+            http_client=http,
+        )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **kw: Any) -> ObjectStore:
+        return cls(StoreConfig.from_env(env), **kw)
+
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        delay = self.base_delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except S3Error as e:
+                if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                    raise NotFound(f"s3://{self.bucket}/{what}: {e.code}") from e
+                if not _transient(e) or attempt == self.attempts:
+                    raise
+                err: BaseException = e
+            except Exception as e:  # noqa: BLE001 - classified just below
+                if not _transient(e) or attempt == self.attempts:
+                    raise
+                err = e
+            log.warning("object store: %s failed (%s), retry %d/%d in %.1fs", what, err, attempt, self.attempts - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")
+
+    def ensure_bucket(self) -> None:
+        def go() -> None:
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket)
+                except S3Error as e:
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+        self.retry(self.bucket, go)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Upload small data in one PUT (atomic on S3); returns its SHA-256."""
+        self.retry(key, lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type))
+        return hashlib.sha256(data).hexdigest()
+
+    def put_json(self, key: str, obj: Any) -> str:
+        return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> tuple[str, int]:
+        """Stream a file up (multipart for large files); returns (sha256, size) of what was sent."""
+        sha, size = _hash_file(path)
+
+        def go() -> None:
+            with path.open("rb") as f:
+                self.client.put_object(self.bucket, key, f, size, content_type=content_type, part_size=64 << 20)
+
+        self.retry(key, go)
+        return sha, size
+
+    def get_bytes(self, key: str) -> bytes:
+        def go() -> bytes:
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self.retry(key, go)
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def download(self, key: str, dest: Path) -> tuple[str, int]:
+        """Stream an object to ``dest`` (via a temporary name), hashing as it goes."""
+        tmp = dest.with_name(dest.name + ".part")
+
+        def go() -> tuple[str, int]:
+            h = hashlib.sha256()
+            size = 0
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                with tmp.open("wb") as f:
+                    for block in resp.stream(CHUNK):
+                        h.update(block)
+                        f.write(block)
+                        size += len(block)
+            finally:
+                resp.close()
+                resp.release_conn()
+            return h.hexdigest(), size
+
+        try:
+            result = self.retry(key, go)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(dest)
+        return result
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.retry(key, lambda: self.client.stat_object(self.bucket, key))
+            return True
+        except NotFound:
+            return False
+
+    def list_keys(self, prefix: str, start_after: str | None = None, recursive: bool = True) -> Iterator[str]:
+        """Keys under ``prefix`` in lexical order, strictly after ``start_after`` when given."""
+        objs = self.retry(
+            prefix,
+            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive, start_after=start_after or None)),
+        )
+        for o in objs:
+            if o.object_name is not None:
+                yield o.object_name
+
+    def remove_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
+        from minio.deleteobjects import DeleteObject
+
+        keys = list(self.list_keys(prefix))
+        if not keys:
+            return 0
+        errors = self.retry(prefix, lambda: list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys])))
+        if errors:
+            raise RuntimeError(f"could not delete {len(errors)} objects under {prefix}: {errors[0]}")
+        return len(keys)
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
