@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=hack/versions.env
 source "$here/versions.env"
 
-pin_hash=$(sha256sum "$here/versions.env" "$here/tools.sh" | sha256sum | cut -c1-12)
+pin_hash=$(cat "$here/versions.env" "$here/tools.sh" | sha256sum | cut -c1-12)  # content only: the same pins share a cache wherever the repo is cloned
 root=${MODELLOOP_TOOLS:-$HOME/.cache/modelloop/tools}/$pin_hash
 bin=$root/bin
 mkdir -p "$bin" "$root/src"
@@ -25,7 +25,7 @@ gomod_of() {  # module@version -> path of its go.mod in the module cache
 # A wrapper module that requires $1@$2 and carries $3 (replace lines) so `go build` resolves
 # the same dependency graph the upstream tag builds with.
 wrapper() {
-  local name=$1 mod=$2 ver=$3 replaces=$4 dir="$root/src/$1"
+  local name=$1 mod=$2 ver=$3 replaces=$4 requires=${5:-} dir="$root/src/$1"
   mkdir -p "$dir"
   {
     echo "module modelloop.dev/tools/$name"
@@ -33,6 +33,7 @@ wrapper() {
     echo "go 1.25"
     echo
     echo "require $mod $ver"
+    [ -n "$requires" ] && printf 'require (\n%s\n)\n' "$requires"
     [ -n "$replaces" ] && printf 'replace (\n%s\n)\n' "$replaces"
   } >"$dir/go.mod"
   echo "$dir"
@@ -43,16 +44,18 @@ build_kubernetes() {
   for t in "${want[@]}"; do [ -x "$bin/$t" ] || missing=1; done
   [ $missing = 0 ] && return
   say "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION from k8s.io/kubernetes (first time: 10-20 min on 2 cores)"
-  local upstream staging_ver replaces dir minor
+  local upstream staging_ver replaces requires dir minor
   upstream=$(gomod_of "k8s.io/kubernetes@$KUBERNETES_VERSION")
   staging_ver="v0.${KUBERNETES_VERSION#v1.}"
   # ./staging/src/k8s.io/X -> the published k8s.io/X at v0.Y.Z
   replaces=$(sed -n '/^replace (/,/^)/p' "$upstream" | grep '=> ./staging' |
     sed -E "s#^\s*(k8s.io/[a-z0-9-]+) => .*#\t\1 => \1 $staging_ver#")
-  dir=$(wrapper kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION" "$replaces")
+  # the upstream requires pin every dependency to what the tag was tested with; without them
+  # `go mod tidy` would resolve missing modules (and k8s.io/kubernetes itself) at @latest
+  requires=$(sed -n '/^require (/,/^)/p' "$upstream" | grep -vE '^(require \(|\))' | grep -v "k8s.io/kubernetes ")
+  dir=$(wrapper kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION" "$replaces" "$requires")
+  grep -E '^godebug' "$upstream" >>"$dir/go.mod" || true
   minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
-  # the published staging modules at v0.Y.Z do not all exist (sample-*), drop those that fail
-  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
   cat >"$dir/tools.go" <<GO
 //go:build tools
 
@@ -68,8 +71,7 @@ GO
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true
-   go build -tags tools -ldflags "$ld" -o "$bin/" \
+  (cd "$dir" && go build -tags tools -ldflags "$ld" -o "$bin/" \
      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
 }
 
