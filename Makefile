@@ -41,11 +41,11 @@ test-faults: setup ## the fault suite (operator killed, MinIO stopped, API serve
 demo: setup ## the whole loop on this machine: control plane, MinIO, operator, server + sidecar, training, hot swap
 	$(PY) -m modelloop.devenv.demo
 
-crds: $(PIP_STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the pydantic models
-	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds
+crds: $(PIP_STAMP) ## regenerate crds/*.yaml, the chart's copy and docs/api.md from the pydantic models
+	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --docs docs/api.md
 
 crds-check: $(PIP_STAMP) ## fail if the committed CRDs differ from the models
-	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --check
+	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --docs docs/api.md --check
 
 lint: $(PIP_STAMP) ## ruff, mypy --strict on the packages, import-linter layer contract
 	$(VENV)/bin/ruff check .

@@ -112,10 +112,10 @@ class ManifestFile(_Model):
 class FeedbackSnapshot(_Model):
     """Which feedback a training run used: every object under feedback/ up to ``through_key``."""
 
-    through_key: str = Field(default="", alias="throughKey")
-    objects: int = Field(default=0, ge=0)
-    samples: int = Field(default=0, ge=0)
-    corrections: int = Field(default=0, ge=0)
+    through_key: str = Field(default="", alias="throughKey", description="Last feedback object included.")
+    objects: int = Field(default=0, ge=0, description="Feedback objects (batches) included.")
+    samples: int = Field(default=0, ge=0, description="Reviewed samples included.")
+    corrections: int = Field(default=0, ge=0, description="Samples whose label differs from the prediction.")
 
 
 class Manifest(_Model):

@@ -6,11 +6,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .artifacts import FeedbackSnapshot
-from .common import ApiModel, Condition
-from .retrainpolicy import DNS_LABEL, VERSION_REF
+from .cel import rule, validations
+from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
+from .retrainpolicy import DNS_LABEL, DNS_SUBDOMAIN, VERSION_REF
+
+MAX_GATES = 32
 
 
 class Phase(StrEnum):
@@ -32,13 +35,46 @@ PROMOTABLE = frozenset({Phase.VERIFIED, Phase.PROMOTING, Phase.ACTIVE, Phase.SUP
 
 
 class ModelVersionSpec(ApiModel):
-    model: str = Field(max_length=63, pattern=DNS_LABEL)
-    version: str = Field(pattern=VERSION_REF)
-    policy: str = Field(max_length=253)
-    parent_version: str | None = Field(default=None, alias="parentVersion", pattern=VERSION_REF)
+    """The record of what was trained: written once by the operator, never changed."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "self == oldSelf",
+                message="a ModelVersion's spec is immutable: it records what was trained; create a new version instead",
+                reason="FieldValueForbidden",
+            ),
+            rule(
+                # The patterns are checked too, but CEL still runs: guard int() against non-numbers.
+                f"!has(self.parentVersion) || !self.parentVersion.matches('{VERSION_REF}')"
+                f" || !self.version.matches('{VERSION_REF}')"
+                " || int(self.parentVersion.substring(1)) < int(self.version.substring(1))",
+                message_expression="'parentVersion ' + self.parentVersion + ' must be an earlier version than '"
+                " + self.version + ': a version is trained from an older one'",
+                field_path=".parentVersion",
+            ),
+        )
+    )
+
+    model: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="The policy's spec.model.")
+    version: str = Field(max_length=16, pattern=VERSION_REF, description="v1, v2, ... in training order.")
+    policy: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The RetrainPolicy that owns it."
+    )
+    parent_version: str | None = Field(
+        default=None,
+        alias="parentVersion",
+        max_length=16,
+        pattern=VERSION_REF,
+        description="The version fine-tuned from; null when trained from scratch.",
+    )
     trigger: str = Field(default="", max_length=1024, description="Why this version was trained.")
-    training_parameters: dict[str, Any] = Field(default_factory=dict, alias="trainingParameters")
-    feedback_snapshot: FeedbackSnapshot = Field(default_factory=FeedbackSnapshot, alias="feedbackSnapshot")
+    training_parameters: dict[str, Any] = Field(
+        default_factory=dict, alias="trainingParameters", description="Hyperparameters and image used, as run."
+    )
+    feedback_snapshot: FeedbackSnapshot = Field(
+        default_factory=FeedbackSnapshot, alias="feedbackSnapshot", description="The feedback included in training."
+    )
 
 
 class TrainingProgress(ApiModel):
@@ -74,13 +110,22 @@ class ArtifactRef(ApiModel):
 
 
 class ModelVersionStatus(ApiModel):
+    """Phase, training progress, metrics, each gate's result, the artifact and the Jobs that made it."""
+
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
-    phase: Phase = Phase.PENDING
-    message: str = ""
+    phase: Phase = Field(
+        default=Phase.PENDING,
+        description="Where the version is: Pending → Training → Verifying → Verified → Promoting → Active → Superseded, or Rejected / Failed / RolledBack.",
+    )
+    message: str = Field(default="", description="Why the phase is what it is, for people.")
     progress: TrainingProgress = Field(default_factory=TrainingProgress)
     metrics: VersionMetrics = Field(default_factory=VersionMetrics)
-    gates: list[GateResult] = Field(default_factory=list)
-    artifact: ArtifactRef | None = None
+    gates: list[GateResult] = Field(
+        default_factory=list, max_length=MAX_GATES, description="Each verification gate: value, threshold, passed."
+    )
+    artifact: ArtifactRef | None = Field(
+        default=None, description="Where the trained version lives and its manifest digest."
+    )
     training_job: str | None = Field(default=None, alias="trainingJob")
     verification_job: str | None = Field(default=None, alias="verificationJob")
     training_attempts: int = Field(default=0, alias="trainingAttempts", ge=0)
@@ -88,5 +133,7 @@ class ModelVersionStatus(ApiModel):
     training_completion_time: datetime | None = Field(default=None, alias="trainingCompletionTime")
     completion_time: datetime | None = Field(default=None, alias="completionTime")
     promoted_at: datetime | None = Field(default=None, alias="promotedAt")
-    conditions: list[Condition] = Field(default_factory=list)
-    kopf: dict[str, Any] | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=CONDITIONS_LIST_MAP
+    )
+    kopf: dict[str, Any] | None = Field(default=None, description="kopf's own bookkeeping.")

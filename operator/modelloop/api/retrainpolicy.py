@@ -6,11 +6,12 @@ The operator reads ``spec`` and writes only ``status`` (GitOps tools must see no
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from .common import ApiModel, Condition, SecretKeyRef
+from .cel import immutable, rule, validations
+from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
 from .constants import DEFAULT_PLUGIN
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -20,153 +21,559 @@ DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 BUCKET_PATH = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*/?$"
 VERSION_REF = r"^v[1-9][0-9]*$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+# Five cron fields (minute hour day-of-month month day-of-week) or a macro, as croniter and CronJob take them.
+CRON = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9*/,?A-Za-z#-]+( +[0-9*/,?A-Za-z#-]+){4})$"
+GPU = "nvidia.com/gpu"
+
+# Bounded so the API server can cost the CEL rules that read them.
+Quantity = Annotated[str, Field(min_length=1, max_length=64)]
+LabelValue = Annotated[str, Field(max_length=63)]
+MAX_RESOURCES = 16
 
 
 class CredentialsRef(ApiModel):
     """Keys of a Secret in the policy's namespace holding S3 credentials."""
 
-    secret_name: str = Field(alias="secretName", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    access_key_key: str = Field(default="accessKey", alias="accessKeyKey", min_length=1, max_length=253)
-    secret_key_key: str = Field(default="secretKey", alias="secretKeyKey", min_length=1, max_length=253)
+    secret_name: str = Field(
+        alias="secretName",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Secret in the policy's namespace.",
+    )
+    access_key_key: str = Field(
+        default="accessKey",
+        alias="accessKeyKey",
+        min_length=1,
+        max_length=253,
+        description="Key in the Secret holding the access key id.",
+    )
+    secret_key_key: str = Field(
+        default="secretKey",
+        alias="secretKeyKey",
+        min_length=1,
+        max_length=253,
+        description="Key in the Secret holding the secret access key.",
+    )
 
 
 class StorageSpec(ApiModel):
-    endpoint: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$", description="S3 endpoint host[:port], without scheme.")
+    """The S3-compatible object store holding datasets, feedback and every version's artifacts."""
+
+    endpoint: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        description="S3 endpoint host[:port], without scheme.",
+    )
     secure: bool = Field(default=False, description="Use HTTPS to reach the endpoint.")
-    region: str | None = Field(default=None, max_length=63)
-    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
-    trainer_credentials: CredentialsRef = Field(alias="trainerCredentials", description="Read-write credentials, mounted only into training and verification pods.")
+    region: str | None = Field(default=None, max_length=63, description="S3 region, where the store needs one.")
+    bucket: str = Field(
+        min_length=3,
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$",
+        description="Bucket holding versions (<model>/<version>/), feedback and checkpoints.",
+    )
+    trainer_credentials: CredentialsRef = Field(
+        alias="trainerCredentials",
+        description="Read-write credentials, mounted only into training and verification pods.",
+    )
 
 
 class DatasetSpec(ApiModel):
-    path: str = Field(min_length=1, max_length=1024, pattern=BUCKET_PATH, description="Prefix in the bucket of the base dataset.")
+    """The base dataset the model is trained on (feedback is added to it)."""
+
+    path: str = Field(
+        min_length=1, max_length=1024, pattern=BUCKET_PATH, description="Prefix in the bucket of the base dataset."
+    )
 
 
 class FeedbackTrigger(ApiModel):
-    min_samples: int = Field(default=100, alias="minSamples", ge=1, le=10_000_000, description="Corrections since the last training needed to retrain (with minInterval).")
-    urgent_samples: int | None = Field(default=None, alias="urgentSamples", ge=1, le=10_000_000, description="Corrections that trigger a retrain regardless of minInterval.")
-    min_interval: str = Field(default="168h", alias="minInterval", pattern=DURATION, description="Minimum time between two trainings started by feedback, e.g. 168h.")
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.urgentSamples) || !has(self.minSamples) || self.urgentSamples >= self.minSamples",
+                message="urgentSamples must be >= minSamples: the urgent threshold is the one that skips minInterval",
+                field_path=".urgentSamples",
+            )
+        )
+    )
+
+    min_samples: int = Field(
+        default=100,
+        alias="minSamples",
+        ge=1,
+        le=10_000_000,
+        description="Corrections since the last training needed to retrain (with minInterval).",
+    )
+    urgent_samples: int | None = Field(
+        default=None,
+        alias="urgentSamples",
+        ge=1,
+        le=10_000_000,
+        description="Corrections that trigger a retrain regardless of minInterval.",
+    )
+    min_interval: str = Field(
+        default="168h",
+        alias="minInterval",
+        pattern=DURATION,
+        description="Minimum time between two trainings started by feedback, e.g. 168h.",
+    )
 
 
 class TriggerSpec(ApiModel):
-    feedback: FeedbackTrigger = Field(default_factory=FeedbackTrigger)
-    schedule: str | None = Field(default=None, max_length=128, description="Cron expression (5 fields, UTC); retrains on schedule if any feedback is pending.")
-    check_interval_seconds: int = Field(default=30, alias="checkIntervalSeconds", ge=5, le=3600, description="How often the operator counts new feedback.")
+    """When to retrain. The annotation modelloop.dev/retrain-now=<new value> also starts one at once."""
+
+    feedback: FeedbackTrigger = Field(
+        default_factory=FeedbackTrigger, description="Retrain when enough corrections have accumulated."
+    )
+    schedule: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Cron expression (5 fields, UTC); retrains on schedule if any feedback is pending.",
+        json_schema_extra=validations(
+            rule(
+                f"self.matches('{CRON}')",
+                message_expression="'schedule ' + self + ' is not a 5-field cron expression"
+                ' (minute hour day-of-month month day-of-week, e.g. "0 3 * * 1") or @daily/@weekly/...\'',
+            )
+        ),
+    )
+    check_interval_seconds: int = Field(
+        default=30,
+        alias="checkIntervalSeconds",
+        ge=5,
+        le=3600,
+        description="How often the operator counts new feedback.",
+    )
 
 
 class Hyperparameters(ApiModel):
-    epochs: int = Field(default=20, ge=1, le=10_000)
-    batch_size: int = Field(default=64, alias="batchSize", ge=1, le=65_536)
-    learning_rate: float = Field(default=1e-3, alias="learningRate", gt=0, le=10)
-    early_stopping_patience: int = Field(default=5, alias="earlyStoppingPatience", ge=0, le=1000)
-    checkpoint_interval: int = Field(default=1, alias="checkpointInterval", ge=1, le=1000, description="Epochs between checkpoints.")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    validation_fraction: float = Field(default=0.2, alias="validationFraction", gt=0, lt=1)
-    augment: bool = Field(default=True)
+    """Training hyperparameters, handed to the trainer as JSON (camelCase keys)."""
+
+    epochs: int = Field(default=20, ge=1, le=10_000, description="Maximum epochs; early stopping may end sooner.")
+    batch_size: int = Field(
+        default=64, alias="batchSize", ge=1, le=65_536, description="Global batch size (split across workers)."
+    )
+    learning_rate: float = Field(
+        default=1e-3, alias="learningRate", gt=0, le=10, description="Optimizer learning rate."
+    )
+    early_stopping_patience: int = Field(
+        default=5,
+        alias="earlyStoppingPatience",
+        ge=0,
+        le=1000,
+        description="Epochs without validation-loss improvement before stopping; 0 disables.",
+    )
+    checkpoint_interval: int = Field(
+        default=1, alias="checkpointInterval", ge=1, le=1000, description="Epochs between checkpoints."
+    )
+    seed: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="Random seed for the split, augmentation and initialisation."
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        alias="validationFraction",
+        gt=0,
+        lt=1,
+        description="Share of the training data held out for validation.",
+    )
+    augment: bool = Field(default=True, description="Apply the plug-in's data augmentation.")
 
 
 class Toleration(ApiModel):
-    key: str | None = Field(default=None, max_length=316)
-    operator: str | None = Field(default=None, pattern=r"^(Exists|Equal)$")
-    value: str | None = Field(default=None, max_length=63)
-    effect: str | None = Field(default=None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
-    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+    """A Kubernetes toleration, checked the way the API server checks a Pod's (so the Job is not refused later)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "has(self.key) && self.key != '' || has(self.operator) && self.operator == 'Exists'",
+                message="a toleration without a key must use operator Exists (it then tolerates every taint)",
+                field_path=".key",
+            ),
+            rule(
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                message="a toleration with operator Exists matches any value: leave value empty",
+                field_path=".value",
+            ),
+            rule(
+                "!has(self.tolerationSeconds) || has(self.effect) && self.effect == 'NoExecute'",
+                message="tolerationSeconds only applies to effect NoExecute",
+                field_path=".tolerationSeconds",
+            ),
+        )
+    )
+
+    key: str | None = Field(
+        default=None, max_length=316, description="Taint key; empty with operator Exists tolerates every taint."
+    )
+    operator: str | None = Field(default=None, pattern=r"^(Exists|Equal)$", description="Equal (default) or Exists.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value to match with operator Equal.")
+    effect: str | None = Field(
+        default=None,
+        pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$",
+        description="Taint effect to match; empty matches all.",
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        alias="tolerationSeconds",
+        description="With NoExecute: how long the pod stays after the taint appears.",
+    )
+
+
+_QUANTITIES = validations(
+    rule(
+        "self.all(k, isQuantity(self[k]))",
+        message="every value must be a Kubernetes quantity, like 500m, 2 or 8Gi",
+    )
+)
 
 
 class Resources(ApiModel):
-    requests: dict[str, str] = Field(default_factory=dict, description="e.g. cpu: '2', memory: 8Gi")
-    limits: dict[str, str] = Field(default_factory=dict, description="e.g. nvidia.com/gpu: '1'")
+    """Container resources. GPUs are an extended resource: whole numbers, never overcommitted."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                f"!has(self.limits) || !('{GPU}' in self.limits) || self.limits['{GPU}'].matches('^[0-9]+$')",
+                message=f"limits['{GPU}'] must be a whole number of GPUs",
+                field_path=".limits",
+            ),
+            rule(
+                f"!has(self.requests) || !('{GPU}' in self.requests)"
+                f" || has(self.limits) && '{GPU}' in self.limits && self.requests['{GPU}'] == self.limits['{GPU}']",
+                message=f"{GPU} cannot be overcommitted: set it in limits (the request then defaults to the limit)",
+                field_path=".requests",
+            ),
+            rule(
+                "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+                " || !isQuantity(self.requests[k]) || !isQuantity(self.limits[k])"
+                " || quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)",
+                message="a request must not exceed the limit of the same resource",
+                field_path=".requests",
+            ),
+        )
+    )
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="e.g. cpu: '2', memory: 8Gi",
+        json_schema_extra=_QUANTITIES,
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="e.g. nvidia.com/gpu: '1'",
+        json_schema_extra=_QUANTITIES,
+    )
 
 
 class TrainingSpec(ApiModel):
-    image: str = Field(min_length=1, max_length=512)
-    image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy", pattern=r"^(Always|IfNotPresent|Never)$")
-    command: list[str] = Field(default_factory=lambda: ["modelloop-trainer"], max_length=64)
-    args: list[str] = Field(default_factory=list, max_length=256, description="Extra arguments after the verb (train/verify).")
-    plugin: str = Field(default=DEFAULT_PLUGIN, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", description="module:Class implementing the model plug-in.")
-    resources: Resources = Field(default_factory=Resources)
-    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    service_account_name: str | None = Field(default=None, alias="serviceAccountName", pattern=DNS_SUBDOMAIN)
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    backoff_limit: int = Field(default=3, alias="backoffLimit", ge=0, le=100, description="Retries of a failed or preempted training pod; each resumes from the last checkpoint.")
-    active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
-    workers: int = Field(default=1, ge=1, le=256, description="Pods for distributed training (torchrun, one Indexed Job).")
-    gpus_per_worker: int = Field(default=0, alias="gpusPerWorker", ge=0, le=16, description="nvidia.com/gpu per pod; overrides resources.limits.")
+    """The training Job: image, resources, scheduling, retries and hyperparameters."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.workers) || self.workers <= 1 || !has(self.hyperparameters)"
+                " || !has(self.hyperparameters.batchSize) || self.hyperparameters.batchSize >= self.workers",
+                message="workers must not exceed hyperparameters.batchSize: the global batch is split across the workers",
+                field_path=".workers",
+            ),
+            rule(
+                f"!has(self.gpusPerWorker) || self.gpusPerWorker == 0 || !has(self.resources)"
+                f" || (!has(self.resources.limits) || !('{GPU}' in self.resources.limits))"
+                f" && (!has(self.resources.requests) || !('{GPU}' in self.resources.requests))",
+                message=f"set GPUs in one place: gpusPerWorker or resources.limits['{GPU}'], not both",
+                field_path=".gpusPerWorker",
+            ),
+        )
+    )
+
+    image: str = Field(
+        min_length=1, max_length=512, description="Trainer image; runs `command + [train|verify] + args`."
+    )
+    image_pull_policy: str = Field(
+        default="IfNotPresent",
+        alias="imagePullPolicy",
+        pattern=r"^(Always|IfNotPresent|Never)$",
+        description="Pull policy of the training and verification pods.",
+    )
+    command: list[str] = Field(
+        default_factory=lambda: ["modelloop-trainer"],
+        min_length=1,
+        max_length=64,
+        description="Entrypoint; the verb (train or verify) is appended.",
+    )
+    args: list[str] = Field(
+        default_factory=list, max_length=256, description="Extra arguments after the verb (train/verify)."
+    )
+    plugin: str = Field(
+        default=DEFAULT_PLUGIN,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+        description="module:Class implementing the model plug-in.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Resources of each training pod.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        alias="nodeSelector",
+        max_length=64,
+        description="Node labels the training pods must run on (e.g. a GPU pool).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Taints the training pods tolerate (GPU, spot nodes)."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        alias="serviceAccountName",
+        pattern=DNS_SUBDOMAIN,
+        description="ServiceAccount of the training pods; none needs API access.",
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Passed to the trainer as MODELLOOP_HYPERPARAMETERS."
+    )
+    backoff_limit: int = Field(
+        default=3,
+        alias="backoffLimit",
+        ge=0,
+        le=100,
+        description="Retries of a failed or preempted training pod; each resumes from the last checkpoint.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        alias="activeDeadlineSeconds",
+        ge=1,
+        description="Wall-clock limit of the training Job, retries included.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=256, description="Pods for distributed training (torchrun, one Indexed Job)."
+    )
+    gpus_per_worker: int = Field(
+        default=0,
+        alias="gpusPerWorker",
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu per pod (sets the limit); use this or resources.limits, not both.",
+    )
 
 
 class GateSpec(ApiModel):
-    min_validation_accuracy: float | None = Field(default=0.90, alias="minValidationAccuracy", ge=0, le=1)
-    min_holdout_accuracy: float | None = Field(default=0.88, alias="minHoldoutAccuracy", ge=0, le=1)
-    must_beat_active: bool = Field(default=True, alias="mustBeatActive")
-    beat_margin: float = Field(default=0.0, alias="beatMargin", ge=-1, le=1, description="Holdout accuracy the candidate must exceed the active version by.")
-    min_class_accuracy: float | None = Field(default=None, alias="minClassAccuracy", ge=0, le=1, description="Floor for every class's holdout accuracy.")
-    max_latency_p95_ms: float | None = Field(default=200, alias="maxLatencyP95Ms", gt=0)
-    max_memory_mi_b: float | None = Field(default=2048, alias="maxMemoryMiB", gt=0)
-    min_throughput_rps: float | None = Field(default=50, alias="minThroughputRps", ge=0)
+    """Every gate a candidate must pass before promotion; a null gate is off."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "has(self.minValidationAccuracy) || has(self.minHoldoutAccuracy) || has(self.minClassAccuracy)"
+                " || !has(self.mustBeatActive) || self.mustBeatActive",
+                message="at least one accuracy gate must stay on (minValidationAccuracy, minHoldoutAccuracy,"
+                " minClassAccuracy or mustBeatActive): otherwise any trained model would be promoted",
+            ),
+            rule(
+                "!has(self.beatMargin) || self.beatMargin == 0.0 || !has(self.mustBeatActive) || self.mustBeatActive",
+                message="beatMargin only applies with mustBeatActive: true",
+                field_path=".beatMargin",
+            ),
+            rule(
+                "!has(self.minHoldoutAccuracy) || !has(self.beatMargin) || !has(self.mustBeatActive)"
+                " || !self.mustBeatActive || self.minHoldoutAccuracy + self.beatMargin <= 1.0",
+                message="minHoldoutAccuracy + beatMargin must not exceed 1:"
+                " no candidate could ever beat an active version that passed the holdout gate",
+                field_path=".beatMargin",
+            ),
+        )
+    )
+
+    min_validation_accuracy: float | None = Field(
+        default=0.90,
+        alias="minValidationAccuracy",
+        ge=0,
+        le=1,
+        description="Floor for validation accuracy; null turns the gate off.",
+    )
+    min_holdout_accuracy: float | None = Field(
+        default=0.88,
+        alias="minHoldoutAccuracy",
+        ge=0,
+        le=1,
+        description="Floor for holdout accuracy; null turns the gate off.",
+    )
+    must_beat_active: bool = Field(
+        default=True,
+        alias="mustBeatActive",
+        description="The candidate's holdout accuracy must exceed the active version's (plus beatMargin).",
+    )
+    beat_margin: float = Field(
+        default=0.0,
+        alias="beatMargin",
+        ge=-1,
+        le=1,
+        description="Holdout accuracy the candidate must exceed the active version by.",
+    )
+    min_class_accuracy: float | None = Field(
+        default=None, alias="minClassAccuracy", ge=0, le=1, description="Floor for every class's holdout accuracy."
+    )
+    max_latency_p95_ms: float | None = Field(
+        default=200,
+        alias="maxLatencyP95Ms",
+        gt=0,
+        description="Ceiling for p95 inference latency (ms); null turns the gate off.",
+    )
+    max_memory_mi_b: float | None = Field(
+        default=2048, alias="maxMemoryMiB", gt=0, description="Ceiling for peak memory (MiB); null turns the gate off."
+    )
+    min_throughput_rps: float | None = Field(
+        default=50,
+        alias="minThroughputRps",
+        ge=0,
+        description="Floor for throughput (requests/s); null turns the gate off.",
+    )
 
 
 class VerificationSpec(ApiModel):
-    gates: GateSpec = Field(default_factory=GateSpec)
+    """The verification Job (same image, verb verify) and the gates its results must pass."""
+
+    gates: GateSpec = Field(
+        default_factory=GateSpec, description="Every gate must pass for a version to become Verified."
+    )
     resources: Resources = Field(default_factory=Resources)
-    active_deadline_seconds: int = Field(default=1800, alias="activeDeadlineSeconds", ge=1)
+    active_deadline_seconds: int = Field(
+        default=1800, alias="activeDeadlineSeconds", ge=1, description="Wall-clock limit of the verification Job."
+    )
 
 
 class ServingSpec(ApiModel):
-    deployment: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="Deployment in this namespace whose pods run the reload sidecar.")
-    rollout_timeout: str = Field(default="10m", alias="rolloutTimeout", pattern=DURATION)
-    feedback_credentials: CredentialsRef | None = Field(default=None, alias="feedbackCredentials", description="Read + feedback-write credentials for serving pods (documentation; mounted by the Deployment).")
+    """Where verified versions are served; the reload sidecar in each pod hot-swaps them."""
+
+    deployment: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Deployment in this namespace whose pods run the reload sidecar.",
+    )
+    rollout_timeout: str = Field(
+        default="10m",
+        alias="rolloutTimeout",
+        pattern=DURATION,
+        description="How long the serving pods may take to load a new version before RolloutComplete turns False.",
+    )
+    feedback_credentials: CredentialsRef | None = Field(
+        default=None,
+        alias="feedbackCredentials",
+        description="Read + feedback-write credentials for serving pods (documentation; mounted by the Deployment).",
+    )
 
 
 class AutoRollbackSpec(ApiModel):
-    enabled: bool = False
-    min_live_accuracy: float = Field(default=0.80, alias="minLiveAccuracy", ge=0, le=1)
-    min_reviews: int = Field(default=50, alias="minReviews", ge=1)
+    """Roll back to the previous version when live accuracy from reviews drops below a floor."""
+
+    enabled: bool = Field(default=False, description="Off by default: a rollback nobody asked for surprises people.")
+    min_live_accuracy: float = Field(
+        default=0.80,
+        alias="minLiveAccuracy",
+        ge=0,
+        le=1,
+        description="Roll back when live accuracy of the active version falls below this.",
+    )
+    min_reviews: int = Field(
+        default=50,
+        alias="minReviews",
+        ge=1,
+        description="Reviews of the active version needed before live accuracy is trusted.",
+    )
 
 
 class RetentionSpec(ApiModel):
-    keep_versions: int = Field(default=10, alias="keepVersions", ge=2, le=10_000, description="Versions kept; the active and the previous one are never deleted.")
+    """Old versions are pruned; the active and previous versions are always kept."""
+
+    keep_versions: int = Field(
+        default=10,
+        alias="keepVersions",
+        ge=2,
+        le=10_000,
+        description="Versions kept; the active and the previous one are never deleted.",
+    )
 
 
 class RetrainPolicySpec(ApiModel):
-    model: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Model name; the bucket prefix of all its versions.")
+    """What to retrain, from which data, when, how, which gates a new version must pass, and where it is served."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Model name; the bucket prefix of all its versions. Immutable: versions already trained live under it.",
+        json_schema_extra=immutable("spec.model"),
+    )
     suspend: bool = Field(default=False, description="Stop starting new trainings (running ones finish).")
     storage: StorageSpec
     dataset: DatasetSpec
-    triggers: TriggerSpec = Field(default_factory=TriggerSpec)
+    triggers: TriggerSpec = Field(
+        default_factory=TriggerSpec,
+        description="When to retrain: feedback thresholds, a schedule, or the retrain-now annotation.",
+    )
     training: TrainingSpec
-    verification: VerificationSpec = Field(default_factory=VerificationSpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec, alias="autoRollback")
-    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    verification: VerificationSpec = Field(
+        default_factory=VerificationSpec, description="Gates a new version must pass before it is promoted."
+    )
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Where verified versions are hot-swapped in.")
+    auto_rollback: AutoRollbackSpec = Field(
+        default_factory=AutoRollbackSpec,
+        alias="autoRollback",
+        description="Roll back automatically when live accuracy drops.",
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="How many versions to keep in the bucket and the cluster."
+    )
 
 
 class DesiredVersion(ApiModel):
     """What serving pods should load. The reload sidecar watches exactly this."""
 
-    version: str = Field(pattern=VERSION_REF)
-    artifact_uri: str = Field(alias="artifactURI")
-    manifest_digest: str = Field(alias="manifestDigest", pattern=r"^sha256:[0-9a-f]{64}$")
+    version: str = Field(pattern=VERSION_REF, description="Version the serving pods must load.")
+    artifact_uri: str = Field(
+        alias="artifactURI", max_length=1024, pattern=r"^s3://", description="s3://<bucket>/<model>/<version>/"
+    )
+    manifest_digest: str = Field(
+        alias="manifestDigest",
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of the version's manifest.json; pods report it when serving.",
+    )
     since: datetime | None = None
     reason: str | None = Field(default=None, description="Promotion, Rollback or AutoRollback.")
 
 
 class RolloutStatus(ApiModel):
+    """How many serving replicas run the desired version."""
+
     updated: int = Field(default=0, ge=0, description="Replicas serving the desired digest.")
-    total: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0, description="Replicas of the serving Deployment.")
     summary: str = Field(default="", description="updated/total, for the printer column.")
     started_at: datetime | None = Field(default=None, alias="startedAt")
     completed_at: datetime | None = Field(default=None, alias="completedAt")
 
 
 class FeedbackStatus(ApiModel):
+    """Feedback counted since the last training."""
+
     cursor: str = Field(default="", description="Last feedback object counted.")
-    pending_corrections: int = Field(default=0, alias="pendingCorrections", ge=0)
-    pending_reviews: int = Field(default=0, alias="pendingReviews", ge=0)
+    pending_corrections: int = Field(
+        default=0,
+        alias="pendingCorrections",
+        ge=0,
+        description="Corrections since the last training: what the feedback trigger counts.",
+    )
+    pending_reviews: int = Field(
+        default=0,
+        alias="pendingReviews",
+        ge=0,
+        description="Reviews (confirmations and corrections) since the last training.",
+    )
     last_counted_at: datetime | None = Field(default=None, alias="lastCountedAt")
 
 
 class LiveAccuracy(ApiModel):
+    """Accuracy of the active version as measured by reviews."""
+
     version: str | None = None
     reviews: int = Field(default=0, ge=0)
     correct: int = Field(default=0, ge=0)
@@ -181,17 +588,37 @@ class HandledRequests(ApiModel):
 
 
 class RetrainPolicyStatus(ApiModel):
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
-    active_version: str | None = Field(default=None, alias="activeVersion")
-    previous_version: str | None = Field(default=None, alias="previousVersion")
-    latest_version: str | None = Field(default=None, alias="latestVersion", description="Highest version number created.")
-    training_version: str | None = Field(default=None, alias="trainingVersion", description="The version in flight, if any.")
+    """Versions (active, previous, desired), rollout progress, pending feedback and conditions."""
+
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="metadata.generation this status reflects."
+    )
+    active_version: str | None = Field(default=None, alias="activeVersion", description="Version serving traffic.")
+    previous_version: str | None = Field(
+        default=None,
+        alias="previousVersion",
+        description="Version served before; `rollback-to: previous` returns to it.",
+    )
+    latest_version: str | None = Field(
+        default=None, alias="latestVersion", description="Highest version number created."
+    )
+    training_version: str | None = Field(
+        default=None, alias="trainingVersion", description="The version in flight, if any."
+    )
     desired: DesiredVersion | None = None
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
     feedback: FeedbackStatus = Field(default_factory=FeedbackStatus)
-    live_accuracy: LiveAccuracy = Field(default_factory=LiveAccuracy, alias="liveAccuracy")
-    last_training_time: datetime | None = Field(default=None, alias="lastTrainingTime")
+    live_accuracy: LiveAccuracy = Field(
+        default_factory=LiveAccuracy, alias="liveAccuracy", description="Accuracy of the active version from reviews."
+    )
+    last_training_time: datetime | None = Field(
+        default=None,
+        alias="lastTrainingTime",
+        description="When the last training started (minInterval counts from here).",
+    )
     last_schedule_time: datetime | None = Field(default=None, alias="lastScheduleTime")
-    handled: HandledRequests = Field(default_factory=HandledRequests)
-    conditions: list[Condition] = Field(default_factory=list)
+    handled: HandledRequests = Field(default_factory=HandledRequests, description="Annotation values already acted on.")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=CONDITIONS_LIST_MAP
+    )
     kopf: dict[str, Any] | None = Field(default=None, description="kopf's own bookkeeping.")

@@ -108,7 +108,9 @@ def fetch_version(
             try:
                 sha, size = store.download(version_key(model, version, entry.path), target)
             except NotFound as e:
-                raise ArtifactError(f"{where}/{entry.path} is listed in the manifest but missing from the bucket") from e
+                raise ArtifactError(
+                    f"{where}/{entry.path} is listed in the manifest but missing from the bucket"
+                ) from e
             check_file(entry, sha, size, where)
         (tmp / MANIFEST_FILE).write_bytes(raw)
         if dest.exists():

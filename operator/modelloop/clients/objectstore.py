@@ -8,6 +8,7 @@ not a failed training run or a lost feedback batch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import urllib3
 from minio import Minio
@@ -61,9 +62,15 @@ class StoreConfig:
         )
 
 
+# Local disk conditions that waiting does not heal: retrying only delays the refusal.
+_LOCAL_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def _transient(err: BaseException) -> bool:
     if isinstance(err, S3Error):
         return err.code in _TRANSIENT_S3
+    if isinstance(err, OSError) and err.errno in _LOCAL_PERMANENT_ERRNOS:
+        return False
     return isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)) and not isinstance(
         err, (FileNotFoundError, IsADirectoryError, PermissionError)
     )
@@ -76,9 +83,7 @@ class ObjectStore:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5.0, read=60.0), maxsize=16, retries=False
-        )
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=60.0), maxsize=16, retries=False)
         self.client = Minio(
             config.endpoint,
             access_key=config.access_key,
@@ -103,11 +108,13 @@ class ObjectStore:
                 if not _transient(e) or attempt == self.attempts:
                     raise
                 err: BaseException = e
-            except Exception as e:  # noqa: BLE001 - classified just below
+            except Exception as e:
                 if not _transient(e) or attempt == self.attempts:
                     raise
                 err = e
-            log.warning("object store: %s failed (%s), retry %d/%d in %.1fs", what, err, attempt, self.attempts - 1, delay)
+            log.warning(
+                "object store: %s failed (%s), retry %d/%d in %.1fs", what, err, attempt, self.attempts - 1, delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
@@ -125,22 +132,33 @@ class ObjectStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Upload small data in one PUT (atomic on S3); returns its SHA-256."""
-        self.retry(key, lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type))
+        self.retry(
+            key,
+            lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type),
+        )
         return hashlib.sha256(data).hexdigest()
 
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")
 
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> tuple[str, int]:
-        """Stream a file up (multipart for large files); returns (sha256, size) of what was sent."""
-        sha, size = _hash_file(path)
+        """Stream a file up (multipart for large files); returns (sha256, size) of what was sent.
 
-        def go() -> None:
+        The digest is computed from the bytes as they are handed to the client, in the same pass
+        as the upload (a separate hashing pass cost a quarter of the upload throughput on 1 GB).
+        """
+        size = path.stat().st_size
+
+        def go() -> tuple[str, int]:
             with path.open("rb") as f:
-                self.client.put_object(self.bucket, key, f, size, content_type=content_type, part_size=64 << 20)
+                reader = _HashingReader(f)
+                stream = cast(BinaryIO, reader)
+                self.client.put_object(self.bucket, key, stream, size, content_type=content_type, part_size=64 << 20)
+            if reader.size != size:
+                raise RuntimeError(f"{path} changed size while it was uploaded ({size} -> {reader.size} bytes)")
+            return reader.sha256.hexdigest(), reader.size
 
-        self.retry(key, go)
-        return sha, size
+        return self.retry(key, go)
 
     def get_bytes(self, key: str) -> bytes:
         def go() -> bytes:
@@ -194,7 +212,11 @@ class ObjectStore:
         """Keys under ``prefix`` in lexical order, strictly after ``start_after`` when given."""
         objs = self.retry(
             prefix,
-            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive, start_after=start_after or None)),
+            lambda: list(
+                self.client.list_objects(
+                    self.bucket, prefix=prefix, recursive=recursive, start_after=start_after or None
+                )
+            ),
         )
         for o in objs:
             if o.object_name is not None:
@@ -207,17 +229,27 @@ class ObjectStore:
         keys = list(self.list_keys(prefix))
         if not keys:
             return 0
-        errors = self.retry(prefix, lambda: list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys])))
+        errors = self.retry(
+            prefix, lambda: list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        )
         if errors:
             raise RuntimeError(f"could not delete {len(errors)} objects under {prefix}: {errors[0]}")
         return len(keys)
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
+class _HashingReader(io.RawIOBase):
+    """A read-only file wrapper that hashes what is read; the S3 client reads parts in order."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = self._f.read(-1 if n is None else n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data

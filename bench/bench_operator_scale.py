@@ -1,0 +1,390 @@
+"""Operator at scale: 200 RetrainPolicies x 20 ModelVersions in a real API server.
+
+Measured for the modelloop operator and, in the same run and on the same objects, for a bare
+kopf operator that watches the same two kinds and does the least a reconcile can do (write
+``status.observedGeneration``): resident memory, time to resync after a restart (every policy's
+spec is changed while the operator is down; resynced = every policy reports the new
+generation), and API requests per idle minute, counted from the kube-apiserver's
+``apiserver_request_total`` over an idle window after the resync. The metric has no user-agent
+label, so both operators are measured in identical windows on the same control plane and the
+rate of an idle window with no operator at all is recorded beside them (the control plane's
+own loops).
+
+``python -m bench.bench_operator_scale --bare-operator`` runs the baseline operator alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from modelloop.api import constants as c
+
+NAMESPACE = "scale"
+OPERATOR_CMD_ENV = "MODELLOOP_BENCH_OPERATOR_CMD"  # another command line for "ours", e.g. an installed build
+SECRET = "scale-s3"
+_REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$")
+
+
+# --- the baseline operator ----------------------------------------------------------------------
+
+
+def bare_operator() -> None:
+    """The least an operator of these kinds can do: see every object, acknowledge each spec change."""
+    import kopf
+
+    @kopf.on.resume(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL)
+    @kopf.on.create(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL)
+    @kopf.on.update(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL)
+    def policy(meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
+        patch.status["observedGeneration"] = meta.get("generation")
+
+    @kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL)
+    def version(**_: Any) -> None:
+        return None
+
+    @kopf.on.startup()
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
+
+    kopf.run(clusterwide=True, standalone=True)
+
+
+# --- objects ------------------------------------------------------------------------------------
+
+
+def policy_body(i: int, endpoint: str, interval: int) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.RETRAINPOLICY_KIND,
+        "metadata": {"name": f"model-{i:04d}", "namespace": NAMESPACE},
+        "spec": {
+            "model": f"model-{i:04d}",
+            "storage": {"endpoint": endpoint, "bucket": "scale-bench", "trainerCredentials": {"secretName": SECRET}},
+            "dataset": {"path": "datasets/digits"},
+            # Idle means idle: no schedule, and a threshold the (empty) feedback never reaches.
+            "triggers": {"feedback": {"minSamples": 10_000_000}, "checkIntervalSeconds": interval},
+            "training": {"image": "modelloop/trainer:dev"},
+        },
+    }
+
+
+def version_body(policy: str, n: int, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.MODELVERSION_KIND,
+        "metadata": {
+            "name": f"{policy}-v{n}",
+            "namespace": NAMESPACE,
+            "labels": {c.LABEL_POLICY: policy, c.LABEL_MODEL: policy, c.LABEL_VERSION: f"v{n}"},
+            "ownerReferences": [
+                {
+                    "apiVersion": c.API_VERSION,
+                    "kind": c.RETRAINPOLICY_KIND,
+                    "name": policy,
+                    "uid": uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"model": policy, "version": f"v{n}", "policy": policy, "trigger": "bench"},
+    }
+
+
+def version_status(n: int, versions: int) -> dict[str, Any]:
+    phase = "Active" if n == versions else "Superseded"
+    return {"phase": phase, "message": "created by the scale bench", "observedGeneration": 1}
+
+
+def policy_status(versions: int) -> dict[str, Any]:
+    return {
+        "activeVersion": f"v{versions}",
+        "previousVersion": f"v{versions - 1}" if versions > 1 else None,
+        "latestVersion": f"v{versions}",
+    }
+
+
+def create_objects(api: Any, policies: int, versions: int, endpoint: str) -> None:
+    """Create every policy and version with status, in parallel (the API server is the bottleneck)."""
+
+    def one_policy(i: int) -> None:
+        body = policy_body(i, endpoint, interval=30)
+        created = api.create_namespaced_custom_object(c.GROUP, c.VERSION, NAMESPACE, c.RETRAINPOLICY_PLURAL, body)
+        name, uid = created["metadata"]["name"], created["metadata"]["uid"]
+        api.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, NAMESPACE, c.RETRAINPOLICY_PLURAL, name, {"status": policy_status(versions)}
+        )
+        for n in range(1, versions + 1):
+            mv = api.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, NAMESPACE, c.MODELVERSION_PLURAL, version_body(name, n, uid)
+            )
+            api.patch_namespaced_custom_object_status(
+                c.GROUP,
+                c.VERSION,
+                NAMESPACE,
+                c.MODELVERSION_PLURAL,
+                mv["metadata"]["name"],
+                {"status": version_status(n, versions)},
+            )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one_policy, range(policies)))
+
+
+def change_every_spec(api: Any, policies: int, interval: int) -> dict[str, int]:
+    """Bump every policy's generation; returns name -> the generation the operator must report."""
+
+    def one(i: int) -> tuple[str, int]:
+        name = f"model-{i:04d}"
+        out = api.patch_namespaced_custom_object(
+            c.GROUP,
+            c.VERSION,
+            NAMESPACE,
+            c.RETRAINPOLICY_PLURAL,
+            name,
+            {"spec": {"triggers": {"checkIntervalSeconds": interval}}},
+        )
+        return name, int(out["metadata"]["generation"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(pool.map(one, range(policies)))
+
+
+def lagging(api: Any, want: dict[str, int]) -> list[str]:
+    items = api.list_namespaced_custom_object(c.GROUP, c.VERSION, NAMESPACE, c.RETRAINPOLICY_PLURAL)["items"]
+    seen = {o["metadata"]["name"]: (o.get("status") or {}).get("observedGeneration") for o in items}
+    return sorted(name for name, gen in want.items() if seen.get(name) != gen)
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+def parse_request_total(metrics_text: str) -> float:
+    """Sum of apiserver_request_total over every label set (all verbs, resources and codes)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        m = _REQUEST_LINE.match(line)
+        if m:
+            total += float(m.group("value"))
+    return total
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size in MiB, from /proc."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = float(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def wait_until(what: str, done: Callable[[], bool], timeout: float, every: float = 0.25) -> float:
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what}: not done within {timeout:.0f} s")
+        time.sleep(every)  # poll interval of a condition
+    return time.monotonic() - start
+
+
+class OperatorRun:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[subprocess.Popen[bytes]]:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                yield self.proc
+            finally:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+
+
+def measure(
+    op: OperatorRun,
+    api: Any,
+    requests: Callable[[], float],
+    policies: int,
+    interval: int,
+    idle_s: float,
+    timeout: float,
+) -> dict[str, float]:
+    want = change_every_spec(api, policies, interval)
+    started = time.monotonic()
+    with op.running() as proc:
+
+        def resynced() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{op.name} exited with status {proc.returncode}:\n{op.tail()}")
+            return not lagging(api, want)
+
+        try:
+            wait_until(f"{op.name}: every policy at its new generation", resynced, timeout)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}; still lagging: {lagging(api, want)[:5]}\n{op.tail()}") from e
+        resync = time.monotonic() - started
+        before = requests()
+        t0 = time.monotonic()
+        # The idle window: nothing but the operator (and the control plane) talks to the API server.
+        wait_until("idle window", lambda: proc.poll() is not None or time.monotonic() - t0 >= idle_s, idle_s + 5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{op.name} exited during the idle window:\n{op.tail()}")
+        after = requests()
+        rss, peak = rss_mib(proc.pid)
+    window = time.monotonic() - t0
+    return {"resync_s": resync, "requests_per_min": (after - before) * 60 / window, "rss_mib": rss, "peak_mib": peak}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def control_plane_and_minio(workdir: Path) -> Iterator[tuple[Any, Any]]:
+    """The same real control plane and MinIO the tests use (modelloop.devenv)."""
+    from modelloop.devenv.controlplane import ControlPlane
+    from modelloop.devenv.minio import MinioServer
+    from modelloop.devenv.processes import locate_tools
+
+    bin_dir = locate_tools(Path(__file__).resolve().parent.parent)
+    cp = ControlPlane(bin_dir, workdir / "controlplane")
+    store = MinioServer(bin_dir, workdir / "minio")
+    try:
+        cp.start()
+        store.start()
+        yield cp, store
+    finally:
+        store.stop()
+        cp.stop()
+
+
+def install_crds(cp: Any, crds: Path) -> None:
+    cp.kubectl("apply", "--server-side", "-f", str(crds))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
+
+
+def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[report.Measurement]:
+    from kubernetes import client as k8s
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp_s, control_plane_and_minio(Path(tmp_s)) as (cp, s3):
+        tmp = Path(tmp_s)
+        install_crds(cp, repo / "crds")
+        cp.kubectl("create", "namespace", NAMESPACE)
+        cp.kubectl(
+            "-n", NAMESPACE, "create", "secret", "generic", SECRET,
+            f"--from-literal=accessKey={s3.access_key}", f"--from-literal=secretKey={s3.secret_key}",
+        )  # fmt: skip
+        s3.store("scale-bench")
+        api_client = cp.api_client()
+        api = k8s.CustomObjectsApi(api_client)
+
+        def requests() -> float:
+            return parse_request_total(cp.kubectl("get", "--raw", "/metrics").stdout)
+
+        t = time.monotonic()
+        create_objects(api, policies, versions, s3.endpoint)
+        created_s = time.monotonic() - t
+        print(f"created {policies} policies x {versions} versions with status in {created_s:.1f} s", flush=True)
+
+        before = requests()
+        t0 = time.monotonic()
+        wait_until("idle window without an operator", lambda: time.monotonic() - t0 >= idle_s, idle_s + 5)
+        background = (requests() - before) * 60 / (time.monotonic() - t0)
+
+        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+        ours_cmd = shlex.split(os.environ.get(OPERATOR_CMD_ENV, "")) or [
+            str(Path(sys.executable).with_name("modelloop-operator")),
+            f"--namespace={NAMESPACE}",
+        ]
+        runs = {
+            "bare": OperatorRun(
+                "bare kopf operator",
+                [sys.executable, "-m", "bench.bench_operator_scale", "--bare-operator"],
+                env,
+                tmp / "bare.log",
+            ),
+            "ours": OperatorRun("modelloop-operator", ours_cmd, env, tmp / "ours.log"),
+        }
+        results = {}
+        for interval, key in enumerate(runs, start=31):
+            results[key] = measure(runs[key], api, requests, policies, interval, idle_s, timeout)
+            print(f"{runs[key].name}: {results[key]}", flush=True)
+
+    bare, ours = results["bare"], results["ours"]
+    scale = f"{policies} policies x {versions} versions"
+    resync_target = 2.0 * policies * versions / 100
+    details = {
+        "policies": policies,
+        "versions": versions,
+        "idle_seconds": idle_s,
+        "background_requests_per_min": background,
+    }
+    return [
+        report.Measurement(
+            name=f"operator RSS ({scale})", unit="MiB", baseline=bare["rss_mib"], figure=ours["rss_mib"],
+            baseline_label="bare kopf operator, same kinds", figure_label="modelloop-operator",
+            target="ratio <= 3", passed=ours["rss_mib"] <= 3 * bare["rss_mib"], details={**details, "peak_mib": ours["peak_mib"]},
+        ),
+        report.Measurement(
+            name=f"resync after restart ({scale})", unit="s", baseline=bare["resync_s"], figure=ours["resync_s"],
+            baseline_label="bare kopf operator writing observedGeneration", figure_label="modelloop-operator",
+            target=f"figure < {resync_target:.0f} s (2 s per 100 versions, REQUIREMENTS)",
+            passed=ours["resync_s"] < resync_target,
+            details=details,
+        ),
+        report.Measurement(
+            name=f"API requests per idle minute ({scale})", unit="req/min",
+            baseline=bare["requests_per_min"], figure=ours["requests_per_min"],
+            baseline_label="bare kopf operator", figure_label="modelloop-operator",
+            target="figure - baseline <= 1 per policy",
+            passed=ours["requests_per_min"] - bare["requests_per_min"] <= policies, details=details,
+        ),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    p = report.parser(__doc__ or "")
+    p.add_argument("--bare-operator", action="store_true", help="run the baseline operator (used by the bench itself)")
+    p.add_argument("--policies", type=int, default=None, help="RetrainPolicies (default 200; 20 with --quick)")
+    p.add_argument("--versions", type=int, default=None, help="ModelVersions per policy (default 20; 5 with --quick)")
+    p.add_argument("--idle-seconds", type=float, default=None, help="idle window (default 60; 15 with --quick)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds allowed for a resync")
+    args = p.parse_args()
+    if args.bare_operator:
+        bare_operator()
+        return
+    policies = args.policies or (20 if args.quick else 200)
+    versions = args.versions or (5 if args.quick else 20)
+    idle = args.idle_seconds or (15.0 if args.quick else 60.0)
+    if policies < 1 or versions < 2 or idle <= 0:
+        p.error("--policies must be >= 1, --versions >= 2 and --idle-seconds > 0")
+    for m in run(policies, versions, idle, args.timeout):
+        report.emit(m)
+
+
+if __name__ == "__main__":
+    main()

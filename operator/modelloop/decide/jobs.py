@@ -1,0 +1,193 @@
+"""The training and verification Jobs (and the rendezvous Service) a ModelVersion needs.
+
+Names are deterministic (``<policy>-<version>-train|verify``) so a retried or restarted
+handler finds the Job it already created (409 = done). Credentials reach the pod only as
+secretKeyRef; the trainer gets no Kubernetes API access (no token mounted).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from modelloop.api import constants as c
+from modelloop.api.retrainpolicy import RetrainPolicySpec
+
+Verb = Literal["train", "verify"]
+TORCHRUN_PORT = 29500
+
+
+def job_name(policy: str, version: str, verb: Verb) -> str:
+    return f"{policy}-{version}-{verb}"
+
+
+def labels(policy: str, model: str, version: str, verb: Verb) -> dict[str, str]:
+    return {
+        c.LABEL_POLICY: policy,
+        c.LABEL_MODEL: model,
+        c.LABEL_VERSION: version,
+        c.LABEL_COMPONENT: verb,
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+    }
+
+
+def _env(spec: RetrainPolicySpec, version: str, extra: dict[str, str]) -> list[dict[str, Any]]:
+    creds = spec.storage.trainer_credentials
+    plain = {
+        c.ENV_MODEL: spec.model,
+        c.ENV_VERSION: version,
+        c.ENV_BUCKET: spec.storage.bucket,
+        c.ENV_S3_ENDPOINT: spec.storage.endpoint,
+        c.ENV_S3_SECURE: "true" if spec.storage.secure else "false",
+        c.ENV_DATASET: spec.dataset.path,
+        c.ENV_PLUGIN: spec.training.plugin,
+        c.ENV_HYPERPARAMETERS: json.dumps(spec.training.hyperparameters.model_dump(by_alias=True), sort_keys=True),
+        **({c.ENV_S3_REGION: spec.storage.region} if spec.storage.region else {}),
+        **extra,
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    for name, key in ((c.ENV_ACCESS_KEY, creds.access_key_key), (c.ENV_SECRET_KEY, creds.secret_key_key)):
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": creds.secret_name, "key": key}}})
+    return env
+
+
+def _resources(spec: RetrainPolicySpec, verb: Verb) -> dict[str, Any]:
+    res = spec.training.resources if verb == "train" else spec.verification.resources
+    requests = dict(res.requests)
+    limits = dict(res.limits)
+    gpus = spec.training.gpus_per_worker
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+        requests["nvidia.com/gpu"] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_job(
+    *,
+    policy: str,
+    spec: RetrainPolicySpec,
+    version: str,
+    verb: Verb,
+    parent_version: str | None,
+    active_version: str | None,
+    feedback_through: str,
+) -> dict[str, Any]:
+    """The batch/v1 Job body (owner reference added by the caller with kopf.adopt)."""
+    name = job_name(policy, version, verb)
+    lbl = labels(policy, spec.model, version, verb)
+    t = spec.training
+    workers = t.workers if verb == "train" else 1
+    extra = {c.ENV_PARENT_VERSION: parent_version or "", c.ENV_FEEDBACK_THROUGH: feedback_through}
+    if verb == "verify":
+        extra[c.ENV_ACTIVE_VERSION] = active_version or ""
+        extra[c.ENV_GATES] = json.dumps(spec.verification.gates.model_dump(by_alias=True), sort_keys=True)
+    command = [*t.command, verb, *t.args]
+    if workers > 1:
+        nproc = str(t.gpus_per_worker or 1)
+        command = [
+            "torchrun",
+            f"--nnodes={workers}",
+            "--node-rank=$(JOB_COMPLETION_INDEX)",
+            f"--nproc-per-node={nproc}",
+            f"--master-addr={name}-0.{name}",
+            f"--master-port={TORCHRUN_PORT}",
+            "--no-python",
+            *command,
+        ]
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": t.image,
+        "imagePullPolicy": t.image_pull_policy,
+        "command": command,
+        "env": _env(spec, version, extra),
+        "resources": _resources(spec, verb),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if workers > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": TORCHRUN_PORT}]
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if workers > 1:
+        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        pod_spec["subdomain"] = name
+    if t.node_selector:
+        pod_spec["nodeSelector"] = dict(t.node_selector)
+    if t.tolerations:
+        pod_spec["tolerations"] = [x.model_dump(by_alias=True, exclude_none=True) for x in t.tolerations]
+    if t.service_account_name:
+        pod_spec["serviceAccountName"] = t.service_account_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": t.backoff_limit if verb == "train" else 1,
+        "template": {"metadata": {"labels": dict(lbl)}, "spec": pod_spec},
+        # Exit code 2 is a usage/config error from the trainer: retrying cannot fix it.
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+    }
+    deadline = t.active_deadline_seconds if verb == "train" else spec.verification.active_deadline_seconds
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = deadline
+    if workers > 1:
+        job_spec.update(completionMode="Indexed", completions=workers, parallelism=workers)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": lbl},
+        "spec": job_spec,
+    }
+
+
+def build_rendezvous_service(policy: str, spec: RetrainPolicySpec, version: str) -> dict[str, Any]:
+    """Headless Service giving each worker of an Indexed Job a stable DNS name for torchrun."""
+    name = job_name(policy, version, "train")
+    lbl = labels(policy, spec.model, version, "train")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": lbl},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {c.LABEL_POLICY: policy, c.LABEL_VERSION: version, c.LABEL_COMPONENT: "train"},
+            "ports": [{"name": "rendezvous", "port": TORCHRUN_PORT}],
+        },
+    }
+
+
+def job_outcome(job: dict[str, Any]) -> tuple[str, str]:
+    """("Complete" | "Failed" | "Running", reason/message) from the Job's conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            return "Complete", ""
+        if cond.get("type") == "Failed":
+            reason = cond.get("reason") or "Failed"
+            return "Failed", f"{reason}: {cond.get('message') or 'the Job failed'}"
+    return "Running", ""

@@ -1,0 +1,34 @@
+"""Version numbering and the one-training-at-a-time rule.
+
+The next number comes from both the ModelVersions that exist and ``status.latestVersion``: a
+version deleted by retention (or by hand) must never have its number reused, since its
+artifacts and Events may still name it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from modelloop.api.artifacts import version_number
+from modelloop.api.modelversion import IN_FLIGHT, Phase
+
+
+def next_version(existing: Iterable[str], latest: str | None) -> str:
+    numbers = [version_number(v) for v in existing]
+    if latest:
+        numbers.append(version_number(latest))
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def modelversion_name(policy: str, version: str) -> str:
+    return f"{policy}-{version}"
+
+
+def in_flight(phases: Mapping[str, Phase]) -> str | None:
+    """The version still being trained or verified, if any (the oldest, should there be several)."""
+    flying = sorted((v for v, p in phases.items() if p in IN_FLIGHT), key=version_number)
+    return flying[0] if flying else None
+
+
+def sorted_versions(versions: Iterable[str]) -> list[str]:
+    return sorted(versions, key=version_number)

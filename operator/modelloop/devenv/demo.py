@@ -1,0 +1,599 @@
+"""``make demo``: the whole retraining loop on one machine, no Docker, and the stack the e2e test drives.
+
+Starts a real control plane (etcd, kube-apiserver, kube-controller-manager) and MinIO, the
+development node (which runs the Pods as local processes), the operator, and the example serving
+Deployment (model server + reload sidecar, 2 replicas); seeds the base dataset, applies a
+RetrainPolicy, and then plays production: a load generator calls both replicas throughout while
+reviewers post feedback. The operator bootstraps v1, the corrections trigger v2, which is trained,
+verified and hot-swapped into both replicas. Progress (epochs, gates, rollout n/m) and timings are
+printed as they happen, then a summary and the kubectl commands to look around.
+
+:class:`LoopStack` is the part shared with ``tests/e2e``: everything above the control plane and
+MinIO, which the tests get from their fixtures and the demo starts itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from modelloop.api import constants as c
+from modelloop.devenv.devnode import DevNodeProcess, Json, Kube, KubeError, load_kubeconfig
+from modelloop.devenv.loadgen import LoadGenerator, ReviewResult, review
+from modelloop.devenv.processes import ManagedProcess, free_port
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[3]
+SERVING_EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
+KubectlFn = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class StackError(RuntimeError):
+    """A step of the loop did not happen in time; the message says which and where to look."""
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, *, hint: str = "", every_s: float = 0.5) -> T:
+    """Polls ``probe`` until it returns something truthy; the error names ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"timed out after {timeout_s:.0f}s waiting for {what}; last seen: {last!r}. {hint}".strip()
+            )
+        time.sleep(every_s)
+
+
+@dataclass(frozen=True)
+class S3Access:
+    endpoint: str  # host:port
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            c.ENV_S3_ENDPOINT: self.endpoint,
+            c.ENV_S3_SECURE: "false",
+            c.ENV_ACCESS_KEY: self.access_key,
+            c.ENV_SECRET_KEY: self.secret_key,
+            c.ENV_BUCKET: self.bucket,
+        }
+
+
+def policy_spec(
+    s3: S3Access,
+    *,
+    model: str,
+    dataset: str,
+    deployment: str | None,
+    trainer_secret: str,
+    epochs: int = 3,
+    min_samples: int = 20,
+) -> Json:
+    """A RetrainPolicy spec sized for 2 CPU cores: few epochs, gates the small digits net can pass.
+
+    ``beatMargin`` -0.05 lets a candidate within 5 points of the active version through: the holdout is
+    small (a few hundred digits), and a gate that flips on noise would make the loop flaky.
+    """
+    return {
+        "model": model,
+        "storage": {
+            "endpoint": s3.endpoint,
+            "secure": False,
+            "bucket": s3.bucket,
+            "trainerCredentials": {"secretName": trainer_secret},
+        },
+        "dataset": {"path": dataset},
+        "triggers": {"feedback": {"minSamples": min_samples, "minInterval": "1s"}, "checkIntervalSeconds": 5},
+        "training": {
+            "image": "modelloop/trainer:dev",
+            "gpusPerWorker": 1,
+            "backoffLimit": 1,
+            "hyperparameters": {"epochs": epochs, "batchSize": 32, "learningRate": 0.01, "checkpointInterval": 1},
+        },
+        "verification": {
+            "gates": {
+                "minValidationAccuracy": 0.80,
+                "minHoldoutAccuracy": 0.80,
+                "mustBeatActive": True,
+                "beatMargin": -0.05,
+                "maxLatencyP95Ms": 500,
+                "maxMemoryMiB": 4096,
+                "minThroughputRps": 10,
+            }
+        },
+        "serving": {"deployment": deployment, "rolloutTimeout": "5m"} if deployment else {},
+    }
+
+
+class LoopStack:
+    """Everything above a control plane and MinIO: devnode, operator, serving, dataset, policy."""
+
+    def __init__(
+        self,
+        *,
+        kubeconfig: Path,
+        kubectl: KubectlFn,
+        s3: S3Access,
+        namespace: str,
+        workdir: Path,
+        model: str = "digits",
+        policy: str = "digits",
+        dataset: str = "datasets/digits",
+        devnode_name: str | None = None,
+    ) -> None:
+        self.kubeconfig, self.kubectl, self.s3 = Path(kubeconfig), kubectl, s3
+        self.ns, self.workdir = namespace, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.model, self.policy, self.dataset = model, policy, dataset
+        self.kube = Kube(load_kubeconfig(self.kubeconfig), self.workdir / ".creds")
+        self.devnode = DevNodeProcess(
+            self.kubeconfig,
+            self.workdir / "devnode",
+            name=devnode_name or f"devnode-{namespace}",
+            namespaces=[namespace],
+        )
+        self.operator: ManagedProcess | None = None
+        self.trainer_secret = "modelloop-trainer-s3"
+        self.serving_secret = "modelloop-serving-s3"
+        self.deployment = "digits-server"
+
+    # -- processes
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def start_devnode(self) -> None:
+        self.devnode.start()
+
+    def start_operator(self) -> ManagedProcess:
+        env = self.base_env() | {
+            "MODELLOOP_METRICS_PORT": str(free_port()),
+            "MODELLOOP_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        argv = [str(Path(sys.executable).parent / "modelloop-operator"), "--standalone", "--namespace", self.ns]
+        self.operator = ManagedProcess("operator", argv, self.workdir / "operator.log", env=env).start()
+        return self.operator
+
+    def kill_operator(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer would: no shutdown handler runs."""
+        if self.operator is not None:
+            self.operator.kill_now()
+            self.operator.stop()
+
+    def close(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+        self.devnode.stop()
+        with contextlib.suppress(KubeError):
+            self.kube.request("DELETE", f"/api/v1/nodes/{self.devnode.name}")
+
+    # -- setup
+    def create_secrets(self) -> None:
+        """Trainer (read-write) and serving credentials. In this dev setup both are MinIO's root keys."""
+        for name in (self.trainer_secret, self.serving_secret):
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": self.ns},
+                "data": {
+                    "accessKey": base64.b64encode(self.s3.access_key.encode()).decode(),
+                    "secretKey": base64.b64encode(self.s3.secret_key.encode()).decode(),
+                },
+            }
+            with contextlib.suppress(KubeError):
+                self.kube.request("DELETE", f"/api/v1/namespaces/{self.ns}/secrets/{name}")
+            self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/secrets", body)
+
+    def seed_dataset(self) -> float:
+        started = time.monotonic()
+        env = self.base_env() | self.s3.env() | {c.ENV_DATASET: self.dataset, c.ENV_MODEL: self.model}
+        trainer = str(Path(sys.executable).parent / "modelloop-trainer")
+        result = subprocess.run(
+            [trainer, "seed-dataset", "--dataset", self.dataset],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"modelloop-trainer seed-dataset failed ({result.returncode}): {result.stderr[-2000:]}")
+        return time.monotonic() - started
+
+    def serving_manifests(self) -> list[Json]:
+        """The example serving Deployment, pointed at this namespace, bucket, policy and Secret."""
+        docs = [d for d in yaml.safe_load_all(SERVING_EXAMPLE.read_text()) if d]
+        overrides = {
+            c.ENV_S3_ENDPOINT: self.s3.endpoint,
+            c.ENV_S3_SECURE: "false",
+            c.ENV_BUCKET: self.s3.bucket,
+            c.ENV_MODEL: self.model,
+            "MODELLOOP_POLICY": self.policy,
+        }
+        for doc in docs:
+            doc.setdefault("metadata", {})["namespace"] = self.ns
+            if doc.get("kind") == "Deployment":
+                self.deployment = doc["metadata"]["name"]
+                pod = doc["spec"]["template"]["spec"]
+                for container in pod["containers"]:
+                    # Importing torch on a busy 2-core machine takes longer than the liveness budget;
+                    # a startup probe holds liveness off until the server answers, as in a cluster.
+                    live = container.get("livenessProbe")
+                    if live and "startupProbe" not in container:
+                        container["startupProbe"] = {**live, "periodSeconds": 2, "failureThreshold": 150}
+                for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                    for var in container.get("env") or []:
+                        if var["name"] in overrides:
+                            var.pop("valueFrom", None)
+                            var["value"] = overrides[var["name"]]
+                        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+                        if ref is not None:
+                            ref["name"] = self.serving_secret
+                            ref["key"] = "secretKey" if var["name"] == c.ENV_SECRET_KEY else "accessKey"
+            if doc.get("kind") == "RoleBinding":
+                for subject in doc.get("subjects") or []:
+                    if subject.get("kind") == "ServiceAccount":
+                        subject["namespace"] = self.ns
+            if doc.get("kind") == "Role":
+                for rule in doc.get("rules") or []:
+                    if "retrainpolicies" in (rule.get("resources") or []) and rule.get("resourceNames"):
+                        rule["resourceNames"] = [self.policy]
+        return docs
+
+    def apply(self, docs: list[Json]) -> None:
+        text = yaml.safe_dump_all(docs)
+        result = self.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-n", self.ns, "-f", "-", input=text, check=False
+        )
+        if result.returncode != 0:
+            raise StackError(f"kubectl apply failed: {result.stderr.strip()}")
+
+    def deploy_serving(self) -> None:
+        self.apply(self.serving_manifests())
+
+    def apply_policy(self, spec: Json) -> None:
+        self.apply(
+            [
+                {
+                    "apiVersion": c.API_VERSION,
+                    "kind": c.RETRAINPOLICY_KIND,
+                    "metadata": {"name": self.policy, "namespace": self.ns},
+                    "spec": spec,
+                }
+            ]
+        )
+
+    def patch_policy_spec(self, patch: Json) -> None:
+        self.kube.request(
+            "PATCH",
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
+            {"spec": patch},
+            content_type="application/merge-patch+json",
+        )
+
+    def annotate_policy(self, key: str, value: str) -> None:
+        self.kube.request(
+            "PATCH",
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
+            {"metadata": {"annotations": {key: value}}},
+            content_type="application/merge-patch+json",
+        )
+
+    # -- observation
+    def rp(self) -> Json:
+        return self.kube.get(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}")
+
+    def mvs(self) -> dict[str, Json]:
+        items = self.kube.get(
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.MODELVERSION_PLURAL}",
+            labelSelector=f"{c.LABEL_POLICY}={self.policy}",
+        )["items"]
+        return {str(mv["spec"]["version"]): mv for mv in items}
+
+    def mv_phase(self, version: str) -> str | None:
+        mv = self.mvs().get(version)
+        return None if mv is None else (mv.get("status") or {}).get("phase")
+
+    def jobs(self) -> list[Json]:
+        items: list[Json] = self.kube.get(f"/apis/batch/v1/namespaces/{self.ns}/jobs")["items"]
+        return items
+
+    def serving_pods(self) -> list[Json]:
+        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/{self.deployment}")
+        selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
+        pods: list[Json] = self.kube.get(f"/api/v1/namespaces/{self.ns}/pods", labelSelector=selector)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def serving_targets(self) -> list[str]:
+        targets = []
+        for p in self.serving_pods():
+            ready = {x["type"]: x["status"] for x in (p.get("status") or {}).get("conditions") or []}
+            if ready.get("Ready") == "True" and p["status"].get("podIP"):
+                targets.append(f"http://{p['status']['podIP']}:8080")
+        return targets
+
+    def serving_digests(self) -> dict[str, str | None]:
+        return {
+            p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(c.ANNOTATION_SERVING_DIGEST)
+            for p in self.serving_pods()
+        }
+
+    def wait_phase(
+        self, version: str, phases: set[str], timeout_s: float, on_tick: Callable[[], None] | None = None
+    ) -> Json:
+        """Waits until ModelVersion ``version`` reaches one of ``phases``; fails fast if it fails or is rejected."""
+        terminal = {"Failed", "Rejected"}
+
+        def probe() -> Json | None:
+            if on_tick is not None:
+                on_tick()
+            if self.operator is not None and not self.operator.alive():
+                raise StackError(f"the operator exited ({self.operator.returncode()}):\n{self.operator.log_tail()}")
+            mv = self.mvs().get(version)
+            phase = None if mv is None else (mv.get("status") or {}).get("phase")
+            if phase in phases:
+                return mv
+            if phase in terminal - phases:
+                status = (mv or {}).get("status") or {}
+                raise StackError(
+                    f"{self.policy}-{version} ended {phase}, not {sorted(phases)}: {status.get('message')}"
+                )
+            return None
+
+        return wait_for(
+            f"ModelVersion {version} to reach {sorted(phases)}",
+            probe,
+            timeout_s,
+            hint=f"operator log: {self.workdir / 'operator.log'}; pod logs: {self.devnode.workdir}",
+        )
+
+    def wait_serving(self, digest: str, timeout_s: float) -> dict[str, str | None]:
+        def probe() -> dict[str, str | None] | None:
+            digests = self.serving_digests()
+            return digests if digests and all(d == digest for d in digests.values()) else None
+
+        return wait_for(f"every serving replica to report {digest[:19]}…", probe, timeout_s)
+
+    def review(self, n: int) -> ReviewResult:
+        targets = wait_for("a ready serving replica", self.serving_targets, 120)
+        return review(targets, n)
+
+    def load(self, concurrency: int = 4) -> LoadGenerator:
+        return LoadGenerator(self.serving_targets, concurrency=concurrency).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# make demo
+
+
+class Progress:
+    """Prints what changed in the policy and its versions since the last look (epochs, gates, rollout)."""
+
+    def __init__(self, stack: LoopStack, started: float) -> None:
+        self.stack, self.started = stack, started
+        self.seen: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def tick(self) -> None:
+        try:
+            mvs = self.stack.mvs()
+            rp = self.stack.rp()
+        except KubeError:
+            return
+        for version, mv in sorted(mvs.items(), key=lambda kv: int(kv[0][1:])):
+            st = mv.get("status") or {}
+            self._once(
+                f"{version}/phase", st.get("phase"), f"{version}: {st.get('phase')} {st.get('message') or ''}".rstrip()
+            )
+            prog = st.get("progress") or {}
+            if prog.get("epoch"):
+                acc = prog.get("validationAccuracy")
+                acc_s = f", validation accuracy {acc:.3f}" if isinstance(acc, int | float) else ""
+                loss = prog.get("loss")
+                loss_s = f", loss {loss:.3f}" if isinstance(loss, int | float) else ""
+                self._once(
+                    f"{version}/epoch",
+                    prog.get("epoch"),
+                    f"{version}: training epoch {prog.get('epoch')}/{prog.get('epochs')}{loss_s}{acc_s}",
+                )
+            gates = st.get("gates") or []
+            if gates:
+                lines = ", ".join(
+                    f"{g['name']} {'ok' if g['passed'] else 'FAILED'} ({g.get('message') or g.get('value')})"
+                    for g in gates
+                )
+                self._once(
+                    f"{version}/gates", json.dumps(gates, sort_keys=True), f"{version}: verification gates: {lines}"
+                )
+        rst = rp.get("status") or {}
+        rollout = rst.get("rollout") or {}
+        desired = (rst.get("desired") or {}).get("version")
+        if desired:
+            self._once(
+                "rollout",
+                f"{desired} {rollout.get('summary')}",
+                f"rollout of {desired}: {rollout.get('summary') or '0/?'} replicas serving it",
+            )
+
+    def _once(self, key: str, value: Any, text: str) -> None:
+        if value is not None and self.seen.get(key) != value:
+            self.seen[key] = value
+            self.say(text)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from modelloop.devenv.controlplane import ControlPlane
+    from modelloop.devenv.minio import MinioServer
+    from modelloop.devenv.processes import locate_tools
+
+    t0 = time.monotonic()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="modelloop-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {text}", flush=True)
+
+    say(f"modelloop demo: everything runs on this machine as local processes; logs in {workdir}")
+    bin_dir = locate_tools(REPO)
+    cp = ControlPlane(bin_dir, workdir / "controlplane")
+    store_server = MinioServer(bin_dir, workdir / "minio")
+    stack: LoopStack | None = None
+    load: LoadGenerator | None = None
+    try:
+        t = time.monotonic()
+        cp.start()
+        store_server.start()
+        timings["control plane + MinIO"] = time.monotonic() - t
+        say(
+            f"control plane at {cp.server} and MinIO at {store_server.endpoint} ready ({timings['control plane + MinIO']:.1f}s)"
+        )
+        cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        ns, bucket = "modelloop-demo", "modelloop-demo"
+        cp.kubectl("create", "namespace", ns)
+        store_server.store(bucket)
+        s3 = S3Access(store_server.endpoint, store_server.access_key, store_server.secret_key, bucket)
+        stack = LoopStack(
+            kubeconfig=cp.kubeconfig,
+            kubectl=cp.kubectl,
+            s3=s3,
+            namespace=ns,
+            workdir=workdir,
+            devnode_name="modelloop-devnode",
+        )
+        stack.start_devnode()
+        say("development node registered (it stands in for kubelets: Pods run as local processes)")
+        stack.create_secrets()
+        timings["seed dataset"] = stack.seed_dataset()
+        say(f"base dataset seeded to s3://{bucket}/{stack.dataset}/ ({timings['seed dataset']:.1f}s)")
+        stack.deploy_serving()
+        stack.start_operator()
+        say("operator started; serving Deployment applied (2 replicas: model server + reload sidecar)")
+        t = time.monotonic()
+        stack.apply_policy(
+            policy_spec(
+                s3,
+                model=stack.model,
+                dataset=stack.dataset,
+                deployment=stack.deployment,
+                trainer_secret=stack.trainer_secret,
+                epochs=args.epochs,
+                min_samples=args.min_corrections,
+            )
+        )
+        progress = Progress(stack, t0)
+        say(f"RetrainPolicy {stack.policy} applied: the operator bootstraps v1 from the base dataset")
+        stack.wait_phase("v1", {"Active"}, args.timeout, on_tick=progress.tick)
+        timings["v1 active"] = time.monotonic() - t
+        say(f"v1 is Active on every replica ({timings['v1 active']:.1f}s after the policy was applied)")
+        load = stack.load(concurrency=4)
+        say("load generator started: 4 clients calling both replicas for the rest of the demo")
+        t = time.monotonic()
+        result = stack.review(args.reviews)
+        say(f"reviewers posted {result.reviewed} reviews of live answers, {result.corrections} of them corrections")
+        t_feedback = time.monotonic()
+        stack.wait_phase(
+            "v2", {"Training", "Verifying", "Verified", "Promoting", "Active"}, args.timeout, on_tick=progress.tick
+        )
+        # Reviews flushed after v2's feedback snapshot would start v3 right after; one round is the demo.
+        stack.patch_policy_spec({"triggers": {"feedback": {"minInterval": "24h"}}})
+        stack.wait_phase("v2", {"Active"}, args.timeout, on_tick=progress.tick)
+        timings["feedback → v2 active"] = time.monotonic() - t_feedback
+        tally = load.stop()
+        load = None
+        say(f"v2 is Active on every replica ({timings['feedback → v2 active']:.1f}s after the feedback)")
+        mvs = stack.mvs()
+        print("\nSummary")
+        for version, mv in sorted(mvs.items(), key=lambda kv: int(kv[0][1:])):
+            metrics = (mv.get("status") or {}).get("metrics") or {}
+            print(
+                f"  {version}: {(mv.get('status') or {}).get('phase'):<11} holdout accuracy {metrics.get('holdoutAccuracy')}, validation accuracy {metrics.get('validationAccuracy')}"
+            )
+        print(f"  requests served during the demo: {tally.ok} ({dict(tally.by_version)}), failed: {tally.failed}")
+        if tally.failures:
+            print(f"  first failures: {tally.failures[:3]}")
+        p95 = tally.p95_ms()
+        if p95 is not None:
+            print(f"  client-side p95 latency: {p95:.1f} ms")
+        for name, secs in timings.items():
+            print(f"  {name}: {secs:.1f}s")
+        print(f"  total: {time.monotonic() - t0:.1f}s")
+        print("\nLook around:")
+        print(f"  export KUBECONFIG={cp.kubeconfig}")
+        print(f"  kubectl -n {ns} get rp,mv")
+        print(f"  kubectl -n {ns} describe mv {stack.policy}-v2")
+        print(f"  kubectl -n {ns} annotate rp {stack.policy} {c.ANNOTATION_ROLLBACK_TO}=previous   # roll back to v1")
+        print(f"  pod logs: {stack.devnode.workdir}; operator log: {workdir / 'operator.log'}")
+        if args.keep:
+            print("\n--keep: everything stays up until Ctrl-C")
+            stopped = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stopped.set())
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            stopped.wait()
+        return 0 if tally.failed == 0 else 1
+    except StackError as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr)
+        if stack is not None and stack.operator is not None:
+            print(f"--- operator log (tail) ---\n{stack.operator.log_tail(40)}", file=sys.stderr)
+        return 1
+    finally:
+        say("tearing down")
+        if load is not None:
+            load.stop()
+        if stack is not None:
+            stack.close()
+        store_server.stop()
+        cp.stop()
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelloop.devenv.demo", description=__doc__.split("\n")[0] if __doc__ else ""
+    )
+    parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep logs and data here (default: a temp dir, removed at the end)"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per version (default: %(default)s)")
+    parser.add_argument(
+        "--reviews", type=int, default=300, help="reviews posted after v1 is live (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-corrections", type=int, default=10, help="corrections that trigger a retrain (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=480.0, help="seconds allowed per version (default: %(default)s)"
+    )
+    return _run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""kopf handlers: gather state, call modelloop.decide, apply the result (one status write per pass)."""

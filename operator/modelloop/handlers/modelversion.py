@@ -1,0 +1,315 @@
+"""ModelVersion lifecycle: Pending → Training → Verifying → Verified | Rejected | Failed.
+
+A level-based state machine: a timer per non-terminal ModelVersion reads the Job and the
+bucket and advances the phase. Status is the only memory and Job names are deterministic,
+so a restart (or SIGKILL) in any phase simply continues. What happens after Verified
+(promotion, rollout) is decided by the policy's handler, which sees all versions at once.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelloop import metrics
+from modelloop.api import constants as c
+from modelloop.api.artifacts import (
+    PROGRESS_FILE,
+    VERIFICATION_FILE,
+    ArtifactError,
+    Progress,
+    Verification,
+    artifact_uri,
+    version_key,
+)
+from modelloop.api.common import ConditionStatus
+from modelloop.api.modelversion import IN_FLIGHT, ArtifactRef, ModelVersionSpec, ModelVersionStatus, Phase
+from modelloop.api.retrainpolicy import RetrainPolicySpec
+from modelloop.clients import artifactstore, kube
+from modelloop.clients.objectstore import NotFound, ObjectStore
+from modelloop.decide.conditions import set_condition
+from modelloop.decide.gates import evaluate_gates, failing_summary
+from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
+
+from .stores import store_for
+
+INTERVAL = float(os.environ.get("MODELLOOP_MODELVERSION_INTERVAL", "3"))
+
+
+class _Conditions:
+    """The version's conditions as they are being rewritten during one pass."""
+
+    def __init__(self, items: list[dict[str, Any]], now: datetime, generation: int) -> None:
+        self.items, self.now, self.generation = items, now, generation
+
+    def set(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_, status, reason, message, self.now, self.generation)
+
+
+def _in_flight(status: kopf.Status, **_: Any) -> bool:
+    return Phase(status.get("phase") or Phase.PENDING) in IN_FLIGHT
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL, interval=INTERVAL, when=_in_flight)
+def modelversion_timer(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    namespace: str | None,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    assert namespace is not None, "ModelVersion is namespaced"
+    try:
+        reconcile_modelversion(body, dict(spec), dict(status), namespace, patch, logger, _now())
+    except Exception as e:
+        metrics.RECONCILE_ERRORS.labels(namespace, spec.get("policy", ""), "ModelVersion", type(e).__name__).inc()
+        raise
+
+
+def reconcile_modelversion(
+    body: kopf.Body,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    namespace: str,
+    patch: kopf.Patch | None,
+    logger: kopf.Logger | Any,
+    now: datetime,
+) -> dict[str, Any]:
+    """One pass; returns the status fields to write (also applied to ``patch`` when given)."""
+    mv = ModelVersionSpec.model_validate(spec)
+    old = ModelVersionStatus.model_validate({k: v for k, v in status.items() if k != "kopf"})
+    new = old.model_copy(deep=True)
+    policy = kube.get_policy(namespace, mv.policy)
+    if policy is None:
+        logger.info("policy %s is gone; garbage collection will remove this version", mv.policy)
+        return {}
+    pspec = RetrainPolicySpec.model_validate(policy["spec"])
+    pstatus = policy.get("status") or {}
+    generation = int(body.get("metadata", {}).get("generation") or 1)
+    conds = _Conditions([c_.model_dump(by_alias=True, mode="json") for c_ in new.conditions], now, generation)
+    labels = (namespace, mv.policy)
+
+    def fail(message: str, *, trained: bool) -> None:
+        new.phase = Phase.FAILED
+        new.message = message
+        new.completion_time = now
+        if not trained:
+            conds.set("Trained", "False", "TrainingFailed", message)
+        else:
+            conds.set("Verified", "False", "VerificationJobFailed", message)
+        conds.set("Ready", "False", "Failed", message)
+        metrics.TRAININGS_FAILED.labels(*labels).inc()
+        kopf.warn(body, reason="TrainingFailed" if not trained else "VerificationFailed", message=message)
+        logger.warning("version %s failed: %s", mv.version, message)
+
+    if new.phase == Phase.PENDING:
+        job = build_job(
+            policy=mv.policy,
+            spec=pspec,
+            version=mv.version,
+            verb="train",
+            parent_version=mv.parent_version,
+            active_version=None,
+            feedback_through=mv.feedback_snapshot.through_key,
+        )
+        kopf.adopt(job, owner=body)
+        if pspec.training.workers > 1:
+            svc = build_rendezvous_service(mv.policy, pspec, mv.version)
+            kopf.adopt(svc, owner=body)
+            kube.create_service(namespace, svc)
+        created = kube.create_job(namespace, job)
+        new.phase = Phase.TRAINING
+        new.training_job = job["metadata"]["name"]
+        new.start_time = new.start_time or now
+        new.message = f"training Job {new.training_job} {'created' if created else 'found'}"
+        new.progress.summary = "starting"
+        conds.set("Trained", "False", "Training", new.message)
+        conds.set("Ready", "False", "Training", new.message)
+        kopf.info(body, reason="TrainingStarted", message=f"{new.message} (parent {mv.parent_version or 'none'})")
+        logger.info("version %s: %s", mv.version, new.message)
+    elif new.phase == Phase.TRAINING:
+        _training(mv, pspec, pstatus, new, body, namespace, now, logger, fail, conds)
+    elif new.phase == Phase.VERIFYING:
+        _verifying(mv, pspec, pstatus, new, body, namespace, now, logger, fail, conds)
+
+    new.observed_generation = generation
+    out = new.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
+    out["conditions"] = conds.items
+    before = old.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
+    before["conditions"] = [c_.model_dump(by_alias=True, mode="json") for c_ in old.conditions]
+    changed = {k: v for k, v in out.items() if before.get(k) != v}
+    if patch is not None:
+        for k, v in changed.items():
+            patch.status[k] = v
+    return changed
+
+
+def _training(
+    mv: ModelVersionSpec,
+    pspec: RetrainPolicySpec,
+    pstatus: dict[str, Any],
+    new: ModelVersionStatus,
+    body: Any,
+    namespace: str,
+    now: datetime,
+    logger: Any,
+    fail: Any,
+    conds: _Conditions,
+) -> None:
+    assert new.training_job
+    job = kube.get_job(namespace, new.training_job)
+    if job is None:
+        fail(f"training Job {new.training_job} was deleted before it finished", trained=False)
+        return
+    outcome, why = job_outcome(job)
+    store = store_for(namespace, pspec)
+    if outcome == "Running":
+        _progress(store, mv, new)
+        return
+    if outcome == "Failed":
+        term = kube.job_termination_message(namespace, new.training_job)
+        fail(
+            f"training Job {new.training_job} failed: {why}" + (f"; trainer said: {term}" if term else ""),
+            trained=False,
+        )
+        return
+    try:
+        _, digest = artifactstore.read_manifest(store, mv.model, mv.version)
+    except ArtifactError as e:
+        fail(f"training Job {new.training_job} completed but left no valid version: {e}", trained=False)
+        return
+    _progress(store, mv, new)
+    metrics.TRAININGS_SUCCEEDED.labels(namespace, mv.policy).inc()
+    if new.start_time:
+        metrics.TRAINING_DURATION.labels(namespace, mv.policy).observe((now - new.start_time).total_seconds())
+    new.artifact = ArtifactRef(uri=artifact_uri(pspec.storage.bucket, mv.model, mv.version), manifest_digest=digest)
+    new.training_completion_time = now
+    active = pstatus.get("activeVersion")
+    vjob = build_job(
+        policy=mv.policy,
+        spec=pspec,
+        version=mv.version,
+        verb="verify",
+        parent_version=mv.parent_version,
+        active_version=active,
+        feedback_through=mv.feedback_snapshot.through_key,
+    )
+    kopf.adopt(vjob, owner=body)
+    kube.create_job(namespace, vjob)
+    new.verification_job = vjob["metadata"]["name"]
+    new.phase = Phase.VERIFYING
+    new.message = (
+        f"trained ({digest[:19]}…); verification Job {new.verification_job} against {active or 'no active version'}"
+    )
+    conds.set("Trained", "True", "TrainingSucceeded", f"manifest {digest}")
+    conds.set("Ready", "False", "Verifying", new.message)
+    kopf.info(body, reason="Trained", message=new.message)
+    logger.info("version %s: %s", mv.version, new.message)
+
+
+def _job_env(job: dict[str, Any], name: str) -> str | None:
+    for ctr in job["spec"]["template"]["spec"]["containers"]:
+        for e in ctr.get("env") or []:
+            if e.get("name") == name:
+                value: str | None = e.get("value")
+                return value
+    return None
+
+
+def _progress(store: ObjectStore, mv: ModelVersionSpec, new: ModelVersionStatus) -> None:
+    try:
+        p = Progress.model_validate_json(store.get_bytes(version_key(mv.model, mv.version, PROGRESS_FILE)))
+    except (NotFound, ValidationError):
+        return
+    new.progress.epoch = p.epoch
+    new.progress.epochs = p.epochs
+    new.progress.loss = p.loss
+    new.progress.validation_accuracy = p.validation_accuracy
+    new.progress.summary = f"epoch {p.epoch}/{p.epochs}"
+
+
+def _verifying(
+    mv: ModelVersionSpec,
+    pspec: RetrainPolicySpec,
+    pstatus: dict[str, Any],
+    new: ModelVersionStatus,
+    body: Any,
+    namespace: str,
+    now: datetime,
+    logger: Any,
+    fail: Any,
+    conds: _Conditions,
+) -> None:
+    assert new.verification_job and new.artifact
+    job = kube.get_job(namespace, new.verification_job)
+    if job is None:
+        fail(f"verification Job {new.verification_job} was deleted before it finished", trained=True)
+        return
+    outcome, why = job_outcome(job)
+    if outcome == "Running":
+        return
+    if outcome == "Failed":
+        term = kube.job_termination_message(namespace, new.verification_job)
+        fail(
+            f"verification Job {new.verification_job} failed: {why}" + (f"; verifier said: {term}" if term else ""),
+            trained=True,
+        )
+        return
+    store = store_for(namespace, pspec)
+    where = f"s3://{pspec.storage.bucket}/{version_key(mv.model, mv.version, VERIFICATION_FILE)}"
+    try:
+        v = Verification.model_validate_json(store.get_bytes(version_key(mv.model, mv.version, VERIFICATION_FILE)))
+    except NotFound:
+        fail(f"verification Job {new.verification_job} completed but wrote no {where}", trained=True)
+        return
+    except ValidationError as e:
+        fail(f"{where} is not a valid verification record: {e.errors()[0]['msg']}", trained=True)
+        return
+    if v.manifest_digest != new.artifact.manifest_digest:
+        fail(
+            f"{where} verified manifest {v.manifest_digest} but this version's manifest is "
+            f"{new.artifact.manifest_digest}; the artifacts changed after training",
+            trained=True,
+        )
+        return
+    # The version to beat is the one the verification Job was told about, not whatever is active now.
+    results = evaluate_gates(pspec.verification.gates, v, _job_env(job, c.ENV_ACTIVE_VERSION) or None)
+    new.gates = results
+    m = new.metrics
+    m.validation_accuracy = v.validation_accuracy
+    m.holdout_accuracy = v.holdout_accuracy
+    m.baseline_holdout_accuracy = v.baseline_holdout_accuracy
+    m.macro_f1 = v.macro_f1
+    m.per_class_accuracy = dict(v.per_class_accuracy)
+    m.latency_p95_ms = v.latency_p95_ms
+    m.peak_memory_mi_b = v.peak_memory_mib
+    m.throughput_rps = v.throughput_rps
+    for r in results:
+        metrics.GATE_RESULTS.labels(namespace, mv.policy, r.name, "pass" if r.passed else "fail").inc()
+    summary = failing_summary(results)
+    new.completion_time = now
+    if all(r.passed for r in results):
+        new.phase = Phase.VERIFIED
+        new.message = f"all {len(results)} gates passed"
+        conds.set("Verified", "True", "GatesPassed", new.message)
+        conds.set("Ready", "True", "Verified", new.message)
+        metrics.VERIFICATIONS.labels(namespace, mv.policy, "verified").inc()
+        kopf.info(body, reason="Verified", message=new.message)
+    else:
+        new.phase = Phase.REJECTED
+        new.message = f"rejected: {summary}"
+        conds.set("Verified", "False", "GatesFailed", summary)
+        conds.set("Ready", "False", "Rejected", new.message)
+        metrics.VERIFICATIONS.labels(namespace, mv.policy, "rejected").inc()
+        kopf.warn(body, reason="VerificationFailed", message=new.message)
+    logger.info("version %s: %s", mv.version, new.message)

@@ -1,0 +1,426 @@
+"""RetrainPolicy reconcile: feedback counting, triggers, promotion, rollout, rollback, retention.
+
+One timer per policy runs the whole pass: gather (ModelVersions, feedback in the bucket,
+serving pods) → decide (``modelloop.decide``) → apply (create a ModelVersion, move
+``status.desired``, prune) → one status write, skipped when nothing changed. Everything the
+operator remembers is in status, so a restarted operator continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelloop import metrics
+from modelloop.api import constants as c
+from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_number, version_prefix
+from modelloop.api.feedback import decode_batch
+from modelloop.api.modelversion import Phase
+from modelloop.api.retrainpolicy import (
+    DesiredVersion,
+    LiveAccuracy,
+    RetrainPolicySpec,
+    RetrainPolicyStatus,
+    RolloutStatus,
+)
+from modelloop.clients import kube
+from modelloop.clients.objectstore import ObjectStore
+from modelloop.decide.conditions import get_condition, set_condition
+from modelloop.decide.durations import parse_duration
+from modelloop.decide.retention import pick_pruned
+from modelloop.decide.rollback import RollbackDecision, decide_auto_rollback, decide_rollback_request
+from modelloop.decide.rollout import PodView, decide_rollout
+from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
+from modelloop.decide.versions import in_flight, modelversion_name, next_version
+
+from .stores import store_for
+
+INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "5"))
+_active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL, interval=INTERVAL)
+def retrainpolicy_timer(
+    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
+    assert namespace is not None, "RetrainPolicy is namespaced"
+    try:
+        changed = reconcile_policy(body, namespace, name, logger, _now())
+    except Exception as e:
+        metrics.RECONCILE_ERRORS.labels(namespace, name, "RetrainPolicy", type(e).__name__).inc()
+        raise
+    for k, v in changed.items():
+        patch.status[k] = v
+
+
+def _phases(mvs: list[dict[str, Any]]) -> dict[str, Phase]:
+    out: dict[str, Phase] = {}
+    for mv in mvs:
+        version = mv.get("spec", {}).get("version")
+        if version:
+            out[version] = Phase((mv.get("status") or {}).get("phase") or Phase.PENDING)
+    return out
+
+
+def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, now: datetime) -> dict[str, Any]:
+    """One pass; returns the changed status fields (the caller writes them in one patch)."""
+    meta = body["metadata"]
+    generation = int(meta.get("generation") or 1)
+    raw_status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    old = RetrainPolicyStatus.model_validate(raw_status)
+    new = old.model_copy(deep=True)
+    conds = [x.model_dump(by_alias=True, mode="json") for x in old.conditions]
+    try:
+        spec = RetrainPolicySpec.model_validate(body["spec"])
+    except ValidationError as e:
+        msg = f"spec is invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+        conds = set_condition(conds, "Ready", "False", "InvalidSpec", msg, now, generation)
+        return _diff(old, new, conds)
+    annotations = meta.get("annotations") or {}
+    labels = (namespace, name)
+
+    mvs = {mv["spec"]["version"]: mv for mv in kube.list_modelversions(namespace, name)}
+    phases = _phases(list(mvs.values()))
+
+    # Feedback: count only what is new since the cursor.
+    store: ObjectStore | None = None
+    due = old.feedback.last_counted_at is None or now - old.feedback.last_counted_at >= timedelta(
+        seconds=spec.triggers.check_interval_seconds
+    )
+    try:
+        store = store_for(namespace, spec)
+        if due:
+            _count_feedback(store, spec, new, now)
+        conds = set_condition(
+            conds,
+            "FeedbackReadable",
+            "True",
+            "Readable",
+            f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} is readable",
+            now,
+            generation,
+        )
+    except Exception as e:  # noqa: BLE001 - any storage failure must become a condition, not a crash
+        msg = f"cannot read feedback from {spec.storage.endpoint}/{spec.storage.bucket}: {type(e).__name__}: {e}"
+        prev = get_condition(conds, "FeedbackReadable")
+        if prev is None or prev["status"] != "False":
+            logger.warning("%s (will retry every %ss)", msg, INTERVAL)
+        conds = set_condition(conds, "FeedbackReadable", "False", "StorageUnreachable", msg[:1000], now, generation)
+        store = None
+
+    # Rollout of the desired version, or the next change of what is desired.
+    rollout_in_progress = new.desired is not None and new.desired.version != new.active_version
+    if rollout_in_progress:
+        conds = _track_rollout(spec, new, mvs, phases, body, namespace, now, conds, generation, logger)
+    else:
+        decision = decide_rollback_request(
+            annotations.get(c.ANNOTATION_ROLLBACK_TO),
+            old.handled.rollback_to,
+            new.active_version,
+            new.previous_version,
+            new.desired.version if new.desired else None,
+            phases,
+        )
+        if decision.handled is not None:
+            new.handled.rollback_to = decision.handled
+        if not decision.act and decision.reason in ("InvalidRollbackTarget", "AlreadyServing"):
+            kopf.warn(body, reason="RollbackRejected", message=decision.message)
+            conds = set_condition(conds, "RolledBack", "False", decision.reason, decision.message, now, generation)
+        auto = decide_auto_rollback(
+            spec.auto_rollback, new.live_accuracy, new.active_version, new.previous_version, False
+        )
+        chosen: RollbackDecision | None = decision if decision.act else (auto if auto.act else None)
+        if chosen is not None and chosen.target:
+            _set_desired(spec, new, mvs, chosen.target, chosen.reason, now)
+            reason_label = "auto" if chosen.reason == "AutoRollback" else "manual"
+            metrics.ROLLBACKS.labels(*labels, reason_label).inc()
+            kopf.warn(
+                body, reason="AutoRollingBack" if reason_label == "auto" else "RollingBack", message=chosen.message
+            )
+            conds = set_condition(conds, "RolledBack", "Unknown", chosen.reason, chosen.message, now, generation)
+            logger.warning(chosen.message)
+        else:
+            candidate = _promotion_candidate(phases, new.active_version)
+            if candidate is not None:
+                _set_desired(spec, new, mvs, candidate, "Promotion", now)
+                kube.patch_modelversion_status(
+                    namespace,
+                    modelversion_name(name, candidate),
+                    {"phase": Phase.PROMOTING.value, "message": "waiting for serving replicas"},
+                )
+                phases[candidate] = Phase.PROMOTING
+                logger.info("promoting %s", candidate)
+        if new.desired is not None and new.desired.version != new.active_version:
+            conds = _track_rollout(spec, new, mvs, phases, body, namespace, now, conds, generation, logger)
+
+    # Trigger a new training.
+    flying = in_flight(phases)
+    new.training_version = flying
+    trig = decide_trigger(
+        spec,
+        TriggerSnapshot(
+            any_version=bool(phases) or new.latest_version is not None,
+            in_flight=flying,
+            active_version=new.active_version,
+            pending_corrections=new.feedback.pending_corrections,
+            pending_reviews=new.feedback.pending_reviews,
+            last_training_time=new.last_training_time,
+            last_schedule_time=new.last_schedule_time,
+            created_at=_parse_time(meta.get("creationTimestamp")) or now,
+            retrain_now=annotations.get(c.ANNOTATION_RETRAIN_NOW),
+            handled_retrain_now=old.handled.retrain_now,
+        ),
+        now,
+    )
+    if trig.schedule_time is not None:
+        new.last_schedule_time = trig.schedule_time
+    if trig.act:
+        version = next_version(phases, new.latest_version)
+        _create_version(body, spec, new, namespace, name, version, trig.reason, trig.message, now)
+        if trig.retrain_now_handled is not None:
+            new.handled.retrain_now = trig.retrain_now_handled
+        phases[version] = Phase.PENDING
+        new.training_version = version
+        metrics.TRAININGS_STARTED.labels(*labels, trig.reason).inc()
+        kopf.info(body, reason="TrainingStarted", message=f"{version}: {trig.message}")
+        logger.info("starting %s: %s", version, trig.message)
+    training = new.training_version
+    conds = set_condition(
+        conds, "Training", "True" if training else "False",
+        "InFlight" if training else trig.reason,
+        f"version {training} is training or verifying" if training else trig.message, now, generation,
+    )  # fmt: skip
+
+    # Retention.
+    protected = [new.active_version, new.previous_version, new.desired.version if new.desired else None]
+    pruned = pick_pruned(phases, spec.retention.keep_versions, protected)
+    if pruned and store is not None:
+        for v in pruned:
+            kube.delete_modelversion(namespace, modelversion_name(name, v))
+            store.remove_prefix(version_prefix(spec.model, v))
+        kopf.info(
+            body,
+            reason="RetentionPruned",
+            message=f"deleted {', '.join(pruned)} and their artifacts (keepVersions {spec.retention.keep_versions})",
+        )
+
+    # Summary.
+    if new.active_version is None:
+        conds = set_condition(
+            conds, "Ready", "False", "NoActiveVersion", "no version has been promoted yet", now, generation
+        )
+    elif new.desired is not None and new.desired.version != new.active_version:
+        conds = set_condition(
+            conds,
+            "Ready",
+            "True",
+            "RollingOut",
+            f"serving {new.active_version}; rolling out {new.desired.version} ({new.rollout.summary})",
+            now,
+            generation,
+        )
+    else:
+        conds = set_condition(conds, "Ready", "True", "Serving", f"serving {new.active_version}", now, generation)
+    new.observed_generation = generation
+    metrics.PENDING_CORRECTIONS.labels(*labels).set(new.feedback.pending_corrections)
+    metrics.PENDING_REVIEWS.labels(*labels).set(new.feedback.pending_reviews)
+    if new.live_accuracy.accuracy is not None and new.live_accuracy.version:
+        metrics.LIVE_ACCURACY.labels(*labels, new.live_accuracy.version).set(new.live_accuracy.accuracy)
+    return _diff(old, new, conds)
+
+
+def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[str, Any]]) -> dict[str, Any]:
+    out = new.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
+    out["conditions"] = conds
+    before = old.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
+    before["conditions"] = [x.model_dump(by_alias=True, mode="json") for x in old.conditions]
+    return {k: v for k, v in out.items() if before.get(k) != v}
+
+
+def _parse_time(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
+def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPolicyStatus, now: datetime) -> None:
+    fb = new.feedback
+    live = new.live_accuracy
+    for key in store.list_keys(feedback_prefix(spec.model), start_after=fb.cursor or None):
+        if not key.endswith(".jsonl"):
+            continue
+        for rec in decode_batch(store.get_bytes(key)):
+            fb.pending_reviews += 1
+            if rec.is_correction:
+                fb.pending_corrections += 1
+            if (
+                new.active_version is not None
+                and rec.version == new.active_version
+                and live.version == new.active_version
+            ):
+                live.reviews += 1
+                live.correct += 0 if rec.is_correction else 1
+        fb.cursor = key
+    live.accuracy = (live.correct / live.reviews) if live.reviews else None
+    fb.last_counted_at = now
+
+
+def _promotion_candidate(phases: dict[str, Phase], active: str | None) -> str | None:
+    floor = version_number(active) if active else 0
+    verified = [v for v, p in phases.items() if p == Phase.VERIFIED and version_number(v) > floor]
+    return max(verified, key=version_number) if verified else None
+
+
+def _set_desired(
+    spec: RetrainPolicySpec, new: RetrainPolicyStatus, mvs: dict[str, Any], version: str, reason: str, now: datetime
+) -> None:
+    artifact = ((mvs.get(version) or {}).get("status") or {}).get("artifact") or {}
+    new.desired = DesiredVersion(
+        version=version,
+        artifact_uri=artifact.get("uri") or artifact_uri(spec.storage.bucket, spec.model, version),
+        manifest_digest=artifact["manifestDigest"],
+        since=now,
+        reason=reason,
+    )
+    new.rollout = RolloutStatus(started_at=now)
+
+
+def _track_rollout(
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    mvs: dict[str, Any],
+    phases: dict[str, Phase],
+    body: Any,
+    namespace: str,
+    now: datetime,
+    conds: list[dict[str, Any]],
+    generation: int,
+    logger: Any,
+) -> list[dict[str, Any]]:
+    desired = new.desired
+    assert desired is not None
+    name = body["metadata"]["name"]
+    replicas: int | None = None
+    pods: list[PodView] = []
+    if spec.serving.deployment:
+        found = kube.deployment_serving(namespace, spec.serving.deployment)
+        if found is None:
+            replicas = 1
+            msg = f"serving Deployment {spec.serving.deployment} not found; waiting for it"
+        else:
+            replicas, raw = found
+            pods = [PodView(n, d, t) for n, d, t in raw]
+    started = new.rollout.started_at or desired.since or now
+    d = decide_rollout(
+        desired.manifest_digest,
+        desired.version,
+        replicas,
+        pods,
+        started,
+        parse_duration(spec.serving.rollout_timeout),
+        now,
+    )
+    new.rollout.updated, new.rollout.total, new.rollout.summary = d.updated, d.total, d.summary
+    new.rollout.started_at = started
+    if not d.complete:
+        if d.stalled:
+            prev = get_condition(conds, "RolloutComplete")
+            if prev is None or prev.get("reason") != "RolloutStalled":
+                kopf.warn(body, reason="RolloutStalled", message=d.message)
+                logger.warning(d.message)
+            conds = set_condition(conds, "RolloutComplete", "False", "RolloutStalled", d.message, now, generation)
+        else:
+            conds = set_condition(conds, "RolloutComplete", "False", "RollingOut", d.message, now, generation)
+        return conds
+    new.rollout.completed_at = now
+    metrics.ROLLOUT_DURATION.labels(namespace, name).observe((now - started).total_seconds())
+    old_active = new.active_version
+    target = desired.version
+    rollback = desired.reason in ("Rollback", "AutoRollback")
+    if old_active and old_active in phases:
+        after = Phase.ROLLED_BACK if rollback else Phase.SUPERSEDED
+        kube.patch_modelversion_status(
+            namespace,
+            modelversion_name(name, old_active),
+            {"phase": after.value, "message": f"replaced by {target} ({desired.reason})"},
+        )
+        phases[old_active] = after
+    kube.patch_modelversion_status(
+        namespace, modelversion_name(name, target),
+        {"phase": Phase.ACTIVE.value, "message": f"serving on {d.summary} replicas", "promotedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
+    )  # fmt: skip
+    phases[target] = Phase.ACTIVE
+    new.previous_version = old_active
+    new.active_version = target
+    new.live_accuracy = LiveAccuracy(version=target)
+    stale = _active_labels.pop((namespace, name), None)
+    if stale is not None:
+        metrics.ACTIVE_VERSION.remove(*stale)
+    _active_labels[(namespace, name)] = (namespace, name, spec.model, target, desired.manifest_digest)
+    metrics.ACTIVE_VERSION.labels(namespace, name, spec.model, target, desired.manifest_digest).set(1)
+    conds = set_condition(conds, "RolloutComplete", "True", "AllReplicasUpdated", d.message, now, generation)
+    if rollback:
+        msg = f"rolled back from {old_active} to {target} ({desired.reason}); {d.message}"
+        conds = set_condition(conds, "RolledBack", "True", desired.reason or "Rollback", msg, now, generation)
+        kopf.warn(body, reason="AutoRolledBack" if desired.reason == "AutoRollback" else "RolledBack", message=msg)
+    else:
+        msg = f"{target} is active (was {old_active or 'none'}); {d.message}"
+        conds = set_condition(conds, "RolledBack", "False", "Promoted", msg, now, generation)
+        metrics.PROMOTIONS.labels(namespace, name).inc()
+        kopf.info(body, reason="Promoted", message=msg)
+    logger.info(msg)
+    return conds
+
+
+def _create_version(
+    body: Any,
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    namespace: str,
+    name: str,
+    version: str,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> None:
+    mv: dict[str, Any] = {
+        "apiVersion": c.API_VERSION,
+        "kind": c.MODELVERSION_KIND,
+        "metadata": {
+            "name": modelversion_name(name, version),
+            "labels": {
+                c.LABEL_POLICY: name,
+                c.LABEL_MODEL: spec.model,
+                c.LABEL_VERSION: version,
+                c.LABEL_MANAGED_BY: c.MANAGED_BY,
+            },
+        },
+        "spec": {
+            "model": spec.model,
+            "version": version,
+            "policy": name,
+            "trigger": f"{reason}: {message}"[:1024],
+            "trainingParameters": spec.training.hyperparameters.model_dump(by_alias=True),
+            "feedbackSnapshot": {
+                "throughKey": new.feedback.cursor,
+                "samples": new.feedback.pending_reviews,
+                "corrections": new.feedback.pending_corrections,
+            },
+            **({"parentVersion": new.active_version} if new.active_version else {}),
+        },
+    }
+    kopf.adopt(mv, owner=body, strict=True)
+    mv["metadata"]["labels"] = {
+        k: v for k, v in mv["metadata"]["labels"].items() if k.startswith(c.GROUP) or k == c.LABEL_MANAGED_BY
+    }
+    kube.create_modelversion(namespace, mv)
+    new.latest_version = version
+    new.last_training_time = now
+    new.feedback.pending_corrections = 0
+    new.feedback.pending_reviews = 0

@@ -1,0 +1,80 @@
+"""Every Prometheus metric of the model server, defined once (names are what the alerts and dashboard use).
+
+A registry per server instance rather than the global one, so tests can run several servers in
+one process without duplicate-registration errors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+NO_VERSION = "none"
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "modelloop_server_requests",
+            "Prediction requests answered, by HTTP status code and the model version that answered "
+            f"({NO_VERSION!r} when none was involved, e.g. a rejected body).",
+            ["code", "version"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "modelloop_server_request_duration_seconds",
+            "Time from a prediction request's arrival to its answer, by answering version.",
+            ["version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "modelloop_server_model_info",
+            "1 for the model version this server answers with now.",
+            ["version", "digest"],
+            registry=r,
+        )
+        self.ready = Gauge("modelloop_server_ready", "1 once a warmed-up model is loaded.", registry=r)
+        self.swaps = Counter(
+            "modelloop_server_swaps",
+            "Model swaps by result: loaded (from disk), memory (instant rollback to the kept previous model), failed.",
+            ["result"],
+            registry=r,
+        )
+        self.swap_seconds = Histogram(
+            "modelloop_server_swap_duration_seconds",
+            "Time the reference swap itself took (the window in which requests could see either version).",
+            buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1),
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "modelloop_server_load_duration_seconds",
+            "Time to read, verify, build and warm up a version before it is swapped in.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.feedback_received = Counter(
+            "modelloop_server_feedback_received",
+            "Feedback records accepted, by kind: correction (label differs from the prediction) or confirmation.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("correction", "confirmation"):
+            self.feedback_received.labels(kind)
+        self.feedback_flushed = Counter(
+            "modelloop_server_feedback_flushed_records",
+            "Feedback records stored in the object store.",
+            registry=r,
+        )
+        self.feedback_flush_errors = Counter(
+            "modelloop_server_feedback_flush_errors",
+            "Failed attempts to store a feedback batch (kept in memory and in the spool, retried).",
+            registry=r,
+        )
+        self.feedback_backlog = Gauge(
+            "modelloop_server_feedback_backlog_records",
+            "Feedback records accepted but not yet stored in the object store.",
+            registry=r,
+        )

@@ -1,0 +1,125 @@
+"""Loaded model versions and the one reference that says which of them answers.
+
+Hot swap after the reference design: the new version is loaded beside the serving one, warmed up,
+and only then published by rebinding a single attribute (atomic in Python). A request reads that
+attribute once and keeps the object for its whole life, so a request in flight during a swap
+finishes on the version it started with. The version it replaced stays in memory as
+``previous``: rolling back to it needs no download, no load and no warm-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, check_version
+from modelloop_trainer.plugin import ModelPlugin
+
+from .modeldir import read_local_manifest, verify_local
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    digest: str
+    path: Path
+    network: nn.Module = field(repr=False)
+    load_seconds: float = 0.0
+
+    def probabilities(self, x: Tensor) -> Tensor:
+        """Class probabilities ``[N, num_classes]``; runs in a worker thread (torch releases the GIL)."""
+        with torch.inference_mode():
+            return torch.softmax(self.network(x).float(), dim=1)
+
+
+def load_version(plugin: ModelPlugin, version: str, path: Path, warmup_passes: int = 3) -> LoadedModel:
+    """Build the plug-in's network from a local version directory and warm it up.
+
+    The weights are re-checked against the manifest first (the disk copy is only as good as the
+    last time someone looked) and read with safetensors, never unpickled. Warm-up runs real
+    forward passes so the first user request does not pay for lazy initialisation, and proves the
+    network produces ``num_classes`` finite outputs before it is allowed to answer anyone.
+    """
+    check_version(version)
+    started = time.perf_counter()
+    manifest, digest = verify_local(path, only={WEIGHTS_FILE})
+    if manifest.version != version:
+        raise ArtifactError(f"{path}/manifest.json describes {manifest.version}, not {version}")
+    if not any(f.path == WEIGHTS_FILE for f in manifest.files):
+        raise ArtifactError(f"{path}/manifest.json lists no {WEIGHTS_FILE}; this version has no weights")
+    weights_path = path / WEIGHTS_FILE
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ArtifactError(f"{weights_path} is not a valid safetensors file ({e})") from e
+    network = plugin.build()
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[:2])
+        raise ArtifactError(f"{weights_path}: the weights do not fit plug-in {type(plugin).__name__}: {first}") from e
+    network.eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    model = LoadedModel(version=version, digest=digest, path=path, network=network)
+    for n in range(max(1, warmup_passes)):
+        batch = torch.zeros((1 + n * 7, *plugin.input_shape), dtype=torch.float32)
+        out = model.probabilities(batch)
+        if tuple(out.shape) != (batch.shape[0], plugin.num_classes) or not torch.isfinite(out).all():
+            raise ArtifactError(
+                f"{weights_path}: warm-up produced output of shape {tuple(out.shape)} (finite: "
+                f"{bool(torch.isfinite(out).all())}), expected ({batch.shape[0]}, {plugin.num_classes}) finite values"
+            )
+    return LoadedModel(
+        version=version, digest=digest, path=path, network=network, load_seconds=time.perf_counter() - started
+    )
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    model: LoadedModel
+    replaced: LoadedModel | None
+    swap_seconds: float
+    from_memory: bool
+
+
+class ModelHolder:
+    """``current`` answers requests; ``previous`` waits for an instant rollback.
+
+    Loads are serialised (two sidecar calls racing must not leave ``previous`` pointing at a model
+    that was never served); reads take no lock at all.
+    """
+
+    def __init__(self, plugin: ModelPlugin, warmup_passes: int = 3) -> None:
+        self.plugin = plugin
+        self.warmup_passes = warmup_passes
+        self.current: LoadedModel | None = None
+        self.previous: LoadedModel | None = None
+        self._load_lock = threading.Lock()
+
+    def load(self, version: str, path: Path) -> SwapResult:
+        """Make ``version`` (files at ``path``) the one that answers; raises ArtifactError and keeps the old one."""
+        with self._load_lock:
+            cur, prev = self.current, self.previous
+            _, digest = read_local_manifest(path)
+            if cur is not None and (cur.version, cur.digest) == (version, digest):
+                return SwapResult(cur, None, 0.0, True)
+            if prev is not None and (prev.version, prev.digest) == (version, digest):
+                new, from_memory = prev, True
+            else:
+                new, from_memory = load_version(self.plugin, version, path, self.warmup_passes), False
+            started = time.perf_counter()
+            self.current = new
+            swap_seconds = time.perf_counter() - started
+            self.previous = cur
+            return SwapResult(new, cur, swap_seconds, from_memory)

@@ -1,0 +1,133 @@
+"""Configuration of the server and the sidecar, read from the environment once, at start-up.
+
+Nothing here runs at import time: ``main()`` builds the settings object and hands it down, so
+tests construct settings directly and a bad value fails start-up with a message naming the
+variable instead of a traceback in the middle of serving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelloop.api import constants as c
+from modelloop.api.artifacts import check_model_name
+
+ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
+ENV_BIND_HOST = "MODELLOOP_BIND_HOST"
+ENV_PORT = "MODELLOOP_PORT"
+ENV_POLICY = "MODELLOOP_POLICY"
+ENV_SERVER_URL = "MODELLOOP_SERVER_URL"
+ENV_POD_NAME = "POD_NAME"
+ENV_POD_NAMESPACE = "POD_NAMESPACE"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={value} must be positive")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
+
+
+def _model(env: Mapping[str, str]) -> str:
+    try:
+        return check_model_name(_required(env, c.ENV_MODEL))
+    except ValueError as e:
+        raise SettingsError(f"{c.ENV_MODEL}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str
+    plugin: str
+    model_dir: Path
+    bind_host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 256
+    inference_threads: int = 0  # 0: one per CPU
+    warmup_passes: int = 3
+    feedback_batch_records: int = 100
+    feedback_flush_seconds: float = 5.0
+    feedback_max_backlog: int = 100_000
+    keep_versions: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        e = os.environ if env is None else env
+        return cls(
+            model=_model(e),
+            plugin=e.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN,
+            model_dir=Path(_required(e, ENV_MODEL_DIR)),
+            bind_host=e.get(ENV_BIND_HOST) or "0.0.0.0",
+            port=_int(e, ENV_PORT, 8080, 1),
+            max_body_bytes=_int(e, "MODELLOOP_MAX_BODY_BYTES", 1 << 20, 64),
+            max_batch=_int(e, "MODELLOOP_MAX_BATCH", 256, 1),
+            inference_threads=_int(e, "MODELLOOP_INFERENCE_THREADS", 0),
+            feedback_batch_records=_int(e, "MODELLOOP_FEEDBACK_BATCH", 100, 1),
+            feedback_flush_seconds=_float(e, "MODELLOOP_FEEDBACK_FLUSH_SECONDS", 5.0),
+            feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),
+        )
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    model: str
+    policy: str
+    namespace: str
+    pod_name: str
+    model_dir: Path
+    server_url: str
+    keep_versions: int = 3
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarSettings:
+        e = os.environ if env is None else env
+        host = e.get(ENV_BIND_HOST) or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return cls(
+            model=_model(e),
+            policy=_required(e, ENV_POLICY),
+            namespace=_required(e, ENV_POD_NAMESPACE),
+            pod_name=_required(e, ENV_POD_NAME),
+            model_dir=Path(_required(e, ENV_MODEL_DIR)),
+            server_url=(e.get(ENV_SERVER_URL) or f"http://{host}:8080").rstrip("/"),
+            keep_versions=_int(e, "MODELLOOP_KEEP_VERSIONS", 3, 2),
+            retry_base_seconds=_float(e, "MODELLOOP_RETRY_BASE_SECONDS", 1.0),
+            retry_max_seconds=_float(e, "MODELLOOP_RETRY_MAX_SECONDS", 60.0),
+        )

@@ -1,0 +1,444 @@
+"""``modelloop-sidecar``: makes the model server in its Pod serve what the RetrainPolicy desires.
+
+After KServe's model agent: a watch on the one RetrainPolicy (``MODELLOOP_POLICY``) feeds a
+latest-wins slot; a single worker takes the newest ``status.desired``, downloads the version into
+a temp dir on the shared volume (every file checked against the manifest, the manifest against
+the promoted digest), renames it into place, asks the server on localhost to load it, and then
+records on its own Pod (annotations ``modelloop.dev/serving-version``/``-digest``) what the
+replica serves, which is how the operator counts rollout progress.
+
+Failure handling, for whoever reads the Events at night: a corrupt or missing artifact is refused
+(Event ``ArtifactRejected`` naming the file) and the old model keeps serving; it is retried only
+when the desired version changes or after a long backoff (someone may re-upload it). MinIO or the
+API server being down is retried with backoff; a full disk cleans up the partial download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from modelloop.api import constants as c
+from modelloop.api.artifacts import ArtifactError, check_version, parse_artifact_uri, version_prefix
+from modelloop.clients.artifactstore import fetch_version
+from modelloop.clients.objectstore import ObjectStore, StoreConfig
+
+from .modeldir import clean_temp_dirs, prune, verify_local
+from .settings import SettingsError, SidecarSettings
+
+log = logging.getLogger("modelloop_sidecar")
+
+COMPONENT = "modelloop-sidecar"
+REASON_REJECTED = "ArtifactRejected"
+REASON_DOWNLOAD_FAILED = "ArtifactDownloadFailed"
+REASON_LOADED = "ModelLoaded"
+REJECTED_RETRY_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Desired:
+    version: str
+    artifact_uri: str
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.version} ({self.digest[:19]}…)"
+
+
+class DesiredError(ValueError):
+    """``status.desired`` is present but unusable; the message says which field."""
+
+
+def parse_desired(policy: dict[str, Any], model: str) -> Desired | None:
+    """The policy's desired version, None when nothing is promoted yet."""
+    desired = (policy.get("status") or {}).get("desired") or {}
+    if not desired.get("version"):
+        return None
+    version = desired["version"]
+    uri = desired.get("artifactURI") or ""
+    digest = desired.get("manifestDigest") or ""
+    try:
+        check_version(version)
+        _, prefix = parse_artifact_uri(uri)
+    except ValueError as e:
+        raise DesiredError(f"status.desired of the policy is unusable: {e}") from None
+    if prefix != version_prefix(model, version):
+        raise DesiredError(
+            f"status.desired.artifactURI {uri!r} does not point at {version_prefix(model, version)} "
+            f"(this server serves model {model!r})"
+        )
+    if not digest.startswith("sha256:") or len(digest) != 71:
+        raise DesiredError(f"status.desired.manifestDigest {digest!r} is not sha256:<64 hex digits>")
+    return Desired(version, uri, digest)
+
+
+class LatestSlot:
+    """A one-element queue where a newer value replaces an unread older one (latest wins)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._value: Desired | None = None
+        self._fresh = False
+
+    def offer(self, value: Desired) -> None:
+        with self._cond:
+            self._value, self._fresh = value, True
+            self._cond.notify_all()
+
+    def take(self, timeout: float | None) -> Desired | None:
+        """The newest unread value, or None after ``timeout`` seconds without one."""
+        with self._cond:
+            if not self._fresh:
+                self._cond.wait(timeout)
+            if not self._fresh:
+                return None
+            self._fresh = False
+            return self._value
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+def backoff(attempt: int, base: float, cap: float, jitter: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with ±20 % jitter so replicas do not retry in lock-step."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)) * (0.8 + 0.4 * jitter()))
+
+
+def event_body(s: SidecarSettings, pod_uid: str | None, reason: str, message: str, warning: bool) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    involved: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "name": s.pod_name, "namespace": s.namespace}
+    if pod_uid:
+        involved["uid"] = pod_uid
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{s.pod_name}.", "namespace": s.namespace},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": s.pod_name,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+class Rejected(Exception):
+    """This version cannot be served as published; retrying soon would not help."""
+
+
+class Transient(Exception):
+    """Something that heals (MinIO, the API server or the model server unreachable); retry with backoff."""
+
+
+class Sidecar:
+    def __init__(self, settings: SidecarSettings, api: client.ApiClient, store_config: StoreConfig) -> None:
+        self.s = settings
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.store_config = store_config
+        self._stores: dict[str, ObjectStore] = {}
+        self.slot = LatestSlot()
+        self.stop = threading.Event()
+        self.pod_uid: str | None = None
+        self.served: Desired | None = None
+        self._watch: watch.Watch | None = None
+        self._verified: set[Desired] = set()
+
+    # --- watch ------------------------------------------------------------------------------
+
+    def watch_policy(self) -> None:
+        """List then watch the one policy by name, resuming from the last resourceVersion."""
+        selector = f"metadata.name={self.s.policy}"
+        rv: str | None = None
+        failures = 0
+        where = f"RetrainPolicy {self.s.namespace}/{self.s.policy}"
+        while not self.stop.is_set():
+            try:
+                if rv is None:
+                    listing: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+                        c.GROUP, c.VERSION, self.s.namespace, c.RETRAINPOLICY_PLURAL,
+                        field_selector=selector, _request_timeout=(5, 30),
+                    )  # fmt: skip
+                    rv = listing["metadata"]["resourceVersion"]
+                    items = listing.get("items") or []
+                    if not items:
+                        log.warning("%s does not exist (yet); waiting for it", where)
+                    for item in items:
+                        self._offer(item)
+                self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in self._watch.stream(  # type: ignore[no-untyped-call]
+                    self.custom.list_namespaced_custom_object,
+                    c.GROUP, c.VERSION, self.s.namespace, c.RETRAINPOLICY_PLURAL,
+                    field_selector=selector, resource_version=rv, allow_watch_bookmarks=True,
+                    timeout_seconds=240, _request_timeout=(5, 260),
+                ):  # fmt: skip
+                    failures = 0
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None
+                            break
+                        raise Transient(f"watch error: {obj.get('message')}")
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._offer(obj)
+                    elif event["type"] == "DELETED":
+                        log.warning("%s was deleted; keeping the current model", where)
+                    if self.stop.is_set():
+                        break
+            except ApiException as e:
+                if e.status == 410:
+                    log.info("watch of %s expired (410 Gone); listing again", where)
+                    rv = None
+                    continue
+                failures += 1
+                delay = backoff(failures, self.s.retry_base_seconds, self.s.retry_max_seconds)
+                log.warning("watching %s failed (HTTP %s: %s); retrying in %.1fs", where, e.status, e.reason, delay)
+                self.stop.wait(delay)
+            except Exception as e:  # noqa: BLE001 — connection errors of any kind: the API server may be restarting
+                if self.stop.is_set():
+                    break
+                failures += 1
+                delay = backoff(failures, self.s.retry_base_seconds, self.s.retry_max_seconds)
+                log.warning("watching %s failed (%s); retrying in %.1fs", where, e, delay)
+                self.stop.wait(delay)
+
+    def _offer(self, policy: dict[str, Any]) -> None:
+        try:
+            desired = parse_desired(policy, self.s.model)
+        except DesiredError as e:
+            log.error("%s; keeping the current model", e)
+            return
+        if desired is not None:
+            self.slot.offer(desired)
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    def _store(self, bucket: str) -> ObjectStore:
+        if bucket not in self._stores:
+            self._stores[bucket] = ObjectStore(dataclasses.replace(self.store_config, bucket=bucket), attempts=3)
+        return self._stores[bucket]
+
+    def ensure_local(self, d: Desired) -> Path:
+        """The version's directory on the shared volume, verified; downloaded only if not already there."""
+        dest = self.s.model_dir / d.version
+        if dest.is_dir() and d in self._verified:
+            # verified when fetched in this run; the server re-checks the weights when it loads them
+            log.info("%s is already on disk and verified; no download", d)
+            return dest
+        if dest.is_dir():
+            try:
+                _, digest = verify_local(dest)
+                if digest == d.digest:
+                    log.info("%s is already on disk and verified; no download", d)
+                    self._verified.add(d)
+                    return dest
+                log.info("%s on disk has digest %s, not the desired one; downloading again", dest, digest)
+            except ArtifactError as e:
+                log.warning("local copy of %s failed verification (%s); downloading again", d.version, e)
+        bucket, _ = parse_artifact_uri(d.artifact_uri)
+        started = time.monotonic()
+        try:
+            fetch_version(self._store(bucket), self.s.model, d.version, dest, expected_digest=d.digest)
+        except ArtifactError as e:
+            raise Rejected(str(e)) from e
+        except OSError as e:
+            clean_temp_dirs(self.s.model_dir)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Transient(
+                    f"disk full while downloading {d.version} into {self.s.model_dir}; partial download removed"
+                ) from e
+            raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
+        except Exception as e:
+            clean_temp_dirs(self.s.model_dir)
+            raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
+        log.info("downloaded and verified %s into %s in %.2fs", d, dest, time.monotonic() - started)
+        self._verified.add(d)
+        return dest
+
+    def reload_server(self, d: Desired, path: Path) -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"{self.s.server_url}/v1/reload",
+            data=json.dumps({"version": d.version, "path": str(path)}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                answer: dict[str, Any] = json.loads(resp.read())
+                return answer
+        except urllib.error.HTTPError as e:
+            detail = e.read(2048).decode(errors="replace")
+            e.close()
+            if e.code == 422:
+                raise Rejected(f"the model server refused {d.version}: {detail}") from None
+            raise Transient(f"the model server answered HTTP {e.code} to reload {d.version}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise Transient(f"the model server at {self.s.server_url} is unreachable: {e}") from None
+
+    def annotate_pod(self, d: Desired) -> None:
+        body = {
+            "metadata": {
+                "annotations": {c.ANNOTATION_SERVING_VERSION: d.version, c.ANNOTATION_SERVING_DIGEST: d.digest}
+            }
+        }
+        try:
+            pod = self.core.patch_namespaced_pod(self.s.pod_name, self.s.namespace, body, _request_timeout=(5, 30))
+            self.pod_uid = pod.metadata.uid if pod.metadata else None
+        except ApiException as e:
+            raise Transient(
+                f"cannot annotate Pod {self.s.namespace}/{self.s.pod_name}: HTTP {e.status} {e.reason}"
+            ) from None
+        except Exception as e:  # noqa: BLE001 — connection errors: the API server may be restarting
+            raise Transient(f"cannot annotate Pod {self.s.namespace}/{self.s.pod_name}: {e}") from None
+
+    def event(self, reason: str, message: str, warning: bool = True) -> None:
+        try:
+            self.core.create_namespaced_event(
+                self.s.namespace,
+                event_body(self.s, self.pod_uid, reason, message, warning),  # type: ignore[arg-type]
+                _request_timeout=(5, 30),
+            )
+        except Exception as e:  # noqa: BLE001 — an Event is best effort; the log line below is the record
+            log.warning("could not post Event %s on Pod %s (%s)", reason, self.s.pod_name, e)
+
+    def apply(self, d: Desired) -> None:
+        path = self.ensure_local(d)
+        answer = self.reload_server(d, path)
+        self.annotate_pod(d)
+        if self.served != d:
+            if not answer.get("fromMemory"):
+                how = "loaded and warmed up"
+            elif answer.get("previous"):
+                how = "from memory (instant rollback, no load)"
+            else:
+                how = "already loaded by the server at start-up"
+            log.info("serving %s now, %s; Pod annotated", d, how)
+            self.event(REASON_LOADED, f"serving {d.version} ({d.digest}), {how}", warning=False)
+        self.served = d
+        removed = prune(self.s.model_dir, self.s.keep_versions, {d.version, str(answer.get("previous") or "")})
+        if removed:
+            log.info("removed old versions from disk: %s", ", ".join(removed))
+
+    def server_version(self) -> str | None:
+        """What the server answers with now: a version, "" when it has no model, None when unreachable."""
+        try:
+            with urllib.request.urlopen(f"{self.s.server_url}/readyz", timeout=5) as resp:
+                return str(json.loads(resp.read()).get("version") or "")
+        except urllib.error.HTTPError as e:
+            e.close()
+            return "" if e.code == 503 else None
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def run(self) -> None:
+        clean_temp_dirs(self.s.model_dir)
+        watcher = threading.Thread(target=self.watch_policy, name="watch", daemon=True)
+        watcher.start()
+        pending: Desired | None = None
+        attempts = 0
+        retry_at = 0.0
+        rejected: Desired | None = None
+        next_check = time.monotonic() + 10
+        while not self.stop.is_set():
+            now = time.monotonic()
+            wait = (
+                max(0.0, retry_at - now)
+                if pending is not None and pending != self.served
+                else max(0.0, next_check - now)
+            )
+            new = self.slot.take(wait)
+            if self.stop.is_set():
+                break
+            if new is not None and new != pending:
+                pending, attempts, retry_at = new, 0, 0.0
+            if pending is None:
+                continue
+            if pending == self.served and time.monotonic() >= next_check:
+                next_check = time.monotonic() + 10
+                if self.server_version() not in (pending.version, None):  # None: unreachable, ask again later
+                    log.warning("the model server no longer serves %s (restarted?); loading it again", pending)
+                    self.served = None
+            if pending == self.served or time.monotonic() < retry_at:
+                continue
+            try:
+                self.apply(pending)
+                attempts, rejected = 0, None
+            except Rejected as e:
+                attempts += 1
+                retry_at = time.monotonic() + max(REJECTED_RETRY_SECONDS, backoff(attempts, 60, 1800))
+                still = self.served.version if self.served else "nothing"
+                msg = f"refused {pending.version}: {e}; still serving {still}"
+                log.error("%s (retry in %.0fs or when the desired version changes)", msg, retry_at - time.monotonic())
+                if rejected != pending:
+                    self.event(REASON_REJECTED, msg)
+                rejected = pending
+            except Transient as e:
+                attempts += 1
+                delay = backoff(attempts, self.s.retry_base_seconds, self.s.retry_max_seconds)
+                retry_at = time.monotonic() + delay
+                log.warning("cannot apply %s yet: %s; retry %d in %.1fs", pending, e, attempts, delay)
+                if attempts == 3 or "disk full" in str(e):
+                    self.event(REASON_DOWNLOAD_FAILED, f"{e}; still serving the previous model, retrying")
+        if self._watch is not None:
+            self._watch.stop()  # type: ignore[no-untyped-call]
+
+
+def load_kube_config() -> client.ApiClient:
+    """In-cluster when running in a Pod; else ``KUBECONFIG`` (the development node provides one)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = SidecarSettings.from_env()
+        store_config = StoreConfig.from_env()
+    except (SettingsError, RuntimeError) as e:
+        raise SystemExit(f"modelloop-sidecar: bad configuration: {e}") from None
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    sidecar = Sidecar(settings, load_kube_config(), store_config)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received signal %d; stopping", signum)
+        sidecar.stop.set()
+        sidecar.slot.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "watching RetrainPolicy %s/%s for model %s; server %s; model dir %s",
+        settings.namespace, settings.policy, settings.model, settings.server_url, settings.model_dir,
+    )  # fmt: skip
+    sidecar.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""The generated CRDs, as the real API server enforces them.
+
+Each bad object differs from a valid one in one place and must be refused at that place, with a
+message a user can act on; the examples and a fully populated status must be accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelloop.api.common import Condition
+from modelloop.api.constants import GROUP, MODELVERSION_PLURAL, RETRAINPOLICY_PLURAL, VERSION
+from modelloop.api.modelversion import ModelVersionStatus, Phase
+from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
+from modelloop.devenv.controlplane import ControlPlane
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("retrainpolicy-*.yaml"))
+DIGEST = "sha256:" + "ab" * 32
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+VALID_RP: dict[str, Any] = {
+    "model": "digits",
+    "storage": {"endpoint": "minio:9000", "bucket": "models", "trainerCredentials": {"secretName": "trainer-s3"}},
+    "dataset": {"path": "datasets/digits"},
+    "triggers": {"feedback": {"minSamples": 100, "urgentSamples": 500, "minInterval": "168h"}},
+    "training": {
+        "image": "trainer:1",
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "hyperparameters": {"batchSize": 64},
+    },
+    "verification": {"gates": {"minHoldoutAccuracy": 0.88, "mustBeatActive": True}},
+}
+VALID_MV: dict[str, Any] = {"model": "digits", "version": "v2", "parentVersion": "v1", "policy": "digits"}
+
+
+@pytest.fixture
+def custom(control_plane: ControlPlane) -> Iterator[client.CustomObjectsApi]:
+    api = control_plane.api_client()
+    try:
+        yield client.CustomObjectsApi(api)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def as_dict(response: object) -> dict[str, Any]:
+    assert isinstance(response, dict), response
+    return response
+
+
+def put(obj: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        obj = obj.setdefault(name, {})
+    obj[last] = value
+
+
+def drop(obj: dict[str, Any], dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        obj = obj[name]
+    del obj[last]
+
+
+def body(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name.lower()}, "spec": spec}
+
+
+def refusal(call: Callable[[], object]) -> tuple[str, set[str]]:
+    """The API server's message and the fields it names, for a call that must be refused as invalid.
+
+    Leaves out the server's note that it skipped CEL rules because of other errors: not a field.
+    """
+    with pytest.raises(ApiException) as caught:
+        call()
+    status = json.loads(caught.value.body or "{}")
+    if caught.value.status == 400:  # strict field validation refuses unknown fields before validation
+        assert "strict decoding error" in status["message"], status
+        return status["message"], set()
+    assert caught.value.status == 422, status
+    causes = status["details"]["causes"]
+    return status["message"], {c.get("field", "") for c in causes if "were not checked" not in c["message"]}
+
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def setting(**paths: Any) -> Edit:
+    def edit(spec: dict[str, Any]) -> None:
+        for dotted, value in paths.items():
+            put(spec, dotted.replace("__", "."), value)
+
+    return edit
+
+
+# (spec edit, field the server must name, words its message must contain)
+RP_CASES: dict[str, tuple[Edit, str, str]] = {
+    "urgent-below-min": (
+        setting(triggers__feedback__urgentSamples=50),
+        "spec.triggers.feedback.urgentSamples",
+        "urgentSamples must be >= minSamples",
+    ),
+    "min-samples-zero": (
+        setting(triggers__feedback__minSamples=0),
+        "spec.triggers.feedback.minSamples",
+        "greater than or equal to 1",
+    ),
+    "interval-not-a-duration": (
+        setting(triggers__feedback__minInterval="7 days"),
+        "spec.triggers.feedback.minInterval",
+        "should match",
+    ),
+    "cron-4-fields": (setting(triggers__schedule="*/5 * * *"), "spec.triggers.schedule", "5-field cron expression"),
+    "cron-6-fields": (setting(triggers__schedule="0 0 3 * * *"), "spec.triggers.schedule", "5-field cron expression"),
+    "check-interval-too-fast": (
+        setting(triggers__checkIntervalSeconds=1),
+        "spec.triggers.checkIntervalSeconds",
+        "greater than or equal to 5",
+    ),
+    "model-not-dns-label": (setting(model="Digits_Model"), "spec.model", "should match"),
+    "model-missing": (lambda spec: drop(spec, "model"), "spec.model", "Required value"),
+    "bucket-uppercase": (setting(storage__bucket="My_Bucket"), "spec.storage.bucket", "should match"),
+    "endpoint-with-scheme": (setting(storage__endpoint="http://minio:9000"), "spec.storage.endpoint", "should match"),
+    "credentials-missing": (
+        lambda spec: drop(spec, "storage.trainerCredentials"),
+        "spec.storage.trainerCredentials",
+        "Required",
+    ),
+    "dataset-escapes-bucket": (setting(dataset__path="../secrets"), "spec.dataset.path", "should match"),
+    "dataset-absolute": (setting(dataset__path="/datasets/digits"), "spec.dataset.path", "should match"),
+    "gpu-fraction": (
+        setting(training__resources__limits={"nvidia.com/gpu": "0.5"}),
+        "spec.training.resources.limits",
+        "whole number of GPUs",
+    ),
+    "not-a-quantity": (
+        setting(training__resources__requests={"memory": "lots"}),
+        "spec.training.resources.requests",
+        "Kubernetes quantity",
+    ),
+    "request-above-limit": (
+        setting(training__resources__requests={"memory": "16Gi"}),
+        "spec.training.resources.requests",
+        "must not exceed the limit",
+    ),
+    "gpu-request-without-limit": (
+        setting(training__resources__requests={"nvidia.com/gpu": "1"}),
+        "spec.training.resources.requests",
+        "cannot be overcommitted",
+    ),
+    "verification-not-a-quantity": (
+        setting(verification__resources__limits={"cpu": "two"}),
+        "spec.verification.resources.limits",
+        "Kubernetes quantity",
+    ),
+    "gpus-in-two-places": (
+        setting(training__gpusPerWorker=1, training__resources__limits={"nvidia.com/gpu": "1", "memory": "4Gi"}),
+        "spec.training.gpusPerWorker",
+        "set GPUs in one place",
+    ),
+    "workers-above-batch": (
+        setting(training__workers=8, training__hyperparameters__batchSize=4),
+        "spec.training.workers",
+        "must not exceed hyperparameters.batchSize",
+    ),
+    "workers-zero": (setting(training__workers=0), "spec.training.workers", "greater than or equal to 1"),
+    "exists-with-value": (
+        setting(training__tolerations=[{"key": "gpu", "operator": "Exists", "value": "yes"}]),
+        "spec.training.tolerations[0].value",
+        "operator Exists matches any value",
+    ),
+    "toleration-seconds-without-noexecute": (
+        setting(training__tolerations=[{"key": "spot", "effect": "NoSchedule", "tolerationSeconds": 30}]),
+        "spec.training.tolerations[0].tolerationSeconds",
+        "only applies to effect NoExecute",
+    ),
+    "toleration-without-key": (
+        setting(training__tolerations=[{"value": "x"}]),
+        "spec.training.tolerations[0].key",
+        "without a key must use operator Exists",
+    ),
+    "toleration-bad-effect": (
+        setting(training__tolerations=[{"key": "gpu", "operator": "Exists", "effect": "Sometimes"}]),
+        "spec.training.tolerations[0].effect",
+        "should match",
+    ),
+    "learning-rate-zero": (
+        setting(training__hyperparameters__learningRate=0),
+        "spec.training.hyperparameters.learningRate",
+        "greater than 0",
+    ),
+    "validation-fraction-one": (
+        setting(training__hyperparameters__validationFraction=1),
+        "spec.training.hyperparameters.validationFraction",
+        "less than 1",
+    ),
+    "pull-policy": (setting(training__imagePullPolicy="Sometimes"), "spec.training.imagePullPolicy", "should match"),
+    "empty-command": (setting(training__command=[]), "spec.training.command", "at least 1 items"),
+    "plugin-not-module-class": (setting(training__plugin="digits"), "spec.training.plugin", "should match"),
+    "node-selector-value-too-long": (
+        setting(training__nodeSelector={"pool": "x" * 64}),
+        "spec.training.nodeSelector.pool",
+        "may not be more than 63 bytes",
+    ),
+    "no-accuracy-gate": (
+        setting(
+            verification__gates={"minValidationAccuracy": None, "minHoldoutAccuracy": None, "mustBeatActive": False}
+        ),
+        "spec.verification.gates",
+        "at least one accuracy gate must stay on",
+    ),
+    "margin-without-beat": (
+        setting(verification__gates={"mustBeatActive": False, "beatMargin": 0.01}),
+        "spec.verification.gates.beatMargin",
+        "only applies with mustBeatActive",
+    ),
+    "margin-unreachable": (
+        setting(verification__gates={"minHoldoutAccuracy": 0.95, "beatMargin": 0.1}),
+        "spec.verification.gates.beatMargin",
+        "must not exceed 1",
+    ),
+    "accuracy-above-one": (
+        setting(verification__gates__minValidationAccuracy=1.5),
+        "spec.verification.gates.minValidationAccuracy",
+        "less than or equal to 1",
+    ),
+    "latency-zero": (
+        setting(verification__gates__maxLatencyP95Ms=0),
+        "spec.verification.gates.maxLatencyP95Ms",
+        "greater than 0",
+    ),
+    "keep-one-version": (
+        setting(retention__keepVersions=1),
+        "spec.retention.keepVersions",
+        "greater than or equal to 2",
+    ),
+    "rollout-timeout": (setting(serving__rolloutTimeout="soon"), "spec.serving.rolloutTimeout", "should match"),
+    "suspend-not-bool": (setting(suspend="yes"), "spec.suspend", "must be of type boolean"),
+    "typo-field": (setting(trigger={"feedback": {}}), "", 'unknown field "spec.trigger"'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RP_CASES))
+def test_invalid_retrainpolicy_is_refused_at_the_field(case: str, custom: client.CustomObjectsApi) -> None:
+    edit, field, words = RP_CASES[case]
+    spec = copy.deepcopy(VALID_RP)
+    edit(spec)
+    message, fields = refusal(lambda: dry_run_create(custom, RETRAINPOLICY_PLURAL, body("RetrainPolicy", case, spec)))
+    assert fields == ({field} if field else set()), message
+    assert words in message
+
+
+def dry_run_create(custom: client.CustomObjectsApi, plural: str, obj: dict[str, Any]) -> object:
+    """Full validation, nothing stored: the cases share one namespace (a fresh one each costs seconds)."""
+    return custom.create_namespaced_custom_object(
+        GROUP, VERSION, "default", plural, obj, dry_run="All", field_validation="Strict"
+    )
+
+
+MV_CASES: dict[str, tuple[Edit, str, str]] = {
+    "parent-is-itself": (setting(parentVersion="v2"), "spec.parentVersion", "must be an earlier version than v2"),
+    "parent-is-later": (setting(parentVersion="v7"), "spec.parentVersion", "parentVersion v7 must be an earlier"),
+    "version-not-vN": (setting(version="2"), "spec.version", "should match"),
+    "version-zero": (setting(version="v0", parentVersion=None), "spec.version", "should match"),
+    "policy-missing": (lambda spec: drop(spec, "policy"), "spec.policy", "Required value"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MV_CASES))
+def test_invalid_modelversion_is_refused_at_the_field(case: str, custom: client.CustomObjectsApi) -> None:
+    edit, field, words = MV_CASES[case]
+    spec = copy.deepcopy(VALID_MV)
+    edit(spec)
+    message, fields = refusal(lambda: dry_run_create(custom, MODELVERSION_PLURAL, body("ModelVersion", case, spec)))
+    assert fields == {field}, message
+    assert words in message
+
+
+def test_policy_model_is_immutable_but_the_rest_of_the_spec_is_not(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, body("RetrainPolicy", "p", copy.deepcopy(VALID_RP))
+    )
+    patched = as_dict(
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, "p", {"spec": {"suspend": True}}
+        )
+    )
+    assert patched["spec"]["suspend"] is True
+    message, fields = refusal(
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, "p", {"spec": {"model": "other"}}
+        )
+    )
+    assert fields == {"spec.model"}
+    assert "spec.model is immutable" in message
+
+
+def test_modelversion_spec_is_immutable_and_its_status_is_writable(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    spec = copy.deepcopy(VALID_MV) | {"trainingParameters": {"epochs": 20, "nested": {"lr": 0.01}}}
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, MODELVERSION_PLURAL, body("ModelVersion", "mv", spec)
+    )
+    message, fields = refusal(
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, MODELVERSION_PLURAL, "mv", {"spec": {"trainingParameters": {"epochs": 21}}}
+        )
+    )
+    assert fields == {"spec"}
+    assert "spec is immutable" in message
+
+    status = ModelVersionStatus.model_validate(
+        {
+            "phase": "Verified",
+            "progress": {"epoch": 20, "epochs": 20, "loss": 0.12, "summary": "epoch 20/20"},
+            "metrics": {"holdoutAccuracy": 0.93, "perClassAccuracy": {"0": 0.99, "7": 0.91}},
+            "gates": [{"name": "minHoldoutAccuracy", "passed": True, "value": 0.93, "threshold": 0.88}],
+            "artifact": {"uri": "s3://models/digits/v2/", "manifestDigest": DIGEST},
+            "trainingJob": "digits-v2-train",
+            "startTime": NOW,
+            "conditions": [Condition(type="Ready", status="True", reason="Verified", last_transition_time=NOW)],
+            "kopf": {"progress": {"handler": {"retries": 1}}},
+        }
+    )
+    written = as_dict(
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            MODELVERSION_PLURAL,
+            "mv",
+            {"status": status.model_dump(by_alias=True, mode="json")},
+        )
+    )
+    assert ModelVersionStatus.model_validate(written["status"]) == status
+    assert written["status"]["kopf"] == {"progress": {"handler": {"retries": 1}}}, "kopf bookkeeping pruned"
+
+    message, fields = refusal(
+        lambda: custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, MODELVERSION_PLURAL, "mv", {"status": {"phase": "Done"}}
+        )
+    )
+    assert fields == {"status.phase"}
+    assert all(phase.value in message for phase in Phase)
+
+
+def test_policy_status_round_trips_and_bad_status_is_refused(custom: client.CustomObjectsApi, namespace: str) -> None:
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, body("RetrainPolicy", "p", copy.deepcopy(VALID_RP))
+    )
+    status = RetrainPolicyStatus.model_validate(
+        {
+            "observedGeneration": 1,
+            "activeVersion": "v3",
+            "previousVersion": "v2",
+            "desired": {
+                "version": "v3",
+                "artifactURI": "s3://models/digits/v3/",
+                "manifestDigest": DIGEST,
+                "since": NOW,
+            },
+            "rollout": {"updated": 1, "total": 2, "summary": "1/2", "startedAt": NOW},
+            "feedback": {"cursor": "digits/feedback/x.jsonl", "pendingCorrections": 42},
+            "lastTrainingTime": NOW,
+            "conditions": [
+                Condition(
+                    type="Ready", status="True", reason="Serving", last_transition_time=NOW, observed_generation=1
+                ),
+                Condition(type="RolloutComplete", status="False", reason="Progressing", last_transition_time=NOW),
+            ],
+            "kopf": {"dummy": "x"},
+        }
+    )
+    written = as_dict(
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            RETRAINPOLICY_PLURAL,
+            "p",
+            {"status": status.model_dump(by_alias=True, mode="json")},
+        )
+    )
+    assert RetrainPolicyStatus.model_validate(written["status"]) == status
+
+    bad_digest = {"status": {"desired": {"version": "v3", "artifactURI": "s3://m/d/v3/", "manifestDigest": "md5:00"}}}
+    message, fields = refusal(
+        lambda: custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, "p", bad_digest
+        )
+    )
+    assert fields == {"status.desired.manifestDigest"}, message
+
+    twice = [c.model_dump(by_alias=True, mode="json") for c in status.conditions[:1]] * 2
+    message, fields = refusal(
+        lambda: custom.replace_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            RETRAINPOLICY_PLURAL,
+            "p",
+            as_dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, "p"))
+            | {"status": {"conditions": twice}},
+        )
+    )
+    assert fields == {"status.conditions[1]"}
+    assert "Duplicate value" in message
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_accepted_and_match_the_models(
+    path: Path, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    example = yaml.safe_load(path.read_text())
+    created = as_dict(
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, example, field_validation="Strict"
+        )
+    )
+    stored = RetrainPolicySpec.model_validate(created["spec"])
+    assert stored == RetrainPolicySpec.model_validate(example["spec"]), "server defaults differ from the models'"
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 2

@@ -1,0 +1,207 @@
+"""Helpers for the serving tests (no tests here): versions in the bucket, the policy, the Pod
+object, the sidecar's own ServiceAccount credentials, and the server + sidecar processes.
+
+The sidecar runs with a token of the ServiceAccount from ``examples/serving-deployment.yaml``
+(its Role applied as shipped, narrowed to the test's policy), so the example's RBAC is what the
+tests exercise: a missing permission fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from kubernetes import client as k8s
+
+from modelloop.api import constants as c
+from modelloop.api.artifacts import artifact_uri
+from modelloop.devenv.controlplane import ControlPlane
+from modelloop.devenv.minio import MinioServer
+from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
+from modelloop_server.synthetic import publish_synthetic
+from modelloop_trainer.examples.digits import DigitsPlugin
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
+MODEL = "digits"
+POLICY = "digits"
+PLUGIN = c.DEFAULT_PLUGIN
+BIN = Path(sys.executable).parent
+
+
+def publish_versions(minio: MinioServer, bucket: str, versions: list[str]) -> dict[str, str]:
+    """Synthetic digits versions (seeded differently, so they answer differently); version -> digest."""
+    store = minio.store(bucket)
+    return {v: publish_synthetic(store, DigitsPlugin(), PLUGIN, MODEL, v, seed=int(v[1:])) for v in versions}
+
+
+def policy_body(minio: MinioServer, bucket: str) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.RETRAINPOLICY_KIND,
+        "metadata": {"name": POLICY},
+        "spec": {
+            "model": MODEL,
+            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
+            "dataset": {"path": "datasets/digits"},
+            "triggers": {"feedback": {"minSamples": 1_000_000}},
+            "training": {"image": "modelloop/trainer:dev", "plugin": PLUGIN},
+            "serving": {"deployment": MODEL},
+        },
+    }
+
+
+class Cluster:
+    """The objects of one serving test in its namespace, through the admin client."""
+
+    def __init__(self, cp: ControlPlane, namespace: str, minio: MinioServer, bucket: str) -> None:
+        self.cp = cp
+        self.ns = namespace
+        self.bucket = bucket
+        self.api = cp.api_client()
+        self.custom = k8s.CustomObjectsApi(self.api)
+        self.core = k8s.CoreV1Api(self.api)
+        self.custom.create_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, c.RETRAINPOLICY_PLURAL, policy_body(minio, bucket)
+        )
+
+    def close(self) -> None:
+        self.api.close()
+
+    def set_desired(self, version: str, digest: str, reason: str = "Promotion") -> None:
+        desired = {
+            "version": version,
+            "artifactURI": artifact_uri(self.bucket, MODEL, version),
+            "manifestDigest": digest,
+            "since": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "reason": reason,
+        }
+        self.custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, self.ns, c.RETRAINPOLICY_PLURAL, POLICY, {"status": {"desired": desired}}
+        )
+
+    def create_pod(self, name: str) -> None:
+        """The Pod object the sidecar annotates; no node runs it (the processes run here)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": MODEL}},
+            "spec": {"containers": [{"name": "server", "image": "modelloop/server:dev"}]},
+        }
+        self.core.create_namespaced_pod(self.ns, body)
+
+    def pod_annotations(self, name: str) -> dict[str, str]:
+        pod = self.core.read_namespaced_pod(name, self.ns)
+        return dict(pod.metadata.annotations or {})
+
+    def events(self, pod: str) -> list[k8s.CoreV1Event]:
+        items: list[k8s.CoreV1Event] = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={pod}"
+        ).items
+        return items
+
+    def serving_kubeconfig(self, workdir: Path) -> Path:
+        """Apply the example's ServiceAccount/Role/RoleBinding here and return a kubeconfig with its token."""
+        docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+        sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+        for d in rbac:
+            d["metadata"]["namespace"] = self.ns
+            for rule in d.get("rules") or []:
+                if rule.get("resourceNames"):
+                    rule["resourceNames"] = [POLICY]
+            for subject in d.get("subjects") or []:
+                subject["namespace"] = self.ns
+        self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+        token = self.cp.kubectl("create", "token", sa, "-n", self.ns, "--duration=1h").stdout.strip()
+        admin = yaml.safe_load(self.cp.kubeconfig.read_text())
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": admin["clusters"],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+            "current-context": sa,
+        }
+        path = workdir / f"{sa}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+
+class Replica:
+    """A serving Pod's two containers as local processes sharing a model directory."""
+
+    def __init__(
+        self, workdir: Path, pod: str, namespace: str, s3_env: dict[str, str], kubeconfig: Path, **server_env: str
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.model_dir = workdir / pod / "models"
+        self.model_dir.mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_", "KUBECONFIG"))}
+        common = {
+            **env,
+            **s3_env,
+            c.ENV_MODEL: MODEL,
+            c.ENV_PLUGIN: PLUGIN,
+            "MODELLOOP_MODEL_DIR": str(self.model_dir),
+            "MODELLOOP_BIND_HOST": "127.0.0.1",
+        }
+        self.server = ManagedProcess(
+            f"server-{pod}",
+            [BIN / "modelloop-server"],
+            workdir / pod / "server.log",
+            env={**common, "MODELLOOP_PORT": str(self.port), **server_env},
+        )
+        self.sidecar = ManagedProcess(
+            f"sidecar-{pod}",
+            [BIN / "modelloop-sidecar"],
+            workdir / pod / "sidecar.log",
+            env={
+                **common,
+                "KUBECONFIG": str(kubeconfig),
+                "MODELLOOP_POLICY": POLICY,
+                "POD_NAME": pod,
+                "POD_NAMESPACE": namespace,
+                "MODELLOOP_SERVER_URL": self.base,
+                "MODELLOOP_RETRY_BASE_SECONDS": "0.2",
+                "MODELLOOP_RETRY_MAX_SECONDS": "2",
+            },
+        )
+
+    def start(self) -> Replica:
+        self.server.start()
+        self.sidecar.start()
+        return self
+
+    def stop(self) -> None:
+        self.sidecar.stop()
+        self.server.stop()
+
+    def serving(self) -> str | None:
+        """The version /readyz reports (None while not ready)."""
+        r = httpx.get(f"{self.base}/readyz", timeout=5)
+        return str(r.json()["version"]) if r.status_code == 200 else None
+
+    def wait_serving(self, version: str, timeout: float = 60) -> None:
+        wait_for(lambda: self.serving() == version, timeout, f"server answering with {version}", self.server)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample of /metrics (0 when absent)."""
+        text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted((labels or {}).items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric, _, rest = key.partition("{")
+            have = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if metric == name and have == want:
+                return float(value)
+        return 0.0
