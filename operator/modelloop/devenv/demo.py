@@ -532,8 +532,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         print("\nSummary")
         for version, mv in sorted(mvs.items(), key=lambda kv: int(kv[0][1:])):
             metrics = (mv.get("status") or {}).get("metrics") or {}
+            phase = (mv.get("status") or {}).get("phase") or "?"
             print(
-                f"  {version}: {(mv.get('status') or {}).get('phase'):<11} holdout accuracy {metrics.get('holdoutAccuracy')}, validation accuracy {metrics.get('validationAccuracy')}"
+                f"  {version}: {phase:<11} holdout accuracy {_fmt(metrics.get('holdoutAccuracy'))},"
+                f" validation accuracy {_fmt(metrics.get('validationAccuracy'))}"
             )
         print(f"  requests served during the demo: {tally.ok} ({dict(tally.by_version)}), failed: {tally.failed}")
         if tally.failures:
@@ -593,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=480.0, help="seconds allowed per version (default: %(default)s)"
     )
     return _run_demo(parser.parse_args(argv))
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
 
 
 if __name__ == "__main__":
