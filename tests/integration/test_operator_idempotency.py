@@ -1,0 +1,100 @@
+"""Each reconcile, run twice on the same observed state, has one set of side effects.
+
+kopf retries a handler whose status patch did not land (a conflict, a crash between the create
+and the patch), so the handler sees the *old* state again after its side effects happened. The
+reconcile functions are called directly here, against the real API server and MinIO, with the
+same stale body both times — exactly what a retry sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.engines.posting import settings_var
+from kubernetes import client, config
+
+from modelloop.api import constants as c
+from modelloop.devenv.controlplane import ControlPlane
+from modelloop.devenv.minio import MinioServer
+from modelloop.handlers.modelversion import reconcile_modelversion
+from modelloop.handlers.retrainpolicy import reconcile_policy
+
+pytestmark = pytest.mark.integration
+
+LOG = logging.getLogger("test-idempotency")
+
+
+@pytest.fixture
+def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    config.load_kube_config(str(control_plane.kubeconfig))
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False
+    token = settings_var.set(settings)
+    with control_plane.api_client() as api:
+        yield api
+    settings_var.reset(token)
+
+
+def _policy(api: client.ApiClient, minio: MinioServer, bucket: str, ns: str) -> dict[str, Any]:
+    client.CoreV1Api(api).create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "s3"},
+            "data": {
+                "accessKey": base64.b64encode(minio.access_key.encode()).decode(),
+                "secretKey": base64.b64encode(minio.secret_key.encode()).decode(),
+            },
+        },
+    )
+    body = {
+        "apiVersion": c.API_VERSION,
+        "kind": c.RETRAINPOLICY_KIND,
+        "metadata": {"name": "digits"},
+        "spec": {
+            "model": "digits",
+            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
+            "dataset": {"path": "datasets/digits"},
+            "training": {"image": "modelloop-trainer:dev"},
+            "serving": {"deployment": "web"},
+        },
+    }
+    custom = client.CustomObjectsApi(api)
+    created: dict[str, Any] = custom.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, body
+    )
+    return created
+
+
+def test_policy_and_version_reconciles_run_twice_create_one_version_and_one_job(
+    api: client.ApiClient, minio: MinioServer, bucket: str, namespace: str
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    policy = _policy(api, minio, bucket, namespace)
+    now = datetime.now(UTC)
+
+    first = reconcile_policy(kopf.Body(policy), namespace, "digits", LOG, now)
+    second = reconcile_policy(kopf.Body(policy), namespace, "digits", LOG, now)
+
+    mvs = custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.MODELVERSION_PLURAL)["items"]
+    assert [mv["spec"]["version"] for mv in mvs] == ["v1"], "a retried policy reconcile must not create v2"
+    assert first["latestVersion"] == "v1"
+    assert second.get("latestVersion") in (None, "v1"), "the retry found v1 in flight and must not claim another"
+    mv = mvs[0]
+    assert mv["metadata"]["ownerReferences"][0]["name"] == "digits"
+
+    outcomes = [
+        reconcile_modelversion(kopf.Body(mv), dict(mv["spec"]), dict(mv.get("status") or {}), namespace, None, LOG, now)
+        for _ in range(2)
+    ]
+
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert [j.metadata.name for j in jobs] == ["digits-v1-train"], "a retried version reconcile must not add a Job"
+    assert [o["phase"] for o in outcomes] == ["Training", "Training"]
+    assert outcomes[0]["trainingJob"] == outcomes[1]["trainingJob"] == "digits-v1-train"
+    assert "created" in outcomes[0]["message"] and "found" in outcomes[1]["message"]
