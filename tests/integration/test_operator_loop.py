@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from modelloop.api import constants as c
@@ -60,42 +58,14 @@ class Operator:
         self.proc.start()
 
 
-@pytest.fixture(scope="module")
-def crds(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Stopgap while crds/ does not yet ship the modelloop CRDs: install them from the models,
-    without CEL rules (what this test needs is the schema and the status subresource)."""
-    if control_plane.kubectl("get", "crd", "retrainpolicies.modelloop.dev", check=False).returncode == 0:
-        return
-    out = tmp_path_factory.mktemp("crds")
-    subprocess.run([sys.executable, "-m", "modelloop.api.crdgen", "--out", str(out)], check=True, capture_output=True)
-    files = []
-    for f in sorted(out.glob("*.yaml")):
-        doc = yaml.safe_load(f.read_text())
-        _strip(doc, "x-kubernetes-validations")
-        f.write_text(yaml.safe_dump(doc))
-        files += ["-f", str(f)]
-    control_plane.kubectl("apply", "--server-side", *files)
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *files)
-
-
-def _strip(node: Any, key: str) -> None:
-    if isinstance(node, dict):
-        node.pop(key, None)
-        for v in node.values():
-            _strip(v, key)
-    elif isinstance(node, list):
-        for v in node:
-            _strip(v, key)
-
-
 @pytest.fixture
-def api(control_plane: ControlPlane, crds: None) -> Iterator[client.ApiClient]:
+def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     with control_plane.api_client() as a:
         yield a
 
 
 @pytest.fixture
-def operator(control_plane: ControlPlane, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
     op = Operator(control_plane, namespace, tmp_path / "operator.log").start()
     try:
         yield op
