@@ -9,37 +9,23 @@ median of the runs is reported. Target: our throughput >= 0.8 x the plain client
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from bench import report
+from bench.servers import local_minio
 from modelloop.api.artifacts import Manifest
 from modelloop.clients.artifactstore import fetch_version, publish_version
-from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import locate_tools
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.8
 MODEL = "bench-artifact"
-
-
-@contextlib.contextmanager
-def _local_minio(workdir: Path, bucket: str) -> Iterator[ObjectStore]:
-    """A MinIO of the bench's own (the tests' MinioServer), so nothing shared skews the figures.
-
-    Also used by bench_checkpoint_overhead.
-    """
-    with MinioServer(locate_tools(REPO), workdir) as server:
-        yield server.store(bucket)
 
 
 def _write_random_file(path: Path, size_mb: int) -> None:
@@ -66,7 +52,7 @@ def run(size_mb: int, rounds: int) -> list[report.Measurement]:
         src_dir.mkdir()
         weights = src_dir / "model.safetensors"
         _write_random_file(weights, size_mb)
-        with _local_minio(tmp / "minio", "bench") as store:
+        with local_minio(tmp / "minio", "bench") as store:
             plain = store.client
             up_plain: list[float] = []
             up_ours: list[float] = []

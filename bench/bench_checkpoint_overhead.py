@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench import report
-from bench.bench_artifact_path import _local_minio
+from bench.servers import local_minio
 from modelloop.api import constants as c
 from modelloop.api.artifacts import METRICS_FILE, version_key
 from modelloop.api.retrainpolicy import GateSpec, Hyperparameters
@@ -89,7 +89,7 @@ def run(rounds: int, epochs: int) -> list[report.Measurement]:
     after_checkpoint: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp,
-        _local_minio(Path(tmp) / "minio", "bench") as store,
+        local_minio(Path(tmp) / "minio", "bench") as store,
     ):
         seed_dataset(store, DigitsPlugin(), DATASET)
         for i in range(rounds):

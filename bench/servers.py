@@ -1,0 +1,20 @@
+"""Real servers a bench starts for itself, so nothing another run shares skews its figures."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelloop.clients.objectstore import ObjectStore
+from modelloop.devenv.minio import MinioServer
+from modelloop.devenv.processes import locate_tools
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def local_minio(workdir: Path, bucket: str) -> Iterator[ObjectStore]:
+    """A MinIO of the bench's own (the tests' MinioServer) with ``bucket`` created."""
+    with MinioServer(locate_tools(REPO), workdir) as server:
+        yield server.store(bucket)
