@@ -96,7 +96,12 @@ def startup_version(model_dir: Path) -> str | None:
 
 
 def prune(model_dir: Path, keep: int, protect: set[str]) -> list[str]:
-    """Remove the oldest versions beyond ``keep`` (never those in ``protect``) and stale temp dirs."""
+    """Remove the oldest versions beyond ``keep``, never those in ``protect``.
+
+    The sidecar protects the served version, the previous one (an instant rollback must not need
+    a download), the desired one and the prefetched candidate: with the default ``keep`` of 3 the
+    disk holds at most those (a fourth only while a desired and a candidate are both new).
+    """
     removed: list[str] = []
     on_disk = versions_on_disk(model_dir)
     excess = len(on_disk) - keep
@@ -111,11 +116,15 @@ def prune(model_dir: Path, keep: int, protect: set[str]) -> list[str]:
     return removed
 
 
-def clean_temp_dirs(model_dir: Path) -> None:
-    """Temp dirs left by a download that was killed (``fetch_version`` names them ``.<version>.*``)."""
+def clean_temp_dirs(model_dir: Path, version: str | None = None) -> None:
+    """Temp dirs left by a download that was killed (``fetch_version`` names them ``.<version>.*``).
+
+    With ``version``, only that version's: the other worker may be downloading another one right now.
+    """
     if not model_dir.is_dir():
         return
+    prefix = f".{version}." if version else ".v"
     for p in model_dir.iterdir():
-        if p.is_dir() and p.name.startswith(".v"):
+        if p.is_dir() and p.name.startswith(prefix):
             with contextlib.suppress(OSError):
                 shutil.rmtree(p)

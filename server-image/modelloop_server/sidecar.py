@@ -7,10 +7,18 @@ the promoted digest), renames it into place, asks the server on localhost to loa
 records on its own Pod (annotations ``modelloop.dev/serving-version``/``-digest``) what the
 replica serves, which is how the operator counts rollout progress.
 
+Prefetch: while a version is being verified the operator names it in ``status.candidate``. A
+second, low-priority worker downloads and verifies it into the model dir (only once the desired
+version is served, and never while a promotion download is running), then annotates the Pod
+``modelloop.dev/prefetched-digest``. When that version becomes desired the promotion finds it on
+disk (or waits for the prefetch already under way) and is only a local load and a swap.
+
 Failure handling, for whoever reads the Events at night: a corrupt or missing artifact is refused
 (Event ``ArtifactRejected`` naming the file) and the old model keeps serving; it is retried only
 when the desired version changes or after a long backoff (someone may re-upload it). MinIO or the
-API server being down is retried with backoff; a full disk cleans up the partial download.
+API server being down is retried with backoff; a full disk cleans up the partial download. A
+candidate that fails verification gets a Warning Event ``CandidatePrefetchFailed`` and nothing
+else changes: serving is untouched, and the promotion (if it comes) tries the download again.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ COMPONENT = "modelloop-sidecar"
 REASON_REJECTED = "ArtifactRejected"
 REASON_DOWNLOAD_FAILED = "ArtifactDownloadFailed"
 REASON_LOADED = "ModelLoaded"
+REASON_PREFETCH_FAILED = "CandidatePrefetchFailed"
 REJECTED_RETRY_SECONDS = 300.0
 
 
@@ -63,30 +72,39 @@ class Desired:
 
 
 class DesiredError(ValueError):
-    """``status.desired`` is present but unusable; the message says which field."""
+    """``status.desired`` (or ``status.candidate``) is present but unusable; the message says which field."""
 
 
-def parse_desired(policy: dict[str, Any], model: str) -> Desired | None:
-    """The policy's desired version, None when nothing is promoted yet."""
-    desired = (policy.get("status") or {}).get("desired") or {}
-    if not desired.get("version"):
+def _parse_ref(policy: dict[str, Any], model: str, field: str) -> Desired | None:
+    ref = (policy.get("status") or {}).get(field) or {}
+    if not ref.get("version"):
         return None
-    version = desired["version"]
-    uri = desired.get("artifactURI") or ""
-    digest = desired.get("manifestDigest") or ""
+    version = ref["version"]
+    uri = ref.get("artifactURI") or ""
+    digest = ref.get("manifestDigest") or ""
     try:
         check_version(version)
         _, prefix = parse_artifact_uri(uri)
     except ValueError as e:
-        raise DesiredError(f"status.desired of the policy is unusable: {e}") from None
+        raise DesiredError(f"status.{field} of the policy is unusable: {e}") from None
     if prefix != version_prefix(model, version):
         raise DesiredError(
-            f"status.desired.artifactURI {uri!r} does not point at {version_prefix(model, version)} "
+            f"status.{field}.artifactURI {uri!r} does not point at {version_prefix(model, version)} "
             f"(this server serves model {model!r})"
         )
     if not digest.startswith("sha256:") or len(digest) != 71:
-        raise DesiredError(f"status.desired.manifestDigest {digest!r} is not sha256:<64 hex digits>")
+        raise DesiredError(f"status.{field}.manifestDigest {digest!r} is not sha256:<64 hex digits>")
     return Desired(version, uri, digest)
+
+
+def parse_desired(policy: dict[str, Any], model: str) -> Desired | None:
+    """The policy's desired version, None when nothing is promoted yet."""
+    return _parse_ref(policy, model, "desired")
+
+
+def parse_candidate(policy: dict[str, Any], model: str) -> Desired | None:
+    """The version under verification that may be prefetched, None when there is none."""
+    return _parse_ref(policy, model, "candidate")
 
 
 class LatestSlot:
@@ -152,6 +170,48 @@ class Transient(Exception):
     """Something that heals (MinIO, the API server or the model server unreachable); retry with backoff."""
 
 
+PROMOTION = "promotion"
+PREFETCH = "prefetch"
+
+
+class Downloads:
+    """Downloads under way, by version: a second caller waits for the first rather than fetching twice.
+
+    Also lets the prefetch worker stay out of the way: it starts nothing while a promotion
+    download is running.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running: dict[Desired, str] = {}
+
+    def begin(self, d: Desired, kind: str) -> str | None:
+        """Claim ``d`` for a download of ``kind``: None when claimed, else the kind already fetching it."""
+        with self._cond:
+            if d in self._running:
+                return self._running[d]
+            self._running[d] = kind
+            return None
+
+    def end(self, d: Desired) -> None:
+        with self._cond:
+            self._running.pop(d, None)
+            self._cond.notify_all()
+
+    def wait(self, d: Desired, timeout: float) -> bool:
+        """Wait until no download of ``d`` is under way; False after ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: d not in self._running, timeout)
+
+    def busy(self, kind: str) -> bool:
+        with self._cond:
+            return kind in self._running.values()
+
+    def versions(self) -> set[str]:
+        with self._cond:
+            return {d.version for d in self._running}
+
+
 class Sidecar:
     def __init__(self, settings: SidecarSettings, api: client.ApiClient, store_config: StoreConfig) -> None:
         self.s = settings
@@ -166,6 +226,15 @@ class Sidecar:
         self.served: Desired | None = None
         self._watch: watch.Watch | None = None
         self._verified: set[Desired] = set()
+        self._stores_lock = threading.Lock()
+        self._disk_lock = threading.Lock()
+        self.downloads = Downloads()
+        self.download_counts: dict[str, int] = {PROMOTION: 0, PREFETCH: 0}
+        self.pending: Desired | None = None
+        self.previous: str | None = None
+        self.candidate: Desired | None = None
+        self.prefetched: Desired | None = None
+        self.prefetch_wake = threading.Event()
 
     # --- watch ------------------------------------------------------------------------------
 
@@ -228,6 +297,14 @@ class Sidecar:
 
     def _offer(self, policy: dict[str, Any]) -> None:
         try:
+            candidate = parse_candidate(policy, self.s.model)
+        except DesiredError as e:
+            log.error("%s; not prefetching it", e)
+            candidate = None
+        if candidate != self.candidate:
+            self.candidate = candidate
+            self.prefetch_wake.set()
+        try:
             desired = parse_desired(policy, self.s.model)
         except DesiredError as e:
             log.error("%s; keeping the current model", e)
@@ -238,17 +315,38 @@ class Sidecar:
     # --- reconcile --------------------------------------------------------------------------
 
     def _store(self, bucket: str) -> ObjectStore:
-        if bucket not in self._stores:
-            self._stores[bucket] = ObjectStore(dataclasses.replace(self.store_config, bucket=bucket), attempts=3)
-        return self._stores[bucket]
+        with self._stores_lock:
+            if bucket not in self._stores:
+                self._stores[bucket] = ObjectStore(dataclasses.replace(self.store_config, bucket=bucket), attempts=3)
+            return self._stores[bucket]
 
-    def ensure_local(self, d: Desired) -> Path:
-        """The version's directory on the shared volume, verified; downloaded only if not already there."""
+    def ensure_local(self, d: Desired, kind: str = PROMOTION) -> Path:
+        """The version's directory on the shared volume, verified; downloaded only if not already there.
+
+        If the other worker is already downloading the same version, wait for it and use its copy.
+        """
         dest = self.s.model_dir / d.version
-        if dest.is_dir() and d in self._verified:
-            # verified when fetched in this run; the server re-checks the weights when it loads them
-            log.info("%s is already on disk and verified; no download", d)
-            return dest
+        while True:
+            if dest.is_dir() and d in self._verified:
+                # verified when fetched in this run; the server re-checks the weights when it loads them
+                log.info("%s is already on disk and verified; no download", d)
+                return dest
+            under_way = self.downloads.begin(d, kind)
+            if under_way is None:
+                break
+            log.info(
+                "%s is being downloaded by the %s worker; waiting for it instead of downloading twice", d, under_way
+            )
+            while not self.downloads.wait(d, 1.0):
+                if self.stop.is_set():
+                    raise Transient(f"stopping while waiting for the download of {d.version}")
+        try:
+            return self._fetch(d, dest, kind)
+        finally:
+            self.downloads.end(d)
+            self.prefetch_wake.set()
+
+    def _fetch(self, d: Desired, dest: Path, kind: str) -> Path:
         if dest.is_dir():
             try:
                 _, digest = verify_local(dest)
@@ -266,16 +364,20 @@ class Sidecar:
         except ArtifactError as e:
             raise Rejected(str(e)) from e
         except OSError as e:
-            clean_temp_dirs(self.s.model_dir)
+            clean_temp_dirs(self.s.model_dir, d.version)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Transient(
                     f"disk full while downloading {d.version} into {self.s.model_dir}; partial download removed"
                 ) from e
             raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
         except Exception as e:
-            clean_temp_dirs(self.s.model_dir)
+            clean_temp_dirs(self.s.model_dir, d.version)
             raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
-        log.info("downloaded and verified %s into %s in %.2fs", d, dest, time.monotonic() - started)
+        self.download_counts[kind] += 1
+        log.info(
+            "downloaded and verified %s into %s in %.2fs (%s download #%d)",
+            d, dest, time.monotonic() - started, kind, self.download_counts[kind],
+        )  # fmt: skip
         self._verified.add(d)
         return dest
 
@@ -300,11 +402,10 @@ class Sidecar:
             raise Transient(f"the model server at {self.s.server_url} is unreachable: {e}") from None
 
     def annotate_pod(self, d: Desired) -> None:
-        body = {
-            "metadata": {
-                "annotations": {c.ANNOTATION_SERVING_VERSION: d.version, c.ANNOTATION_SERVING_DIGEST: d.digest}
-            }
-        }
+        self._annotate({c.ANNOTATION_SERVING_VERSION: d.version, c.ANNOTATION_SERVING_DIGEST: d.digest})
+
+    def _annotate(self, annotations: dict[str, str]) -> None:
+        body = {"metadata": {"annotations": annotations}}
         try:
             pod = self.core.patch_namespaced_pod(self.s.pod_name, self.s.namespace, body, _request_timeout=(5, 30))
             self.pod_uid = pod.metadata.uid if pod.metadata else None
@@ -326,12 +427,13 @@ class Sidecar:
             log.warning("could not post Event %s on Pod %s (%s)", reason, self.s.pod_name, e)
 
     def apply(self, d: Desired) -> None:
+        prefetched = self.prefetched == d
         path = self.ensure_local(d)
         answer = self.reload_server(d, path)
         self.annotate_pod(d)
         if self.served != d:
             if not answer.get("fromMemory"):
-                how = "loaded and warmed up"
+                how = "loaded and warmed up" + (" from the prefetched copy (no download)" if prefetched else "")
             elif answer.get("previous"):
                 how = "from memory (instant rollback, no load)"
             else:
@@ -339,9 +441,65 @@ class Sidecar:
             log.info("serving %s now, %s; Pod annotated", d, how)
             self.event(REASON_LOADED, f"serving {d.version} ({d.digest}), {how}", warning=False)
         self.served = d
-        removed = prune(self.s.model_dir, self.s.keep_versions, {d.version, str(answer.get("previous") or "")})
+        self.previous = str(answer.get("previous") or "") or None
+        self.prefetch_wake.set()
+        self.prune_disk()
+
+    def prune_disk(self) -> None:
+        """Keep the served, previous (instant rollback), desired and candidate versions; drop the oldest others."""
+        with self._disk_lock:
+            keep = {v.version for v in (self.served, self.pending, self.candidate) if v is not None}
+            keep |= {v for v in (self.previous,) if v} | self.downloads.versions()
+            removed = prune(self.s.model_dir, self.s.keep_versions, keep)
         if removed:
             log.info("removed old versions from disk: %s", ", ".join(removed))
+
+    # --- prefetch ---------------------------------------------------------------------------
+
+    def prefetch(self, d: Desired) -> None:
+        """Download and verify the candidate, then say so on the Pod (what the rollout can wait on)."""
+        self.ensure_local(d, PREFETCH)
+        self._annotate({c.ANNOTATION_PREFETCHED_DIGEST: d.digest})
+        self.prefetched = d
+        log.info("prefetched candidate %s; promoting it will need no download", d)
+        self.prune_disk()
+
+    def prefetch_loop(self) -> None:
+        """Low priority: nothing before the desired version is served, nothing during a promotion download."""
+        tried: Desired | None = None
+        refused: Desired | None = None
+        attempts = 0
+        retry_at = 0.0
+        while not self.stop.is_set():
+            self.prefetch_wake.wait(max(0.05, min(5.0, retry_at - time.monotonic())) if retry_at else 5.0)
+            self.prefetch_wake.clear()
+            d = self.candidate
+            if self.stop.is_set() or d is None or d == refused:
+                continue
+            if d == self.prefetched and (self.s.model_dir / d.version).is_dir():
+                continue
+            if d != tried:
+                tried, attempts, retry_at = d, 0, 0.0
+            if time.monotonic() < retry_at or self.served is None or d in (self.pending, self.served):
+                continue
+            if self.downloads.busy(PROMOTION):
+                continue  # woken again when it ends
+            try:
+                self.prefetch(d)
+                attempts, retry_at = 0, 0.0
+            except Rejected as e:
+                refused = d
+                still = self.served.version if self.served else "nothing"
+                msg = f"refused to prefetch candidate {d.version}: {e}; still serving {still}, nothing else changes"
+                log.error("%s (not retried unless the candidate changes)", msg)
+                self.event(REASON_PREFETCH_FAILED, msg)
+            except Transient as e:
+                attempts += 1
+                delay = backoff(attempts, self.s.retry_base_seconds, self.s.retry_max_seconds)
+                retry_at = time.monotonic() + delay
+                log.warning("cannot prefetch candidate %s yet: %s; retry %d in %.1fs", d, e, attempts, delay)
+                if attempts == 3:
+                    self.event(REASON_PREFETCH_FAILED, f"{e}; serving is unaffected, retrying")
 
     def server_version(self) -> str | None:
         """What the server answers with now: a version, "" when it has no model, None when unreachable."""
@@ -358,6 +516,8 @@ class Sidecar:
         clean_temp_dirs(self.s.model_dir)
         watcher = threading.Thread(target=self.watch_policy, name="watch", daemon=True)
         watcher.start()
+        prefetcher = threading.Thread(target=self.prefetch_loop, name="prefetch", daemon=True)
+        prefetcher.start()
         pending: Desired | None = None
         attempts = 0
         retry_at = 0.0
@@ -375,6 +535,7 @@ class Sidecar:
                 break
             if new is not None and new != pending:
                 pending, attempts, retry_at = new, 0, 0.0
+                self.pending = pending
             if pending is None:
                 continue
             if pending == self.served and time.monotonic() >= next_check:
@@ -430,6 +591,7 @@ def main() -> None:
         log.info("received signal %d; stopping", signum)
         sidecar.stop.set()
         sidecar.slot.wake()
+        sidecar.prefetch_wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelloop.api.modelversion import Phase
-from modelloop.decide.versions import in_flight, modelversion_name, next_version
+from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,21 @@ def test_in_flight(phases: dict[str, Phase], expected: str | None) -> None:
 
 def test_name() -> None:
     assert modelversion_name("digits", "v3") == "digits-v3"
+
+
+@pytest.mark.parametrize(
+    ("phases", "active", "expected"),
+    [
+        ({}, None, None),
+        ({"v1": Phase.VERIFIED}, None, "v1"),
+        ({"v1": Phase.ACTIVE, "v2": Phase.VERIFIED, "v3": Phase.VERIFIED}, "v1", "v3"),
+        ({"v1": Phase.ACTIVE, "v2": Phase.REJECTED}, "v1", None),
+        ({"v3": Phase.ACTIVE, "v2": Phase.VERIFIED}, "v3", None),  # older than what serves: never promoted
+        # marked Promoting, then the crash lost the policy's desired write: promote it again
+        ({"v1": Phase.ACTIVE, "v2": Phase.PROMOTING}, "v1", "v2"),
+        ({"v1": Phase.PROMOTING}, None, "v1"),
+        ({"v1": Phase.ACTIVE, "v2": Phase.TRAINING}, "v1", None),
+    ],
+)
+def test_promotion_candidate(phases: dict[str, Phase], active: str | None, expected: str | None) -> None:
+    assert promotion_candidate(phases, active) == expected

@@ -26,6 +26,8 @@ ROLLBACK_PREVIOUS: Final = "previous"
 # Set by the reload sidecar on its own Pod: what this replica serves right now.
 ANNOTATION_SERVING_VERSION: Final = f"{GROUP}/serving-version"
 ANNOTATION_SERVING_DIGEST: Final = f"{GROUP}/serving-digest"
+# Set by the reload sidecar: the manifest digest of status.candidate it holds on disk, verified.
+ANNOTATION_PREFETCHED_DIGEST: Final = f"{GROUP}/prefetched-digest"
 
 # Labels the operator puts on what it creates.
 LABEL_MODEL: Final = f"{GROUP}/model"

@@ -542,6 +542,21 @@ class DesiredVersion(ApiModel):
     reason: str | None = Field(default=None, description="Promotion, Rollback or AutoRollback.")
 
 
+class CandidateVersion(ApiModel):
+    """The version under verification. Serving sidecars may download it ahead of promotion, so that
+    promoting it is a local load and a swap; nothing serves it until it becomes ``status.desired``."""
+
+    version: str = Field(pattern=VERSION_REF, description="Version being verified (or verified, not yet promoted).")
+    artifact_uri: str = Field(
+        alias="artifactURI", max_length=1024, pattern=r"^s3://", description="s3://<bucket>/<model>/<version>/"
+    )
+    manifest_digest: str = Field(
+        alias="manifestDigest",
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of the version's manifest.json; a prefetched copy must match it.",
+    )
+
+
 class RolloutStatus(ApiModel):
     """How many serving replicas run the desired version."""
 
@@ -606,6 +621,11 @@ class RetrainPolicyStatus(ApiModel):
         default=None, alias="trainingVersion", description="The version in flight, if any."
     )
     desired: DesiredVersion | None = None
+    candidate: CandidateVersion | None = Field(
+        default=None,
+        description="The version under verification; serving sidecars may download it ahead of promotion."
+        " Cleared once it is promoted, rejected or failed.",
+    )
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
     feedback: FeedbackStatus = Field(default_factory=FeedbackStatus)
     live_accuracy: LiveAccuracy = Field(

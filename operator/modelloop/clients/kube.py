@@ -6,6 +6,7 @@ it; that is success, and the existing object is returned so the caller continues
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from kubernetes import client
@@ -13,9 +14,20 @@ from kubernetes.client.exceptions import ApiException
 
 from modelloop.api import constants as c
 
+_clients_lock = threading.Lock()
+_clients: dict[int, tuple[object, client.ApiClient]] = {}  # the config is kept so its id stays unique
+
 
 def _api() -> client.ApiClient:
-    return client.ApiClient()
+    """One client per loaded configuration: a client per call would cost a TLS handshake per request."""
+    default = getattr(client.Configuration, "_default", None)
+    with _clients_lock:
+        found = _clients.get(id(default))
+        if found is None:
+            cfg = client.Configuration.get_default_copy()
+            cfg.connection_pool_maxsize = 16  # the operator's worker threads share it
+            found = _clients[id(default)] = (default, client.ApiClient(cfg))
+        return found[1]
 
 
 def custom() -> client.CustomObjectsApi:

@@ -32,3 +32,15 @@ def in_flight(phases: Mapping[str, Phase]) -> str | None:
 
 def sorted_versions(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=version_number)
+
+
+def promotion_candidate(phases: Mapping[str, Phase], active: str | None) -> str | None:
+    """The newest version newer than the active one that passed verification and is not serving yet.
+
+    A Promoting version counts too: it is marked Promoting just before the policy's
+    ``status.desired`` is written, so a crash between the two writes leaves it Promoting with
+    nothing rolling it out. Picking it again finishes that promotion instead of stranding it.
+    """
+    floor = version_number(active) if active else 0
+    ready = [v for v, p in phases.items() if p in (Phase.VERIFIED, Phase.PROMOTING) and version_number(v) > floor]
+    return max(ready, key=version_number) if ready else None

@@ -17,9 +17,36 @@ import kopf
 from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
-from . import modelversion, retrainpolicy
+from . import modelversion, policydaemon
 
-_HANDLER_MODULES = (modelversion, retrainpolicy)  # imported for their registrations
+_HANDLER_MODULES = (modelversion, policydaemon)  # imported for their registrations
+
+
+_ROUTINE = tuple(
+    f"{kind} {name!r} succeeded."
+    for kind, name in (
+        ("Handler", "modelversion_changed"),
+        ("Handler", "retrainpolicy_changed"),
+    )
+)
+
+
+class _QuietWakeHandlers(logging.Filter):
+    """Keeps kopf's "<handler> succeeded." for the watch-event wake-ups out of Events and INFO logs.
+
+    They run on every event of every object (thousands at a start); posted as Kubernetes Events
+    they would cost more API requests than everything else the operator does.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.getMessage().endswith(_ROUTINE):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG) and _skip_event(record)
+        return True
+
+
+def _skip_event(record: logging.LogRecord) -> bool:
+    record.k8s_skip = True  # kopf's event poster honours this
+    return True
 
 
 @kopf.on.startup()
@@ -31,6 +58,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = getattr(logging, os.environ.get("MODELLOOP_EVENT_LEVEL", "INFO").upper(), logging.INFO)
     settings.peering.name = os.environ.get("MODELLOOP_PEERING", "modelloop")
     settings.watching.server_timeout = 120
+    logging.getLogger("kopf.objects").addFilter(_QuietWakeHandlers())
     settings.execution.max_workers = int(os.environ.get("MODELLOOP_WORKERS", "8"))
 
 

@@ -58,7 +58,9 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-@kopf.timer(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL, interval=INTERVAL, when=_in_flight)
+# backoff: a failed pass (the API server or the bucket briefly unreachable) is retried at the
+# usual pace; kopf's default of 60 s left a version stalled for a minute after every API outage.
+@kopf.timer(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL, interval=INTERVAL, backoff=INTERVAL, when=_in_flight)
 def modelversion_timer(
     body: kopf.Body,
     spec: kopf.Spec,

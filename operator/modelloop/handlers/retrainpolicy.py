@@ -1,14 +1,14 @@
 """RetrainPolicy reconcile: feedback counting, triggers, promotion, rollout, rollback, retention.
 
-One timer per policy runs the whole pass: gather (ModelVersions, feedback in the bucket,
-serving pods) → decide (``modelloop.decide``) → apply (create a ModelVersion, move
-``status.desired``, prune) → one status write, skipped when nothing changed. Everything the
+One pass, run by the policy's daemon (``policydaemon``) when an event or a due check asks for
+it: gather (ModelVersions, feedback in the bucket, serving pods) → decide (``modelloop.decide``)
+→ apply (create a ModelVersion, move ``status.desired``, prune) → the changed status fields,
+which the daemon writes in one patch, none when nothing changed. Everything the
 operator remembers is in status, so a restarted operator continues where it stopped.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from modelloop import metrics
 from modelloop.api import constants as c
-from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_number, version_prefix
+from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_prefix
 from modelloop.api.feedback import decode_batch
 from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import (
@@ -29,36 +29,23 @@ from modelloop.api.retrainpolicy import (
 )
 from modelloop.clients import kube
 from modelloop.clients.objectstore import ObjectStore
+from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, set_condition
 from modelloop.decide.durations import parse_duration
+from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.rollback import RollbackDecision, decide_auto_rollback, decide_rollback_request
 from modelloop.decide.rollout import PodView, decide_rollout
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
-from modelloop.decide.versions import in_flight, modelversion_name, next_version
+from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
 
 from .stores import store_for
 
-INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "5"))
 _active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-@kopf.timer(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL, interval=INTERVAL)
-def retrainpolicy_timer(
-    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any
-) -> None:
-    assert namespace is not None, "RetrainPolicy is namespaced"
-    try:
-        changed = reconcile_policy(body, namespace, name, logger, _now())
-    except Exception as e:
-        metrics.RECONCILE_ERRORS.labels(namespace, name, "RetrainPolicy", type(e).__name__).inc()
-        raise
-    for k, v in changed.items():
-        patch.status[k] = v
 
 
 def _phases(mvs: list[dict[str, Any]]) -> dict[str, Phase]:
@@ -70,8 +57,18 @@ def _phases(mvs: list[dict[str, Any]]) -> dict[str, Phase]:
     return out
 
 
-def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, now: datetime) -> dict[str, Any]:
-    """One pass; returns the changed status fields (the caller writes them in one patch)."""
+def reconcile_policy(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    logger: Any,
+    now: datetime,
+    modelversions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One pass; returns the changed status fields (the caller writes them in one patch).
+
+    ``modelversions``: the policy's ModelVersions as just listed by the caller (listed here if None).
+    """
     meta = body["metadata"]
     generation = int(meta.get("generation") or 1)
     raw_status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
@@ -87,8 +84,17 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
     annotations = meta.get("annotations") or {}
     labels = (namespace, name)
 
-    mvs = {mv["spec"]["version"]: mv for mv in kube.list_modelversions(namespace, name)}
+    listed = modelversions if modelversions is not None else kube.list_modelversions(namespace, name)
+    mvs = {mv["spec"]["version"]: mv for mv in listed}
     phases = _phases(list(mvs.values()))
+    lost = unrecorded_creation(_created_versions(list(mvs.values())), old.latest_version)
+    if lost is not None:
+        new = adopt_unrecorded(new, lost, spec.triggers.schedule)
+        logger.warning(
+            "%s exists but the status write of the pass that created it was lost (operator restarted?); "
+            "recording it as the latest version and its trigger as consumed",
+            lost.version,
+        )
 
     # Feedback: count only what is new since the cursor.
     store: ObjectStore | None = None
@@ -112,7 +118,7 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
         msg = f"cannot read feedback from {spec.storage.endpoint}/{spec.storage.bucket}: {type(e).__name__}: {e}"
         prev = get_condition(conds, "FeedbackReadable")
         if prev is None or prev["status"] != "False":
-            logger.warning("%s (will retry every %ss)", msg, INTERVAL)
+            logger.warning("%s (will retry at the next feedback check)", msg)
         conds = set_condition(conds, "FeedbackReadable", "False", "StorageUnreachable", msg[:1000], now, generation)
         store = None
 
@@ -148,8 +154,14 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
             conds = set_condition(conds, "RolledBack", "Unknown", chosen.reason, chosen.message, now, generation)
             logger.warning(chosen.message)
         else:
-            candidate = _promotion_candidate(phases, new.active_version)
+            candidate = promotion_candidate(phases, new.active_version)
             if candidate is not None:
+                if phases[candidate] == Phase.PROMOTING:
+                    logger.warning(
+                        "%s is marked Promoting but status.desired never named it (the status write was lost, "
+                        "operator restarted?); promoting it again",
+                        candidate,
+                    )
                 _set_desired(spec, new, mvs, candidate, "Promotion", now)
                 kube.patch_modelversion_status(
                     namespace,
@@ -176,7 +188,7 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
             last_schedule_time=new.last_schedule_time,
             created_at=_parse_time(meta.get("creationTimestamp")) or now,
             retrain_now=annotations.get(c.ANNOTATION_RETRAIN_NOW),
-            handled_retrain_now=old.handled.retrain_now,
+            handled_retrain_now=new.handled.retrain_now,
         ),
         now,
     )
@@ -184,7 +196,9 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
         new.last_schedule_time = trig.schedule_time
     if trig.act:
         version = next_version(phases, new.latest_version)
-        _create_version(body, spec, new, namespace, name, version, trig.reason, trig.message, now)
+        _create_version(
+            body, spec, new, namespace, name, version, trig.reason, trig.message, trig.retrain_now_handled, now
+        )
         if trig.retrain_now_handled is not None:
             new.handled.retrain_now = trig.retrain_now_handled
         phases[version] = Phase.PENDING
@@ -199,8 +213,14 @@ def reconcile_policy(body: kopf.Body, namespace: str, name: str, logger: Any, no
         f"version {training} is training or verifying" if training else trig.message, now, generation,
     )  # fmt: skip
 
+    # What serving sidecars may download ahead of promotion.
+    new.candidate = decide_candidate(
+        _version_views(mvs, phases), new.active_version, new.desired.version if new.desired else None
+    )
+
     # Retention.
     protected = [new.active_version, new.previous_version, new.desired.version if new.desired else None]
+    protected.append(new.candidate.version if new.candidate else None)
     pruned = pick_pruned(phases, spec.retention.keep_versions, protected)
     if pruned and store is not None:
         for v in pruned:
@@ -271,10 +291,30 @@ def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPol
     fb.last_counted_at = now
 
 
-def _promotion_candidate(phases: dict[str, Phase], active: str | None) -> str | None:
-    floor = version_number(active) if active else 0
-    verified = [v for v, p in phases.items() if p == Phase.VERIFIED and version_number(v) > floor]
-    return max(verified, key=version_number) if verified else None
+def _version_views(mvs: dict[str, Any], phases: dict[str, Phase]) -> list[VersionView]:
+    views: list[VersionView] = []
+    for version, phase in phases.items():
+        artifact = ((mvs.get(version) or {}).get("status") or {}).get("artifact") or {}
+        views.append(VersionView(version, phase, artifact.get("uri"), artifact.get("manifestDigest")))
+    return views
+
+
+def _created_versions(mvs: list[dict[str, Any]]) -> list[CreatedVersion]:
+    out: list[CreatedVersion] = []
+    for mv in mvs:
+        meta, spec = mv.get("metadata") or {}, mv.get("spec") or {}
+        created = _parse_time(meta.get("creationTimestamp"))
+        if not spec.get("version") or created is None:
+            continue
+        out.append(
+            CreatedVersion(
+                version=spec["version"],
+                created_at=created,
+                feedback_through=(spec.get("feedbackSnapshot") or {}).get("throughKey") or None,
+                retrain_now=(meta.get("annotations") or {}).get(c.ANNOTATION_RETRAIN_NOW),
+            )
+        )
+    return out
 
 
 def _set_desired(
@@ -387,6 +427,7 @@ def _create_version(
     version: str,
     reason: str,
     message: str,
+    retrain_now: str | None,
     now: datetime,
 ) -> None:
     mv: dict[str, Any] = {
@@ -419,6 +460,9 @@ def _create_version(
     mv["metadata"]["labels"] = {
         k: v for k, v in mv["metadata"]["labels"].items() if k.startswith(c.GROUP) or k == c.LABEL_MANAGED_BY
     }
+    if retrain_now is not None:
+        # the request this training answers, so a lost status write cannot make it train twice
+        mv["metadata"]["annotations"] = {c.ANNOTATION_RETRAIN_NOW: retrain_now}
     kube.create_modelversion(namespace, mv)
     new.latest_version = version
     new.last_training_time = now

@@ -38,3 +38,15 @@ def store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore:
             store = ObjectStore(cfg, attempts=2, base_delay=0.2, max_delay=1.0)
             _cache[key] = store
         return store
+
+
+def cached_store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore | None:
+    """The client the last :func:`store_for` built for this bucket and Secret, without reading the Secret.
+
+    For cheap checks between full passes (an idle policy's feedback peek); if the credentials
+    were rotated the check fails and the full pass it triggers reads the Secret again.
+    """
+    where = (spec.storage.endpoint, spec.storage.bucket, f"{namespace}/{spec.storage.trainer_credentials.secret_name}")
+    with _lock:
+        found = [store for key, store in _cache.items() if key[:3] == where]
+    return found[-1] if found else None

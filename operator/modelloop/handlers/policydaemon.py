@@ -1,0 +1,249 @@
+"""When a RetrainPolicy is reconciled: one daemon per policy, woken by watch events.
+
+The daemon is the only code that runs :func:`reconcile_policy` for its policy, so two passes for
+one policy never overlap (kopf runs one daemon per object; the watch handlers below only wake
+it). It reacts at once to what can change the decision: any event of the policy (annotations
+such as ``rollback-to`` and ``retrain-now``, spec changes) or of one of its ModelVersions
+(phase changes). Between events it ticks: every ``MODELLOOP_POLICY_INTERVAL`` seconds while a
+rollout is in progress (the serving pods are not watched), otherwise at the policy's
+``triggers.checkIntervalSeconds`` (capped by ``MODELLOOP_POLICY_IDLE_INTERVAL``), when it peeks
+at the bucket for new feedback.
+
+A tick asks :func:`modelloop.decide.wake.full_pass_reason` first, with the watched policy body
+and the watched ModelVersion phases: an idle policy costs no API request at all.
+A full pass reads the policy fresh from the API server (the watched copy may lag behind the
+daemon's own last write), and so stays level-based and idempotent. A full pass at least every
+``MODELLOOP_POLICY_RESYNC`` seconds is the safety net for anything not watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from modelloop import metrics
+from modelloop.api import constants as c
+from modelloop.api.artifacts import feedback_prefix
+from modelloop.api.modelversion import Phase
+from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
+from modelloop.clients import kube
+from modelloop.decide.wake import Feedback, full_pass_reason
+
+from .retrainpolicy import reconcile_policy
+from .stores import cached_store_for
+
+BUSY_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "2"))
+IDLE_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_IDLE_INTERVAL", "60"))
+RESYNC = float(os.environ.get("MODELLOOP_POLICY_RESYNC", "600"))
+MAX_BACKOFF = 60.0
+
+PolicyKey = tuple[str, str]
+_wakers: dict[PolicyKey, asyncio.Event] = {}
+# (namespace, policy) -> ModelVersion name -> (version, phase), from the watch. Not a kopf index:
+# kopf holds every handler back until its indexes are pre-populated, in time that grows faster
+# than the square of the object count (minutes for 4,000 ModelVersions).
+_versions: dict[PolicyKey, dict[str, tuple[str, Phase]]] = {}
+
+
+def _wake(key: PolicyKey) -> None:
+    event = _wakers.get(key)
+    if event is not None:
+        event.set()
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL)
+async def modelversion_changed(
+    event: kopf.RawEvent, namespace: str | None, name: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> None:
+    """Keeps ``_versions`` current and wakes the version's policy (a phase change may be its cue)."""
+    policy, version = spec.get("policy"), spec.get("version")
+    if not namespace or not name or not policy or not version:
+        return
+    key = (namespace, policy)
+    if event.get("type") == "DELETED":
+        _versions.get(key, {}).pop(name, None)
+    else:
+        try:
+            phase = Phase(status.get("phase") or Phase.PENDING)
+        except ValueError:
+            phase = Phase.PENDING
+        _versions.setdefault(key, {})[name] = (version, phase)
+    _wake(key)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL)
+async def retrainpolicy_changed(namespace: str | None, name: str | None, **_: Any) -> None:
+    if namespace and name:
+        _wake((namespace, name))
+
+
+@kopf.daemon(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL, cancellation_timeout=30)
+async def retrainpolicy_daemon(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    assert namespace is not None, "RetrainPolicy is namespaced"
+    key = (namespace, name)
+    wake = asyncio.Event()
+    _wakers[key] = wake
+    loop = PolicyLoop(namespace, name, logger)
+    try:
+        while not stopped:
+            wake.clear()  # before the step: an event during the step wakes the next one at once
+            snapshot = copy.deepcopy(dict(body))
+            phases = dict(_versions.get(key, {}).values())
+            delay = await asyncio.to_thread(loop.step, snapshot, phases)
+            await _sleep(wake, stopped, delay)
+    finally:
+        if _wakers.get(key) is wake:
+            del _wakers[key]
+
+
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
+    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
+    _, pending = await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+class PolicyLoop:
+    """One policy's memory between ticks; lost on restart, which only costs one full pass."""
+
+    def __init__(self, namespace: str, name: str, logger: Any) -> None:
+        self.namespace, self.name, self.logger = namespace, name, logger
+        self.phases_at_last_pass: dict[str, Phase] | None = None
+        self.last_pass = time.monotonic()
+        self.last_peek: datetime | None = None
+        self.failures = 0
+        self.written: dict[str, Any] | None = None
+        """The status as this daemon's last pass left it (it is the only writer of the status)."""
+        self.written_generation = 0
+        # Spread the safety-net passes of many policies started together.
+        self.resync = RESYNC * random.uniform(0.9, 1.1)
+
+    def step(self, body: dict[str, Any], phases: dict[str, Phase]) -> float:
+        """A tick: a full pass if one is due; returns the seconds until the next tick."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        meta = body.get("metadata") or {}
+        try:
+            spec: RetrainPolicySpec | None = RetrainPolicySpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            spec = None
+        live = _status_of(body)
+        caught_up = self.written is None or live == self.written
+        if not caught_up:
+            # The watch has not delivered our own last write yet (it lags minutes behind while
+            # thousands of objects are listed at a start), or the API server normalised it.
+            # Either way the status is what we wrote: this daemon is its only writer.
+            live = dict(self.written or {})
+        status = RetrainPolicyStatus.model_validate(live)
+        feedback = self._peek(spec, status, now) if self.phases_at_last_pass is not None else Feedback.UNCHECKED
+        created = meta.get("creationTimestamp")
+        reason = full_pass_reason(
+            spec,
+            status,
+            max(int(meta.get("generation") or 1), self.written_generation),
+            meta.get("annotations") or {},
+            phases,
+            self.phases_at_last_pass,
+            feedback,
+            time.monotonic() - self.last_pass,
+            self.resync,
+            datetime.fromisoformat(created.replace("Z", "+00:00")) if created else now,
+            now,
+            c.ANNOTATION_ROLLBACK_TO,
+            c.ANNOTATION_RETRAIN_NOW,
+        )
+        if reason is None:
+            return self._interval(spec, status)
+        self.logger.debug("full pass: %s", reason)
+        try:
+            status = self._full_pass(body if caught_up else None) or status
+        except Exception as e:  # noqa: BLE001 - the daemon must outlive any one failed pass
+            self.failures += 1
+            delay = min(BUSY_INTERVAL * 2.0**self.failures, MAX_BACKOFF)
+            metrics.RECONCILE_ERRORS.labels(self.namespace, self.name, "RetrainPolicy", type(e).__name__).inc()
+            self.logger.error(
+                "reconcile pass (%s) failed: %s: %s; retrying in %.0fs", reason, type(e).__name__, e, delay
+            )
+            return delay
+        self.failures = 0
+        return self._interval(spec, status)
+
+    def _full_pass(self, current: dict[str, Any] | None) -> RetrainPolicyStatus | None:
+        """Reconcile and write; ``current`` is the watched body when it is known to be up to date."""
+        fresh = current if current is not None else kube.get_policy(self.namespace, self.name)
+        if fresh is None:
+            return None  # deleted; kopf stops this daemon
+        listed = kube.list_modelversions(self.namespace, self.name)
+        changed = reconcile_policy(
+            kopf.Body(cast(kopf.RawBody, fresh)), self.namespace, self.name, self.logger, _now(), listed
+        )
+        if changed:
+            kube.custom().patch_namespaced_custom_object_status(
+                c.GROUP, c.VERSION, self.namespace, c.RETRAINPOLICY_PLURAL, self.name, {"status": changed}
+            )
+        self.phases_at_last_pass = phases_of(listed)
+        self.last_pass = time.monotonic()
+        merged = {k: v for k, v in {**_status_of(fresh), **changed}.items() if v is not None}
+        self.written = merged
+        self.written_generation = int((fresh.get("metadata") or {}).get("generation") or 1)
+        return RetrainPolicyStatus.model_validate(merged)
+
+    def _peek(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus, now: datetime) -> Feedback:
+        """Whether the bucket holds feedback after the cursor; at most once per check interval."""
+        if spec is None:
+            return Feedback.UNCHECKED
+        every = timedelta(seconds=spec.triggers.check_interval_seconds)
+        last = max((t for t in (self.last_peek, status.feedback.last_counted_at) if t is not None), default=None)
+        if last is not None and now - last < every:
+            return Feedback.UNCHECKED
+        self.last_peek = now
+        store = cached_store_for(self.namespace, spec)
+        if store is None:
+            return Feedback.UNREADABLE  # no client yet: the full pass builds one (reading the Secret)
+        try:
+            for key in store.list_keys(feedback_prefix(spec.model), start_after=status.feedback.cursor or None):
+                if key.endswith(".jsonl"):
+                    return Feedback.NEW
+        except Exception:  # noqa: BLE001 - the full pass reads again and reports the failure as a condition
+            return Feedback.UNREADABLE
+        return Feedback.NONE
+
+    def _interval(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus) -> float:
+        if status.desired is not None and status.desired.version != status.active_version:
+            return BUSY_INTERVAL
+        check = float(spec.triggers.check_interval_seconds) if spec is not None else IDLE_INTERVAL
+        return max(min(check, IDLE_INTERVAL, self.resync), BUSY_INTERVAL)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def phases_of(modelversions: list[dict[str, Any]]) -> dict[str, Phase]:
+    out: dict[str, Phase] = {}
+    for mv in modelversions:
+        version = (mv.get("spec") or {}).get("version")
+        if version:
+            try:
+                out[version] = Phase((mv.get("status") or {}).get("phase") or Phase.PENDING)
+            except ValueError:
+                out[version] = Phase.PENDING
+    return out
+
+
+def _status_of(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (body.get("status") or {}).items() if k != "kopf" and v is not None}
