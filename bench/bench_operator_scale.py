@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,10 @@ from modelloop.api import constants as c
 NAMESPACE = "scale"
 OPERATOR_CMD_ENV = "MODELLOOP_BENCH_OPERATOR_CMD"  # another command line for "ours", e.g. an installed build
 SECRET = "scale-s3"
+CREATE_WORKERS = 16
+KEEP_LOGS_ENV = "MODELLOOP_BENCH_KEEP_LOGS"  # a folder to copy the operators' logs into
 _REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 # --- the baseline operator ----------------------------------------------------------------------
@@ -140,7 +144,7 @@ def create_objects(api: Any, policies: int, versions: int, endpoint: str) -> Non
                 {"status": version_status(n, versions)},
             )
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=CREATE_WORKERS) as pool:
         list(pool.map(one_policy, range(policies)))
 
 
@@ -172,14 +176,63 @@ def lagging(api: Any, want: dict[str, int]) -> list[str]:
 # --- measurements -------------------------------------------------------------------------------
 
 
-def parse_request_total(metrics_text: str) -> float:
-    """Sum of apiserver_request_total over every label set (all verbs, resources and codes)."""
-    total = 0.0
+RequestKey = tuple[str, str, str, str]
+"""(verb, group, resource, subresource) of an ``apiserver_request_total`` series."""
+
+# What a RetrainPolicy operator talks to; the control plane's own loops use other resources
+# (leases, endpoints, service accounts, ...), so this sum is the operator's share of an idle window.
+OPERATOR_RESOURCES = {
+    (c.GROUP, c.RETRAINPOLICY_PLURAL),
+    (c.GROUP, c.MODELVERSION_PLURAL),
+    ("kopf.dev", "kopfpeerings"),
+    ("kopf.dev", "clusterkopfpeerings"),
+    ("", "secrets"),
+    ("", "pods"),
+    ("", "events"),
+    ("events.k8s.io", "events"),
+    ("apps", "deployments"),
+    ("batch", "jobs"),
+}
+
+
+def parse_request_counts(metrics_text: str) -> dict[RequestKey, float]:
+    """``apiserver_request_total`` summed over codes and the other labels, per request kind."""
+    out: dict[RequestKey, float] = {}
     for line in metrics_text.splitlines():
         m = _REQUEST_LINE.match(line)
         if m:
-            total += float(m.group("value"))
-    return total
+            labels = dict(_LABEL.findall(m.group("labels")))
+            key = (
+                labels.get("verb", ""),
+                labels.get("group", ""),
+                labels.get("resource", ""),
+                labels.get("subresource", ""),
+            )
+            out[key] = out.get(key, 0.0) + float(m.group("value"))
+    return out
+
+
+def parse_request_total(metrics_text: str) -> float:
+    """Sum of apiserver_request_total over every label set (all verbs, resources and codes)."""
+    return sum(parse_request_counts(metrics_text).values())
+
+
+def requests_delta(before: dict[RequestKey, float], after: dict[RequestKey, float]) -> dict[RequestKey, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def operator_share(delta: dict[RequestKey, float]) -> float:
+    """The part of an idle window's requests made to resources an operator of these kinds uses."""
+    return sum(v for (_, group, resource, _), v in delta.items() if (group, resource) in OPERATOR_RESOURCES)
+
+
+def describe(delta: dict[RequestKey, float], per_min: float) -> str:
+    """The requests of a window, largest first: what an idle operator keeps asking for."""
+    rows = sorted(delta.items(), key=lambda kv: -kv[1])
+    return ", ".join(
+        f"{verb} {group + '/' if group else ''}{res}{'/' + sub if sub else ''}: {v * per_min:.1f}"
+        for (verb, group, res, sub), v in rows
+    )
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -227,7 +280,7 @@ class OperatorRun:
 def measure(
     op: OperatorRun,
     api: Any,
-    requests: Callable[[], float],
+    requests: Callable[[], dict[RequestKey, float]],
     policies: int,
     interval: int,
     idle_s: float,
@@ -256,7 +309,15 @@ def measure(
         after = requests()
         rss, peak = rss_mib(proc.pid)
     window = time.monotonic() - t0
-    return {"resync_s": resync, "requests_per_min": (after - before) * 60 / window, "rss_mib": rss, "peak_mib": peak}
+    delta = requests_delta(before, after)
+    print(f"{op.name}, idle requests per minute by kind: {describe(delta, 60 / window)}", flush=True)
+    return {
+        "resync_s": resync,
+        "requests_per_min": sum(delta.values()) * 60 / window,
+        "operator_requests_per_min": operator_share(delta) * 60 / window,
+        "rss_mib": rss,
+        "peak_mib": peak,
+    }
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -281,6 +342,17 @@ def control_plane_and_minio(workdir: Path) -> Iterator[tuple[Any, Any]]:
         cp.stop()
 
 
+def pooled_client(cp: Any, connections: int) -> Any:
+    """An admin client whose connection pool matches the creating threads (the library's default is 4)."""
+    from kubernetes import client as k8s
+    from kubernetes import config
+
+    cfg = k8s.Configuration()
+    config.load_kube_config(config_file=str(cp.kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = connections
+    return k8s.ApiClient(cfg)
+
+
 def install_crds(cp: Any, crds: Path) -> None:
     cp.kubectl("apply", "--server-side", "-f", str(crds))
     cp.kubectl("wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
@@ -299,11 +371,10 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
             f"--from-literal=accessKey={s3.access_key}", f"--from-literal=secretKey={s3.secret_key}",
         )  # fmt: skip
         s3.store("scale-bench")
-        api_client = cp.api_client()
-        api = k8s.CustomObjectsApi(api_client)
+        api = k8s.CustomObjectsApi(pooled_client(cp, CREATE_WORKERS))
 
-        def requests() -> float:
-            return parse_request_total(cp.kubectl("get", "--raw", "/metrics").stdout)
+        def requests() -> dict[RequestKey, float]:
+            return parse_request_counts(cp.kubectl("get", "--raw", "/metrics").stdout)
 
         t = time.monotonic()
         create_objects(api, policies, versions, s3.endpoint)
@@ -313,12 +384,17 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
         before = requests()
         t0 = time.monotonic()
         wait_until("idle window without an operator", lambda: time.monotonic() - t0 >= idle_s, idle_s + 5)
-        background = (requests() - before) * 60 / (time.monotonic() - t0)
+        quiet = requests_delta(before, requests())
+        background = sum(quiet.values()) * 60 / (time.monotonic() - t0)
+        background_share = operator_share(quiet) * 60 / (time.monotonic() - t0)
+        print(f"no operator, idle requests per minute by kind: {describe(quiet, 60 / (time.monotonic() - t0))}")
 
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
         ours_cmd = shlex.split(os.environ.get(OPERATOR_CMD_ENV, "")) or [
             str(Path(sys.executable).with_name("modelloop-operator")),
             f"--namespace={NAMESPACE}",
+            "--metrics-port=0",  # no fixed ports: other runs may hold 8080/8081
+            "--liveness=",
         ]
         runs = {
             "bare": OperatorRun(
@@ -331,7 +407,11 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
         }
         results = {}
         for interval, key in enumerate(runs, start=31):
-            results[key] = measure(runs[key], api, requests, policies, interval, idle_s, timeout)
+            try:
+                results[key] = measure(runs[key], api, requests, policies, interval, idle_s, timeout)
+            finally:
+                if os.environ.get(KEEP_LOGS_ENV):
+                    shutil.copy(runs[key].log, Path(os.environ[KEEP_LOGS_ENV]) / runs[key].log.name)
             print(f"{runs[key].name}: {results[key]}", flush=True)
 
     bare, ours = results["bare"], results["ours"]
@@ -342,6 +422,8 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
         "versions": versions,
         "idle_seconds": idle_s,
         "background_requests_per_min": background,
+        "background_operator_resources_per_min": background_share,
+        "all_requests_per_min": {"bare": bare["requests_per_min"], "ours": ours["requests_per_min"]},
     }
     return [
         report.Measurement(
@@ -358,10 +440,11 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
         ),
         report.Measurement(
             name=f"API requests per idle minute ({scale})", unit="req/min",
-            baseline=bare["requests_per_min"], figure=ours["requests_per_min"],
-            baseline_label="bare kopf operator", figure_label="modelloop-operator",
+            baseline=bare["operator_requests_per_min"], figure=ours["operator_requests_per_min"],
+            baseline_label="bare kopf operator (requests to the kinds an operator uses)",
+            figure_label="modelloop-operator (same resources, same-length window)",
             target="figure - baseline <= 1 per policy",
-            passed=ours["requests_per_min"] - bare["requests_per_min"] <= policies, details=details,
+            passed=ours["operator_requests_per_min"] - bare["operator_requests_per_min"] <= policies, details=details,
         ),
     ]  # fmt: skip
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from modelloop.devenv.controlplane import ControlPlane
 from modelloop.devenv.minio import MinioServer
@@ -68,6 +69,13 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
         yield name
     finally:
         control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    """An admin client of the test control plane, closed after the test."""
+    with control_plane.api_client() as a:
+        yield a
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,6 @@ PROBE_CRD = {
         ],
     },
 }
-
-
-@pytest.fixture
-def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    c = control_plane.api_client()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")

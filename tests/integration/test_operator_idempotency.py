@@ -8,7 +8,6 @@ same stale body both times — exactly what a retry sees.
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ import kopf
 import pytest
 from kopf._core.engines.posting import settings_var
 from kubernetes import client, config
+from operator_harness import create_s3_secret
 
 from modelloop.api import constants as c
 from modelloop.devenv.controlplane import ControlPlane
@@ -42,16 +42,7 @@ def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
 
 
 def _policy(api: client.ApiClient, minio: MinioServer, bucket: str, ns: str) -> dict[str, Any]:
-    client.CoreV1Api(api).create_namespaced_secret(
-        ns,
-        {
-            "metadata": {"name": "s3"},
-            "data": {
-                "accessKey": base64.b64encode(minio.access_key.encode()).decode(),
-                "secretKey": base64.b64encode(minio.secret_key.encode()).decode(),
-            },
-        },
-    )
+    create_s3_secret(api, minio, ns)
     body = {
         "apiVersion": c.API_VERSION,
         "kind": c.RETRAINPOLICY_KIND,
@@ -98,3 +89,57 @@ def test_policy_and_version_reconciles_run_twice_create_one_version_and_one_job(
     assert [o["phase"] for o in outcomes] == ["Training", "Training"]
     assert outcomes[0]["trainingJob"] == outcomes[1]["trainingJob"] == "digits-v1-train"
     assert "created" in outcomes[0]["message"] and "found" in outcomes[1]["message"]
+
+
+def test_a_lost_status_write_neither_retrains_nor_strands_a_promotion(
+    api: client.ApiClient, minio: MinioServer, bucket: str, namespace: str
+) -> None:
+    """The operator killed between creating (or marking) a ModelVersion and writing the policy status."""
+    custom = client.CustomObjectsApi(api)
+    ns = namespace
+
+    def fresh() -> kopf.Body:
+        return kopf.Body(custom.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, "digits"))
+
+    def write(changed: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, "digits", {"status": changed}
+        )
+
+    def set_phase(version: str, status: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, ns, c.MODELVERSION_PLURAL, f"digits-{version}", {"status": status}
+        )
+
+    def versions() -> list[str]:
+        items = custom.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.MODELVERSION_PLURAL)["items"]
+        return sorted(mv["spec"]["version"] for mv in items)
+
+    _policy(api, minio, bucket, ns)
+    write(reconcile_policy(fresh(), ns, "digits", LOG, datetime.now(UTC)))  # bootstrap v1, recorded
+    set_phase("v1", {"phase": "Rejected"})
+
+    custom.patch_namespaced_custom_object(
+        c.GROUP,
+        c.VERSION,
+        ns,
+        c.RETRAINPOLICY_PLURAL,
+        "digits",
+        {"metadata": {"annotations": {c.ANNOTATION_RETRAIN_NOW: "x"}}},
+    )
+    lost = reconcile_policy(fresh(), ns, "digits", LOG, datetime.now(UTC))  # creates v2; its write is lost
+    assert (lost["latestVersion"], lost["handled"]["retrainNow"]) == ("v2", "x")
+    set_phase("v2", {"phase": "Rejected"})
+
+    after = reconcile_policy(fresh(), ns, "digits", LOG, datetime.now(UTC))
+    assert versions() == ["v1", "v2"], "the retrain-now request v2 answered must not start v3"
+    assert (after["latestVersion"], after["handled"]["retrainNow"]) == ("v2", "x")
+    write(after)
+
+    digest = "sha256:" + "0" * 64
+    set_phase("v2", {"phase": "Verified", "artifact": {"uri": f"s3://{bucket}/digits/v2/", "manifestDigest": digest}})
+    lost = reconcile_policy(fresh(), ns, "digits", LOG, datetime.now(UTC))  # marks v2 Promoting; write lost
+    assert lost["desired"]["version"] == "v2"
+    again = reconcile_policy(fresh(), ns, "digits", LOG, datetime.now(UTC))
+    assert again.get("desired", {}).get("version") == "v2", "a Promoting version nobody rolls out is stranded"
+    assert again["desired"]["manifestDigest"] == digest

@@ -9,9 +9,6 @@ that a restart continues the loop without duplicating anything.
 
 from __future__ import annotations
 
-import base64
-import os
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,49 +16,32 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from operator_harness import (
+    MODEL,
+    POLICY,
+    Operator,
+    annotate_policy,
+    annotate_serving_pods,
+    complete_job,
+    create_fixtures,
+    fake_training,
+    get_policy,
+    job_exists,
+    jobs,
+    now_iso,
+    phase,
+    policy_body,
+    versions,
+    write_verification,
+)
 
 from modelloop.api import constants as c
-from modelloop.api.artifacts import VERIFICATION_FILE, Manifest, Progress, version_key
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
-from modelloop.clients.artifactstore import publish_version
-from modelloop.clients.objectstore import ObjectStore
 from modelloop.devenv.controlplane import ControlPlane
 from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, wait_for
+from modelloop.devenv.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-POLICY = "digits"
-MODEL = "digits"
-
-
-class Operator:
-    def __init__(self, cp: ControlPlane, namespace: str, log: Path) -> None:
-        exe = Path(sys.executable).parent / "modelloop-operator"
-        env = {
-            **os.environ,
-            **cp.env,
-            "MODELLOOP_POLICY_INTERVAL": "1",
-            "MODELLOOP_MODELVERSION_INTERVAL": "1",
-        }
-        argv = [exe, "--standalone", "--namespace", namespace, "--metrics-port", "0", "--liveness", ""]
-        self.proc = ManagedProcess("modelloop-operator", argv, log, env=env)
-
-    def start(self) -> Operator:
-        self.proc.start()
-        return self
-
-    def sigkill_and_restart(self) -> None:
-        self.proc.kill_now()
-        wait_for(lambda: not self.proc.alive(), 30, "operator to die after SIGKILL")
-        assert self.proc.stop() == -9, "the operator died of SIGKILL, not a clean shutdown"
-        self.proc.start()
-
-
-@pytest.fixture
-def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    with control_plane.api_client() as a:
-        yield a
 
 
 @pytest.fixture
@@ -71,163 +51,6 @@ def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Ite
         yield op
     finally:
         op.proc.stop()
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def policy_body(minio: MinioServer, bucket: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": c.RETRAINPOLICY_KIND,
-        "metadata": {"name": POLICY},
-        "spec": {
-            "model": MODEL,
-            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
-            "dataset": {"path": "datasets/digits"},
-            "training": {"image": "modelloop-trainer:dev", "backoffLimit": 1},
-            "triggers": {"checkIntervalSeconds": 5, "feedback": {"minSamples": 3, "minInterval": "0s"}},
-            "verification": {"gates": {"minClassAccuracy": 0.9, "beatMargin": 0.01}},
-            "serving": {"deployment": "web", "rolloutTimeout": "5m"},
-            **spec,
-        },
-    }
-
-
-def create_fixtures(api: client.ApiClient, minio: MinioServer, namespace: str) -> None:
-    client.CoreV1Api(api).create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "s3"},
-            "data": {
-                "accessKey": base64.b64encode(minio.access_key.encode()).decode(),
-                "secretKey": base64.b64encode(minio.secret_key.encode()).decode(),
-            },
-        },
-    )
-    labels = {"app": "web"}
-    client.AppsV1Api(api).create_namespaced_deployment(
-        namespace,
-        {
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {"name": "server", "image": "modelloop-server:dev", "command": ["modelloop-server"]}
-                        ]
-                    },
-                },
-            },
-        },
-    )
-
-
-def get_policy(api: client.ApiClient, ns: str) -> dict[str, Any]:
-    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, POLICY
-    )
-    return obj
-
-
-def versions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
-    items = client.CustomObjectsApi(api).list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.MODELVERSION_PLURAL)[
-        "items"
-    ]
-    return {mv["spec"]["version"]: mv for mv in items}
-
-
-def phase(api: client.ApiClient, ns: str, version: str) -> str | None:
-    mv = versions(api, ns).get(version)
-    return None if mv is None else (mv.get("status") or {}).get("phase")
-
-
-def jobs(api: client.ApiClient, ns: str) -> list[str]:
-    return sorted(j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(ns).items)
-
-
-def job_exists(api: client.ApiClient, ns: str, name: str) -> bool:
-    return name in jobs(api, ns)
-
-
-def complete_job(api: client.ApiClient, ns: str, name: str) -> None:
-    """What the Job controller writes when the trainer pod exits 0 (no kubelet runs here)."""
-    now = _now()
-    batch = client.BatchV1Api(api)
-    wait_for(
-        lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 30, f"Job {name} started"
-    )
-    started = batch.read_namespaced_job_status(name, ns).status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-    cond = {"status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-    batch.patch_namespaced_job_status(
-        name,
-        ns,
-        {
-            "status": {
-                "startTime": started,
-                "completionTime": now,
-                "succeeded": 1,
-                "active": 0,
-                "conditions": [{"type": "SuccessCriteriaMet", **cond}, {"type": "Complete", **cond}],
-            }
-        },
-    )
-
-
-def fake_training(store: ObjectStore, version: str, parent: str | None, tmp: Path) -> str:
-    """A tiny but real version: files published with the real artifact code, manifest last."""
-    d = tmp / version
-    d.mkdir()
-    (d / "model.safetensors").write_bytes(os.urandom(256))
-    (d / "metrics.json").write_text('{"validationAccuracy": 0.95}')
-    store.put_bytes(
-        version_key(MODEL, version, "progress.json"),
-        Progress(epoch=3, epochs=3, loss=0.1, updated_at=datetime.now(UTC)).model_dump_json(by_alias=True).encode(),
-    )
-    manifest = Manifest(model=MODEL, version=version, parent_version=parent, created_at=datetime.now(UTC), files=[])
-    return publish_version(store, manifest, d)
-
-
-def write_verification(
-    store: ObjectStore, version: str, digest: str, holdout: float, baseline: str | None, baseline_acc: float | None
-) -> None:
-    store.put_json(
-        version_key(MODEL, version, VERIFICATION_FILE),
-        {
-            "model": MODEL,
-            "version": version,
-            "manifestDigest": digest,
-            "baselineVersion": baseline,
-            "holdoutSamples": 360,
-            "validationAccuracy": 0.95,
-            "holdoutAccuracy": holdout,
-            "baselineHoldoutAccuracy": baseline_acc,
-            "perClassAccuracy": {"0": 0.97, "1": 0.93},
-            "macroF1": 0.93,
-            "latencyP50Ms": 1.0,
-            "latencyP95Ms": 2.0,
-            "peakMemoryMiB": 200.0,
-            "throughputRps": 800.0,
-            "device": "cpu",
-            "measuredAt": _now(),
-        },
-    )
-
-
-def annotate_serving_pods(api: client.ApiClient, ns: str, digest: str) -> int:
-    core = client.CoreV1Api(api)
-    pods = core.list_namespaced_pod(ns, label_selector="app=web").items
-    for p in pods:
-        core.patch_namespaced_pod(
-            p.metadata.name,
-            ns,
-            {"metadata": {"annotations": {c.ANNOTATION_SERVING_DIGEST: digest, c.ANNOTATION_SERVING_VERSION: "x"}}},
-        )
-    return len(pods)
 
 
 def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
@@ -310,9 +133,15 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
     digest2 = fake_training(store, "v2", "v1", tmp_path)
     complete_job(api, ns, "digits-v2-train")
     wait_for(lambda: job_exists(api, ns, "digits-v2-verify"), 60, "verification Job v2", proc)
+    wait_for(
+        lambda: (get_policy(api, ns)["status"].get("candidate") or {}).get("version") == "v2",
+        60, "v2 named the candidate while it is verified", proc,
+    )  # fmt: skip
+    assert get_policy(api, ns)["status"]["candidate"]["manifestDigest"] == digest2
     write_verification(store, "v2", digest2, 0.935, "v1", 0.93)  # better, but by less than beatMargin 0.01
     complete_job(api, ns, "digits-v2-verify")
     wait_for(lambda: phase(api, ns, "v2") == "Rejected", 60, "v2 rejected", proc)
+    wait_for(lambda: "candidate" not in get_policy(api, ns)["status"], 60, "candidate cleared after rejection", proc)
     mv2 = versions(api, ns)["v2"]
     assert "beatsActive" in mv2["status"]["message"]
     st = get_policy(api, ns)["status"]
@@ -336,6 +165,7 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
     write_verification(store, "v3", digest3, 0.95, "v1", 0.93)
     complete_job(api, ns, "digits-v3-verify")
     wait_for(lambda: get_policy(api, ns)["status"]["desired"]["version"] == "v3", 60, "desired v3", proc)
+    assert "candidate" not in get_policy(api, ns)["status"], "the write that promotes v3 also clears the candidate"
     annotate_serving_pods(api, ns, digest3)
     wait_for(lambda: get_policy(api, ns)["status"].get("activeVersion") == "v3", 60, "v3 active", proc)
     assert (phase(api, ns, "v1"), get_policy(api, ns)["status"]["previousVersion"]) == ("Superseded", "v1")
@@ -360,12 +190,6 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
         c.ANNOTATION_ROLLBACK_TO,
         c.ANNOTATION_RETRAIN_NOW,
     }, "the operator never writes the user's metadata"
-
-
-def annotate_policy(api: client.ApiClient, ns: str, key: str, value: str) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, POLICY, {"metadata": {"annotations": {key: value}}}
-    )
 
 
 def test_unreachable_storage_is_a_condition_not_a_crash(
@@ -411,7 +235,7 @@ def test_failed_training_is_reported_with_the_job_reason_and_not_retried_forever
     wait_for(
         lambda: batch.read_namespaced_job_status("digits-v1-train", ns).status.start_time is not None, 30, "Job started"
     )
-    now = _now()
+    now = now_iso()
     cond = {"status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": "BackoffLimitExceeded"}
     batch.patch_namespaced_job_status(
         "digits-v1-train",

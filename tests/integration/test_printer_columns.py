@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +51,6 @@ VERSION_STATUS = {
     "progress": {"epoch": 20, "epochs": 20, "summary": "epoch 20/20"},
     "metrics": {"holdoutAccuracy": 0.9375},
 }
-
-
-@pytest.fixture
-def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    c = control_plane.api_client()
-    try:
-        yield c
-    finally:
-        c.close()  # type: ignore[no-untyped-call]
 
 
 def create_with_status(api: client.ApiClient, namespace: str, plural: str, obj: dict[str, Any], status: Any) -> None:

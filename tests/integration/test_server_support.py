@@ -41,6 +41,13 @@ def publish_versions(minio: MinioServer, bucket: str, versions: list[str]) -> di
     return {v: publish_synthetic(store, DigitsPlugin(), PLUGIN, MODEL, v, seed=int(v[1:])) for v in versions}
 
 
+def corrupt_in_place(minio: MinioServer, bucket: str, key: str) -> None:
+    """Flip the object's last 16 bytes: same size, different bytes, so only the hash check notices."""
+    store = minio.store(bucket)
+    good = store.get_bytes(key)
+    store.put_bytes(key, good[:-16] + bytes(b ^ 0xFF for b in good[-16:]))
+
+
 def policy_body(minio: MinioServer, bucket: str) -> dict[str, Any]:
     return {
         "apiVersion": c.API_VERSION,
@@ -63,6 +70,7 @@ class Cluster:
     def __init__(self, cp: ControlPlane, namespace: str, minio: MinioServer, bucket: str) -> None:
         self.cp = cp
         self.ns = namespace
+        self.minio = minio
         self.bucket = bucket
         self.api = cp.api_client()
         self.custom = k8s.CustomObjectsApi(self.api)
@@ -99,6 +107,23 @@ class Cluster:
     def pod_annotations(self, name: str) -> dict[str, str]:
         pod = self.core.read_namespaced_pod(name, self.ns)
         return dict(pod.metadata.annotations or {})
+
+    def reports(self, pod: str, digest: str) -> bool:
+        """Whether the pod's sidecar has reported ``digest`` as served."""
+        return self.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digest
+
+    def start_replica(self, workdir: Path, pod: str, version: str, digest: str) -> Replica:
+        """A Pod object plus its server + sidecar, returned once the sidecar reports ``version`` served."""
+        self.create_pod(pod)
+        replica = Replica(workdir, pod, self.ns, self.minio.env(self.bucket), self.serving_kubeconfig(workdir))
+        self.set_desired(version, digest)
+        replica.start()
+        try:
+            wait_for(lambda: self.reports(pod, digest), 90, f"the sidecar to report {version}", replica.sidecar)
+        except BaseException:
+            replica.stop()
+            raise
+        return replica
 
     def events(self, pod: str) -> list[k8s.CoreV1Event]:
         items: list[k8s.CoreV1Event] = self.core.list_namespaced_event(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server_support import MODEL, Cluster, Replica, publish_versions
+from test_server_support import MODEL, Cluster, corrupt_in_place, publish_versions
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import WEIGHTS_FILE, version_key
@@ -25,22 +25,12 @@ def test_corrupt_and_missing_artifacts_are_refused_and_the_old_model_keeps_servi
     control_plane: ControlPlane, minio: MinioServer, namespace: str, bucket: str, tmp_path: Path
 ) -> None:
     digests = publish_versions(minio, bucket, ["v1", "v2", "v3"])
-    store = minio.store(bucket)
-    key = version_key(MODEL, "v2", WEIGHTS_FILE)
-    good = store.get_bytes(key)
-    store.put_bytes(key, good[:-16] + bytes(b ^ 0xFF for b in good[-16:]))  # same size, different bytes
+    corrupt_in_place(minio, bucket, version_key(MODEL, "v2", WEIGHTS_FILE))
 
     cluster = Cluster(control_plane, namespace, minio, bucket)
     pod = "digits-0"
-    cluster.create_pod(pod)
-    replica = Replica(tmp_path, pod, namespace, minio.env(bucket), cluster.serving_kubeconfig(tmp_path))
-    cluster.set_desired("v1", digests["v1"])
-    replica.start()
+    replica = cluster.start_replica(tmp_path, pod, "v1", digests["v1"])
     try:
-        wait_for(
-            lambda: cluster.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digests["v1"],
-            90, "the sidecar to report v1", replica.sidecar,
-        )  # fmt: skip
 
         def rejected(fragment: str) -> list[str]:
             return [
@@ -71,7 +61,7 @@ def test_corrupt_and_missing_artifacts_are_refused_and_the_old_model_keeps_servi
         started = time.monotonic()
         cluster.set_desired("v3", digests["v3"])
         wait_for(
-            lambda: cluster.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digests["v3"],
+            lambda: cluster.reports(pod, digests["v3"]),
             60, "the sidecar to report v3", replica.sidecar,
         )  # fmt: skip
         assert replica.serving() == "v3"

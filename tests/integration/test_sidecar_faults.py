@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_server_support import Cluster, Replica, publish_versions
+from test_server_support import Cluster, publish_versions
 
-from modelloop.api import constants as c
 from modelloop.devenv.controlplane import ControlPlane
 from modelloop.devenv.minio import MinioServer
 from modelloop.devenv.processes import wait_for
@@ -22,17 +21,12 @@ def test_sidecar_survives_api_server_restart_and_object_store_outage(
     digests = publish_versions(minio, bucket, ["v1", "v2", "v3"])
     cluster = Cluster(control_plane, namespace, minio, bucket)
     pod = "digits-0"
-    cluster.create_pod(pod)
-    replica = Replica(tmp_path, pod, namespace, minio.env(bucket), cluster.serving_kubeconfig(tmp_path))
-    cluster.set_desired("v1", digests["v1"])
-    replica.start()
+    replica = cluster.start_replica(tmp_path, pod, "v1", digests["v1"])
 
     def reported(version: str) -> bool:
-        return cluster.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digests[version]
+        return cluster.reports(pod, digests[version])
 
     try:
-        wait_for(lambda: reported("v1"), 90, "the sidecar to report v1", replica.sidecar)
-
         control_plane.restart_apiserver()
         cluster.set_desired("v2", digests["v2"])
         wait_for(lambda: reported("v2"), 90, "v2 reported after the API server restart", replica.sidecar)
