@@ -61,7 +61,7 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     wait_for(
         lambda: control_plane.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-        60,
+        150,  # the controller manager may still be in client-go's relist backoff after an API server restart
         f"ServiceAccount default in namespace {name}",
         control_plane.controller_manager,
     )

@@ -182,8 +182,10 @@ def job_env(api: client.ApiClient, ns: str, name: str, var: str) -> str | None:
 def complete_job(api: client.ApiClient, ns: str, name: str) -> None:
     """What the Job controller writes when the trainer pod exits 0 (no kubelet runs here)."""
     batch = client.BatchV1Api(api)
+    # 120 s: after API server restarts in quick succession, client-go's relist backoff (30 s cap,
+    # doubled by jitter) can keep the Job controller blind for up to a minute.
     wait_for(
-        lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 30, f"Job {name} started"
+        lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 120, f"Job {name} started"
     )
     started = batch.read_namespaced_job_status(name, ns).status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
     now = max(now_iso(), started)  # the Job controller's clock: completion is never before the start

@@ -410,6 +410,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 await flusher
             backlog = s.feedback.backlog
             stored = await loop.run_in_executor(s.flush_pool, lambda: s.feedback.flush(force=True))
+            s.feedback.close()
             left = s.feedback.backlog
             if left:
                 log.error(

@@ -1,13 +1,14 @@
 """Reviewed labels on their way to the bucket: batched, spooled to disk, never dropped silently.
 
-``POST /v1/feedback`` appends to an open batch; a batch is cut when it holds ``batch_records``
-records or has been open ``flush_seconds`` (so a burst of reviews is a few uploads, not thousands).
-A cut batch gets its object key at once and is written to a spool file in the model directory
-before the upload is tried; the upload reuses that key on every retry (an ambiguous failure
-cannot store a batch twice) and the spool file is removed only after the object store confirmed
-it. While MinIO is down batches wait in memory and in the spool; a restarted server picks the
-spool up again. Only when the backlog passes ``max_backlog`` records are new reviews refused
-(503), which is the one way a client learns that its feedback was not taken.
+``POST /v1/feedback`` appends to an open batch and to its journal file in the spool directory
+before answering 202, so a server killed outright (OOM, SIGKILL) loses no accepted review. A batch
+is cut when it holds ``batch_records`` records or has been open ``flush_seconds`` (so a burst of
+reviews is a few uploads, not thousands); it gets its object key at once and its journal becomes
+that key's spool file before the upload is tried. The upload reuses that key on every retry (an
+ambiguous failure cannot store a batch twice) and the spool file is removed only after the object
+store confirmed it. While MinIO is down batches wait in memory and in the spool; a restarted
+server picks the spool up again. Only when the backlog passes ``max_backlog`` records are new
+reviews refused (503), which is the one way a client learns that its feedback was not taken.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from modelloop.api.artifacts import feedback_prefix
 from modelloop.api.feedback import FeedbackRecord, batch_key, decode_batch, encode_batch
@@ -26,6 +28,9 @@ from modelloop.clients.objectstore import ObjectStore
 from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+OPEN_JOURNAL = ".open.jsonl.part"
+"""The open batch's records, one JSON line each, in the spool directory."""
 
 
 class BacklogFull(RuntimeError):
@@ -59,6 +64,8 @@ class FeedbackBuffer:
         self._pending: dict[str, list[FeedbackRecord]] = {}
         self._retry_at = 0.0
         self._failures = 0
+        self._journal: BinaryIO | None = None
+        self._journal_ok = True
 
     @property
     def backlog(self) -> int:
@@ -74,23 +81,56 @@ class FeedbackBuffer:
             return 0
         restored = 0
         prefix = feedback_prefix(self.model)
-        for path in sorted(self.spool_dir.glob("*.jsonl")):
+        # ".<key>.tmp" is a spool write a killed run never renamed: complete files are its batch.
+        unfinished = {p: p.name[1 : -len(".tmp")] for p in self.spool_dir.glob(".*.jsonl.tmp")}
+        finished = {p: p.name for p in self.spool_dir.glob("*.jsonl")}
+        for path, name in sorted({**finished, **unfinished}.items(), key=lambda item: item[1]):
             try:
                 records = decode_batch(path.read_bytes())
             except (OSError, ValueError) as e:
-                log.error("feedback spool file %s is unreadable (%s); moving it aside as %s.bad", path, e, path.name)
+                log.error("feedback spool file %s is unreadable (%s); moving it aside as %s.bad", path, e, name)
                 with contextlib.suppress(OSError):
-                    path.rename(path.with_suffix(".bad"))
+                    path.rename(self.spool_dir / f"{name}.bad")
                 continue
+            if path in unfinished:
+                path.rename(self.spool_dir / name)
             with self._lock:
-                self._pending[prefix + path.name] = records
+                self._pending[prefix + name] = records
             restored += len(records)
+        restored += self._restore_journal()
         self._update_gauge()
         if restored:
             log.warning(
                 "restored %d feedback records from the spool in %s; uploading them first", restored, self.spool_dir
             )
         return restored
+
+    def _restore_journal(self) -> int:
+        """The open batch of a run that died before cutting it becomes a pending batch of its own."""
+        path = self.spool_dir / OPEN_JOURNAL
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.error("feedback journal %s is unreadable (%s); moving it aside as %s.bad", path, e, OPEN_JOURNAL)
+            with contextlib.suppress(OSError):
+                path.rename(path.with_name(OPEN_JOURNAL + ".bad"))
+            return 0
+        records: list[FeedbackRecord] = []
+        for n, line in enumerate(lines, 1):
+            try:
+                records.extend(decode_batch(line))
+            except ValueError as e:
+                # Only a write cut short by the kill can be torn: the last line, never acknowledged.
+                log.warning("feedback journal %s line %d of %d is torn (%s); skipping it", path, n, len(lines), e)
+        if records:
+            with self._lock:
+                self._open = records
+                self._cut_locked()
+        else:
+            path.unlink(missing_ok=True)
+        return len(records)
 
     def add(self, record: FeedbackRecord) -> bool:
         """Accept one record; True when a batch is full and a flush is worth doing now."""
@@ -103,6 +143,7 @@ class FeedbackBuffer:
             if not self._open:
                 self._opened_at = self.clock()
             self._open.append(record)
+            self._write_journal_locked(record)
             full = len(self._open) >= self.batch_records
         self.metrics.feedback_received.labels("correction" if record.is_correction else "confirmation").inc()
         self._update_gauge()
@@ -117,18 +158,62 @@ class FeedbackBuffer:
                 len(self._open) >= self.batch_records or now - self._opened_at >= self.flush_seconds
             )
 
+    def close(self) -> None:
+        """Close the journal; an open batch left in it is restored by the next start on this volume."""
+        with self._lock:
+            if self._journal is not None:
+                with contextlib.suppress(OSError):
+                    self._journal.close()
+                self._journal = None
+
+    def _write_journal_locked(self, record: FeedbackRecord) -> None:
+        if not self._journal_ok:
+            return
+        try:
+            if self._journal is None:
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+                self._journal = (self.spool_dir / OPEN_JOURNAL).open("ab")
+            self._journal.write(encode_batch([record]))
+            self._journal.flush()
+        except OSError as e:
+            self._journal_ok = False
+            log.error(
+                "cannot append to the feedback journal in %s (%s); the open batch is only in memory until it is cut",
+                self.spool_dir, e,
+            )  # fmt: skip
+
     def _cut(self) -> None:
         with self._lock:
-            if not self._open:
-                return
-            key, records = batch_key(self.model), self._open
-            self._open = []
-            self._pending[key] = records
+            self._cut_locked()
+
+    def _cut_locked(self) -> None:
+        """Give the open batch its key; its journal becomes that key's spool file (under the lock, so
+        no ``add`` can append to a journal that is being renamed)."""
+        if not self._open:
+            return
+        key, records = batch_key(self.model), self._open
+        self._open = []
+        self._pending[key] = records
+        name = PurePosixPath(key).name
+        journal = self.spool_dir / OPEN_JOURNAL
+        journaled = self._journal is not None and self._journal_ok
+        if self._journal is not None:
+            with contextlib.suppress(OSError):
+                self._journal.close()
+        self._journal, self._journal_ok = None, True
         try:
+            if journaled:
+                journal.rename(self.spool_dir / name)
+                return
+            journal.unlink(missing_ok=True)
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.spool_dir / f".{PurePosixPath(key).name}.tmp"
-            tmp.write_bytes(encode_batch(records))
-            tmp.rename(self.spool_dir / PurePosixPath(key).name)
+            tmp = self.spool_dir / f".{name}.tmp"
+            try:
+                tmp.write_bytes(encode_batch(records))
+                tmp.rename(self.spool_dir / name)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
         except OSError as e:
             log.error(
                 "cannot write feedback spool file in %s (%s); the batch %s is only in memory", self.spool_dir, e, key

@@ -235,6 +235,8 @@ class Sidecar:
         self.candidate: Desired | None = None
         self.prefetched: Desired | None = None
         self.prefetch_wake = threading.Event()
+        self._events_lock = threading.Lock()
+        self._last_event: dict[tuple[str, str], tuple[str, int]] = {}
 
     # --- watch ------------------------------------------------------------------------------
 
@@ -417,14 +419,36 @@ class Sidecar:
             raise Transient(f"cannot annotate Pod {self.s.namespace}/{self.s.pod_name}: {e}") from None
 
     def event(self, reason: str, message: str, warning: bool = True) -> None:
-        try:
-            self.core.create_namespaced_event(
-                self.s.namespace,
-                event_body(self.s, self.pod_uid, reason, message, warning),  # type: ignore[arg-type]
-                _request_timeout=(5, 30),
-            )
-        except Exception as e:  # noqa: BLE001 — an Event is best effort; the log line below is the record
-            log.warning("could not post Event %s on Pod %s (%s)", reason, self.s.pod_name, e)
+        """Post an Event; a repeat of the last one with the same reason and message bumps its count.
+
+        A download that keeps failing (disk full, MinIO down) retries for as long as it takes; one
+        Event with a growing count is what ``kubectl describe pod`` should show, not hundreds.
+        """
+        key = (reason, message[:1024])
+        with self._events_lock:
+            try:
+                if key in self._last_event:
+                    name, count = self._last_event[key]
+                    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                    try:
+                        self.core.patch_namespaced_event(
+                            name, self.s.namespace, {"count": count + 1, "lastTimestamp": now},
+                            _request_timeout=(5, 30),
+                        )  # fmt: skip
+                        self._last_event[key] = (name, count + 1)
+                        return
+                    except ApiException as e:
+                        if e.status != 404:  # expired (the API server keeps Events for an hour): post anew
+                            raise
+                created: Any = self.core.create_namespaced_event(
+                    self.s.namespace,
+                    event_body(self.s, self.pod_uid, reason, message, warning),  # type: ignore[arg-type]
+                    _request_timeout=(5, 30),
+                )
+                self._last_event = {k: v for k, v in self._last_event.items() if k[0] != reason}
+                self._last_event[key] = (created.metadata.name, 1)
+            except Exception as e:  # noqa: BLE001 — an Event is best effort; the log line is the record
+                log.warning("could not post Event %s on Pod %s (%s)", reason, self.s.pod_name, e)
 
     def apply(self, d: Desired) -> None:
         prefetched = self.prefetched == d

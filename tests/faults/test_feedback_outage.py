@@ -25,6 +25,7 @@ from modelloop.clients.objectstore import ObjectStore
 from modelloop.devenv.minio import MinioServer
 from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.app import SPOOL_DIR
+from modelloop_server.feedback import OPEN_JOURNAL
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -167,4 +168,32 @@ def test_feedback_sent_during_an_outage_and_a_restart_is_stored_exactly_once(
     assert [i for i, n in counts.items() if n > 1] == [], "a batch was stored twice"
     assert "refused-0" not in counts, "a review answered with 503 must not be stored"
     assert all(r.version == "v1" and len(r.input) == 64 for r in records)
+    assert sorted(p.name for p in server.spool.iterdir()) == [], "the spool still holds files after the upload"
+
+
+def test_reviews_in_the_open_batch_survive_a_sigkill(minio_back: MinioServer, bucket: str, tmp_path: Path) -> None:
+    """An OOM kill gives no lifespan shutdown: what was answered 202 must already be on the volume."""
+    observer = minio_back.store(bucket)
+    server = Server(tmp_path, minio_back.env(bucket), MODELLOOP_FEEDBACK_FLUSH_SECONDS="3600")
+    server.start()
+    try:
+        ids = accept_all(server, "killed", BATCH + 2, 0)
+        wait_for(lambda: len(stored(observer)) == BATCH, WAIT, "the first full batch stored", server.proc)
+        server.proc.kill_now()
+        wait_for(lambda: not server.proc.alive(), WAIT, "the server to die of SIGKILL")
+        assert server.proc.returncode() == -9
+    finally:
+        server.stop()
+    journal = decode_batch((server.spool / OPEN_JOURNAL).read_bytes())
+    assert [r.id for r in journal] == ids[BATCH:], "the open batch's reviews are in the journal"
+
+    server.start(MODELLOOP_FEEDBACK_FLUSH_SECONDS="1")
+    try:
+        wait_for(
+            lambda: Counter(r.id for r in stored(observer)) == Counter(ids),
+            WAIT, "every review answered before the kill in the bucket, once", server.proc,
+        )  # fmt: skip
+        assert "restored 2 feedback records" in server.log()
+    finally:
+        server.stop()
     assert sorted(p.name for p in server.spool.iterdir()) == [], "the spool still holds files after the upload"
