@@ -208,15 +208,7 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
 
 
 def main() -> None:
-    p = report.parser(__doc__ or "")
-    p.add_argument("--rounds", type=int, default=None, help="rollbacks measured (default 20; 6 with --quick)")
-    p.add_argument("--timeout", type=float, default=180, help="seconds allowed for one rollback")
-    args = p.parse_args()
-    rounds = args.rounds or (6 if args.quick else 20)
-    if rounds < 1:
-        p.error("--rounds must be at least 1")
-    for m in run(rounds, args.timeout):
-        report.emit(m)
+    report.rounds_main(__doc__ or "", run, "rollbacks measured", "seconds allowed for one rollback")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,6 +76,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", default=quick_default(), help="smaller sizes, for CI")
     return p
+
+
+def rounds_main(
+    description: str, run: Callable[[int, float], Iterable[Measurement]], rounds_help: str, timeout_help: str
+) -> None:
+    """The command line of the latency benches: ``--rounds`` (20, or 6 with ``--quick``) and a per-round timeout."""
+    p = parser(description)
+    p.add_argument("--rounds", type=int, default=None, help=f"{rounds_help} (default 20; 6 with --quick)")
+    p.add_argument("--timeout", type=float, default=180, help=timeout_help)
+    args = p.parse_args()
+    rounds = args.rounds or (6 if args.quick else 20)
+    if rounds < 1:
+        p.error("--rounds must be at least 1")
+    for m in run(rounds, args.timeout):
+        emit(m)
 
 
 def fmt(value: float, unit: str = "") -> str:
