@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from modelloop.decide.conditions import get_condition, set_condition
+from modelloop.decide.conditions import get_condition, parse_rfc3339, rfc3339, set_condition
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -46,3 +46,10 @@ def test_status_change_moves_transition_time_and_keeps_others() -> None:
     assert conds[0] == before[0]
     assert conds[1]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
     assert before[1]["status"] == "False", "the input list is not mutated"
+
+
+def test_parse_rfc3339_reads_what_rfc3339_writes_and_the_api_servers_timestamps() -> None:
+    assert parse_rfc3339(rfc3339(T1)) == T1
+    assert parse_rfc3339("2026-01-01T00:05:00Z") == T1
+    assert parse_rfc3339(None) is None
+    assert parse_rfc3339("") is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelloop.api.modelversion import Phase
+from modelloop.api.modelversion import Phase, phase_of
 from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
 
 
@@ -62,3 +62,14 @@ def test_name() -> None:
 )
 def test_promotion_candidate(phases: dict[str, Phase], active: str | None, expected: str | None) -> None:
     assert promotion_candidate(phases, active) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [({}, Phase.PENDING), ({"phase": None}, Phase.PENDING), ({"phase": "Verified"}, Phase.VERIFIED),
+     ({"phase": "Exploded"}, Phase.PENDING)],
+)  # fmt: skip
+def test_phase_of_reads_an_untouched_or_unknown_phase_as_pending(
+    status: dict[str, str | None], expected: Phase
+) -> None:
+    assert phase_of(status) == expected

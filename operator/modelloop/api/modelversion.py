@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -32,6 +33,14 @@ class Phase(StrEnum):
 TERMINAL_FAILURES = frozenset({Phase.REJECTED, Phase.FAILED})
 IN_FLIGHT = frozenset({Phase.PENDING, Phase.TRAINING, Phase.VERIFYING})
 PROMOTABLE = frozenset({Phase.VERIFIED, Phase.PROMOTING, Phase.ACTIVE, Phase.SUPERSEDED, Phase.ROLLED_BACK})
+
+
+def phase_of(status: Mapping[str, Any]) -> Phase:
+    """A ModelVersion's phase from its status; one the operator has not touched yet is Pending."""
+    try:
+        return Phase(status.get("phase") or Phase.PENDING)
+    except ValueError:
+        return Phase.PENDING
 
 
 class ModelVersionSpec(ApiModel):

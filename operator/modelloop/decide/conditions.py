@@ -16,6 +16,11 @@ def rfc3339(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(s: str | None) -> datetime | None:
+    """The inverse of :func:`rfc3339` (and of the API server's timestamps); None for a missing one."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
 def set_condition(
     conditions: list[dict[str, Any]],
     type_: str,

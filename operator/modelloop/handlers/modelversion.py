@@ -9,7 +9,7 @@ so a restart (or SIGKILL) in any phase simply continues. What happens after Veri
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -27,7 +27,14 @@ from modelloop.api.artifacts import (
     version_key,
 )
 from modelloop.api.common import ConditionStatus
-from modelloop.api.modelversion import IN_FLIGHT, ArtifactRef, ModelVersionSpec, ModelVersionStatus, Phase
+from modelloop.api.modelversion import (
+    IN_FLIGHT,
+    ArtifactRef,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    Phase,
+    phase_of,
+)
 from modelloop.api.retrainpolicy import RetrainPolicySpec
 from modelloop.clients import artifactstore, kube
 from modelloop.clients.objectstore import NotFound, ObjectStore
@@ -35,6 +42,7 @@ from modelloop.decide.conditions import set_condition
 from modelloop.decide.gates import evaluate_gates, failing_summary
 from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
 
+from .clock import utc_now
 from .stores import store_for
 
 INTERVAL = float(os.environ.get("MODELLOOP_MODELVERSION_INTERVAL", "3"))
@@ -51,11 +59,7 @@ class _Conditions:
 
 
 def _in_flight(status: kopf.Status, **_: Any) -> bool:
-    return Phase(status.get("phase") or Phase.PENDING) in IN_FLIGHT
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    return phase_of(status) in IN_FLIGHT
 
 
 # backoff: a failed pass (the API server or the bucket briefly unreachable) is retried at the
@@ -72,7 +76,7 @@ def modelversion_timer(
 ) -> None:
     assert namespace is not None, "ModelVersion is namespaced"
     try:
-        reconcile_modelversion(body, dict(spec), dict(status), namespace, patch, logger, _now())
+        reconcile_modelversion(body, dict(spec), dict(status), namespace, patch, logger, utc_now())
     except Exception as e:
         metrics.RECONCILE_ERRORS.labels(namespace, spec.get("policy", ""), "ModelVersion", type(e).__name__).inc()
         raise

@@ -23,7 +23,7 @@ import copy
 import os
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -32,12 +32,14 @@ from pydantic import ValidationError
 from modelloop import metrics
 from modelloop.api import constants as c
 from modelloop.api.artifacts import feedback_prefix
-from modelloop.api.modelversion import Phase
+from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
+from modelloop.decide.conditions import parse_rfc3339
 from modelloop.decide.wake import Feedback, full_pass_reason
 
-from .retrainpolicy import reconcile_policy
+from .clock import utc_now
+from .retrainpolicy import phases_of, reconcile_policy
 from .stores import cached_store_for
 
 BUSY_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "2"))
@@ -71,11 +73,7 @@ async def modelversion_changed(
     if event.get("type") == "DELETED":
         _versions.get(key, {}).pop(name, None)
     else:
-        try:
-            phase = Phase(status.get("phase") or Phase.PENDING)
-        except ValueError:
-            phase = Phase.PENDING
-        _versions.setdefault(key, {})[name] = (version, phase)
+        _versions.setdefault(key, {})[name] = (version, phase_of(status))
     _wake(key)
 
 
@@ -135,7 +133,7 @@ class PolicyLoop:
 
     def step(self, body: dict[str, Any], phases: dict[str, Phase]) -> float:
         """A tick: a full pass if one is due; returns the seconds until the next tick."""
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = utc_now()
         meta = body.get("metadata") or {}
         try:
             spec: RetrainPolicySpec | None = RetrainPolicySpec.model_validate(body.get("spec") or {})
@@ -150,7 +148,6 @@ class PolicyLoop:
             live = dict(self.written or {})
         status = RetrainPolicyStatus.model_validate(live)
         feedback = self._peek(spec, status, now) if self.phases_at_last_pass is not None else Feedback.UNCHECKED
-        created = meta.get("creationTimestamp")
         reason = full_pass_reason(
             spec,
             status,
@@ -161,7 +158,7 @@ class PolicyLoop:
             feedback,
             time.monotonic() - self.last_pass,
             self.resync,
-            datetime.fromisoformat(created.replace("Z", "+00:00")) if created else now,
+            parse_rfc3339(meta.get("creationTimestamp")) or now,
             now,
             c.ANNOTATION_ROLLBACK_TO,
             c.ANNOTATION_RETRAIN_NOW,
@@ -189,7 +186,7 @@ class PolicyLoop:
             return None  # deleted; kopf stops this daemon
         listed = kube.list_modelversions(self.namespace, self.name)
         changed = reconcile_policy(
-            kopf.Body(cast(kopf.RawBody, fresh)), self.namespace, self.name, self.logger, _now(), listed
+            kopf.Body(cast(kopf.RawBody, fresh)), self.namespace, self.name, self.logger, utc_now(), listed
         )
         if changed:
             kube.custom().patch_namespaced_custom_object_status(
@@ -227,22 +224,6 @@ class PolicyLoop:
             return BUSY_INTERVAL
         check = float(spec.triggers.check_interval_seconds) if spec is not None else IDLE_INTERVAL
         return max(min(check, IDLE_INTERVAL, self.resync), BUSY_INTERVAL)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def phases_of(modelversions: list[dict[str, Any]]) -> dict[str, Phase]:
-    out: dict[str, Phase] = {}
-    for mv in modelversions:
-        version = (mv.get("spec") or {}).get("version")
-        if version:
-            try:
-                out[version] = Phase((mv.get("status") or {}).get("phase") or Phase.PENDING)
-            except ValueError:
-                out[version] = Phase.PENDING
-    return out
 
 
 def _status_of(body: dict[str, Any]) -> dict[str, Any]:

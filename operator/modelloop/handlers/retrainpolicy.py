@@ -9,7 +9,7 @@ operator remembers is in status, so a restarted operator continues where it stop
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
@@ -19,7 +19,7 @@ from modelloop import metrics
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_prefix
 from modelloop.api.feedback import decode_batch
-from modelloop.api.modelversion import Phase
+from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import (
     DesiredVersion,
     LiveAccuracy,
@@ -30,7 +30,7 @@ from modelloop.api.retrainpolicy import (
 from modelloop.clients import kube
 from modelloop.clients.objectstore import ObjectStore
 from modelloop.decide.candidate import VersionView, decide_candidate
-from modelloop.decide.conditions import get_condition, set_condition
+from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
@@ -44,17 +44,13 @@ from .stores import store_for
 _active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _phases(mvs: list[dict[str, Any]]) -> dict[str, Phase]:
-    out: dict[str, Phase] = {}
-    for mv in mvs:
-        version = mv.get("spec", {}).get("version")
-        if version:
-            out[version] = Phase((mv.get("status") or {}).get("phase") or Phase.PENDING)
-    return out
+def phases_of(modelversions: list[dict[str, Any]]) -> dict[str, Phase]:
+    """version -> phase of the listed ModelVersions."""
+    return {
+        version: phase_of(mv.get("status") or {})
+        for mv in modelversions
+        if (version := (mv.get("spec") or {}).get("version"))
+    }
 
 
 def reconcile_policy(
@@ -86,7 +82,7 @@ def reconcile_policy(
 
     listed = modelversions if modelversions is not None else kube.list_modelversions(namespace, name)
     mvs = {mv["spec"]["version"]: mv for mv in listed}
-    phases = _phases(list(mvs.values()))
+    phases = phases_of(list(mvs.values()))
     lost = unrecorded_creation(_created_versions(list(mvs.values())), old.latest_version)
     if lost is not None:
         new = adopt_unrecorded(new, lost, spec.triggers.schedule)
@@ -186,7 +182,7 @@ def reconcile_policy(
             pending_reviews=new.feedback.pending_reviews,
             last_training_time=new.last_training_time,
             last_schedule_time=new.last_schedule_time,
-            created_at=_parse_time(meta.get("creationTimestamp")) or now,
+            created_at=parse_rfc3339(meta.get("creationTimestamp")) or now,
             retrain_now=annotations.get(c.ANNOTATION_RETRAIN_NOW),
             handled_retrain_now=new.handled.retrain_now,
         ),
@@ -265,10 +261,6 @@ def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[s
     return {k: v for k, v in out.items() if before.get(k) != v}
 
 
-def _parse_time(s: str | None) -> datetime | None:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
-
-
 def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPolicyStatus, now: datetime) -> None:
     fb = new.feedback
     live = new.live_accuracy
@@ -303,7 +295,7 @@ def _created_versions(mvs: list[dict[str, Any]]) -> list[CreatedVersion]:
     out: list[CreatedVersion] = []
     for mv in mvs:
         meta, spec = mv.get("metadata") or {}, mv.get("spec") or {}
-        created = _parse_time(meta.get("creationTimestamp"))
+        created = parse_rfc3339(meta.get("creationTimestamp"))
         if not spec.get("version") or created is None:
             continue
         out.append(
