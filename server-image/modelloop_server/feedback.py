@@ -88,9 +88,7 @@ class FeedbackBuffer:
             try:
                 records = decode_batch(path.read_bytes())
             except (OSError, ValueError) as e:
-                log.error("feedback spool file %s is unreadable (%s); moving it aside as %s.bad", path, e, name)
-                with contextlib.suppress(OSError):
-                    path.rename(self.spool_dir / f"{name}.bad")
+                self._set_aside(path, name, e)
                 continue
             if path in unfinished:
                 path.rename(self.spool_dir / name)
@@ -113,9 +111,7 @@ class FeedbackBuffer:
         except FileNotFoundError:
             return 0
         except OSError as e:
-            log.error("feedback journal %s is unreadable (%s); moving it aside as %s.bad", path, e, OPEN_JOURNAL)
-            with contextlib.suppress(OSError):
-                path.rename(path.with_name(OPEN_JOURNAL + ".bad"))
+            self._set_aside(path, OPEN_JOURNAL, e)
             return 0
         records: list[FeedbackRecord] = []
         for n, line in enumerate(lines, 1):
@@ -131,6 +127,12 @@ class FeedbackBuffer:
         else:
             path.unlink(missing_ok=True)
         return len(records)
+
+    def _set_aside(self, path: Path, name: str, error: Exception) -> None:
+        """An unreadable spool file is kept as ``<name>.bad`` for a human, never retried or deleted."""
+        log.error("feedback spool file %s is unreadable (%s); moving it aside as %s.bad", path, error, name)
+        with contextlib.suppress(OSError):
+            path.rename(self.spool_dir / f"{name}.bad")
 
     def add(self, record: FeedbackRecord) -> bool:
         """Accept one record; True when a batch is full and a flush is worth doing now."""

@@ -231,6 +231,7 @@ class Sidecar:
         self.downloads = Downloads()
         self.download_counts: dict[str, int] = {PROMOTION: 0, PREFETCH: 0}
         self.pending: Desired | None = None
+        """The desired version the main loop works towards; the prefetch worker and pruning read it."""
         self.previous: str | None = None
         self.candidate: Desired | None = None
         self.prefetched: Desired | None = None
@@ -542,7 +543,6 @@ class Sidecar:
         watcher.start()
         prefetcher = threading.Thread(target=self.prefetch_loop, name="prefetch", daemon=True)
         prefetcher.start()
-        pending: Desired | None = None
         attempts = 0
         retry_at = 0.0
         rejected: Desired | None = None
@@ -551,41 +551,40 @@ class Sidecar:
             now = time.monotonic()
             wait = (
                 max(0.0, retry_at - now)
-                if pending is not None and pending != self.served
+                if self.pending is not None and self.pending != self.served
                 else max(0.0, next_check - now)
             )
             new = self.slot.take(wait)
             if self.stop.is_set():
                 break
-            if new is not None and new != pending:
-                pending, attempts, retry_at = new, 0, 0.0
-                self.pending = pending
-            if pending is None:
+            if new is not None and new != self.pending:
+                self.pending, attempts, retry_at = new, 0, 0.0
+            if self.pending is None:
                 continue
-            if pending == self.served and time.monotonic() >= next_check:
+            if self.pending == self.served and time.monotonic() >= next_check:
                 next_check = time.monotonic() + 10
-                if self.server_version() not in (pending.version, None):  # None: unreachable, ask again later
-                    log.warning("the model server no longer serves %s (restarted?); loading it again", pending)
+                if self.server_version() not in (self.pending.version, None):  # None: unreachable, ask again later
+                    log.warning("the model server no longer serves %s (restarted?); loading it again", self.pending)
                     self.served = None
-            if pending == self.served or time.monotonic() < retry_at:
+            if self.pending == self.served or time.monotonic() < retry_at:
                 continue
             try:
-                self.apply(pending)
+                self.apply(self.pending)
                 attempts, rejected = 0, None
             except Rejected as e:
                 attempts += 1
                 retry_at = time.monotonic() + max(REJECTED_RETRY_SECONDS, backoff(attempts, 60, 1800))
                 still = self.served.version if self.served else "nothing"
-                msg = f"refused {pending.version}: {e}; still serving {still}"
+                msg = f"refused {self.pending.version}: {e}; still serving {still}"
                 log.error("%s (retry in %.0fs or when the desired version changes)", msg, retry_at - time.monotonic())
-                if rejected != pending:
+                if rejected != self.pending:
                     self.event(REASON_REJECTED, msg)
-                rejected = pending
+                rejected = self.pending
             except Transient as e:
                 attempts += 1
                 delay = backoff(attempts, self.s.retry_base_seconds, self.s.retry_max_seconds)
                 retry_at = time.monotonic() + delay
-                log.warning("cannot apply %s yet: %s; retry %d in %.1fs", pending, e, attempts, delay)
+                log.warning("cannot apply %s yet: %s; retry %d in %.1fs", self.pending, e, attempts, delay)
                 if attempts == 3 or "disk full" in str(e):
                     self.event(REASON_DOWNLOAD_FAILED, f"{e}; still serving the previous model, retrying")
         if self._watch is not None:
