@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import yaml
 from kubernetes import client as k8s
+from operator_harness import MODEL, POLICY
+from operator_harness import policy_body as operator_policy_body
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri
@@ -29,8 +31,6 @@ from modelloop_trainer.examples.digits import DigitsPlugin
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
-MODEL = "digits"
-POLICY = "digits"
 PLUGIN = c.DEFAULT_PLUGIN
 BIN = Path(sys.executable).parent
 
@@ -49,19 +49,14 @@ def corrupt_in_place(minio: MinioServer, bucket: str, key: str) -> None:
 
 
 def policy_body(minio: MinioServer, bucket: str) -> dict[str, Any]:
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": c.RETRAINPOLICY_KIND,
-        "metadata": {"name": POLICY},
-        "spec": {
-            "model": MODEL,
-            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
-            "dataset": {"path": "datasets/digits"},
-            "triggers": {"feedback": {"minSamples": 1_000_000}},
-            "training": {"image": "modelloop/trainer:dev", "plugin": PLUGIN},
-            "serving": {"deployment": MODEL},
-        },
-    }
+    """The operator tests' policy, set up for serving tests: no operator runs and nothing triggers a training."""
+    return operator_policy_body(
+        minio,
+        bucket,
+        triggers={"feedback": {"minSamples": 1_000_000}},
+        training={"image": "modelloop/trainer:dev", "plugin": PLUGIN},
+        serving={"deployment": MODEL},
+    )
 
 
 class Cluster:
@@ -82,17 +77,18 @@ class Cluster:
     def close(self) -> None:
         self.api.close()
 
-    def set_desired(self, version: str, digest: str, reason: str = "Promotion") -> None:
-        desired = {
-            "version": version,
-            "artifactURI": artifact_uri(self.bucket, MODEL, version),
-            "manifestDigest": digest,
-            "since": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "reason": reason,
-        }
+    def ref(self, version: str, digest: str) -> dict[str, str]:
+        """A ``status.desired`` / ``status.candidate`` reference to a published version."""
+        return {"version": version, "artifactURI": artifact_uri(self.bucket, MODEL, version), "manifestDigest": digest}
+
+    def patch_status(self, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, self.ns, c.RETRAINPOLICY_PLURAL, POLICY, {"status": {"desired": desired}}
+            c.GROUP, c.VERSION, self.ns, c.RETRAINPOLICY_PLURAL, POLICY, {"status": status}
         )
+
+    def set_desired(self, version: str, digest: str, reason: str = "Promotion") -> None:
+        since = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self.patch_status({"desired": {**self.ref(version, digest), "since": since, "reason": reason}})
 
     def create_pod(self, name: str) -> None:
         """The Pod object the sidecar annotates; no node runs it (the processes run here)."""

@@ -9,28 +9,17 @@ counts one promotion download (v1, at start) and one prefetch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_server_support import MODEL, POLICY, Cluster, corrupt_in_place, publish_versions
+from test_server_support import MODEL, Cluster, corrupt_in_place, publish_versions
 
 from modelloop.api import constants as c
-from modelloop.api.artifacts import WEIGHTS_FILE, artifact_uri, version_key
+from modelloop.api.artifacts import WEIGHTS_FILE, version_key
 from modelloop.devenv.controlplane import ControlPlane
 from modelloop.devenv.minio import MinioServer
 from modelloop.devenv.processes import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _ref(bucket: str, version: str, digest: str) -> dict[str, str]:
-    return {"version": version, "artifactURI": artifact_uri(bucket, MODEL, version), "manifestDigest": digest}
-
-
-def _patch_status(cluster: Cluster, status: dict[str, Any]) -> None:
-    cluster.custom.patch_namespaced_custom_object_status(
-        c.GROUP, c.VERSION, cluster.ns, c.RETRAINPOLICY_PLURAL, POLICY, {"status": status}
-    )
 
 
 def test_candidate_is_prefetched_then_promoted_without_a_second_download(
@@ -44,7 +33,7 @@ def test_candidate_is_prefetched_then_promoted_without_a_second_download(
     replica = cluster.start_replica(tmp_path, pod, "v1", digests["v1"])
     try:
         # verification of v2 starts: the operator names it the candidate
-        _patch_status(cluster, {"candidate": _ref(bucket, "v2", digests["v2"])})
+        cluster.patch_status({"candidate": cluster.ref("v2", digests["v2"])})
         wait_for(
             lambda: cluster.pod_annotations(pod).get(c.ANNOTATION_PREFETCHED_DIGEST) == digests["v2"],
             60, "the sidecar to report v2 prefetched", replica.sidecar,
@@ -56,7 +45,7 @@ def test_candidate_is_prefetched_then_promoted_without_a_second_download(
         assert cluster.pod_annotations(pod)[c.ANNOTATION_SERVING_VERSION] == "v1"
 
         # verification passed: desired moves to v2 and the candidate is cleared, in one write
-        _patch_status(cluster, {"desired": _ref(bucket, "v2", digests["v2"]), "candidate": None})
+        cluster.patch_status({"desired": cluster.ref("v2", digests["v2"]), "candidate": None})
         wait_for(
             lambda: cluster.reports(pod, digests["v2"]),
             60, "the sidecar to report v2 served", replica.sidecar,
@@ -70,7 +59,7 @@ def test_candidate_is_prefetched_then_promoted_without_a_second_download(
         assert any("v2" in m and "prefetched copy" in m for m in loaded), loaded
 
         # a corrupt candidate is refused; nothing else changes
-        _patch_status(cluster, {"candidate": _ref(bucket, "v3", digests["v3"])})
+        cluster.patch_status({"candidate": cluster.ref("v3", digests["v3"])})
 
         def refusals() -> list[str]:
             return [e.message or "" for e in cluster.events(pod) if e.reason == "CandidatePrefetchFailed"]
