@@ -84,7 +84,7 @@ def test_feedback_to_hot_swap_gate_rejection_and_rollback(stack: LoopStack, mini
     v1_digest = v1["status"]["artifact"]["manifestDigest"]
     assert_published(store, stack.model, "v1", v1_digest)
     stack.wait_serving(v1_digest, ROLLOUT_TIMEOUT_S)
-    assert stack.rp()["status"]["activeVersion"] == "v1"
+    stack.wait_active("v1", ROLLOUT_TIMEOUT_S)
 
     # 2. feedback → v2, hot-swapped under load
     load = stack.load(concurrency=4)
@@ -115,7 +115,7 @@ def test_feedback_to_hot_swap_gate_rejection_and_rollback(stack: LoopStack, mini
     assert v2["spec"]["parentVersion"] == "v1"
     assert {g["name"] for g in v2["status"]["gates"]} and all(g["passed"] for g in v2["status"]["gates"])
     assert stack.mv_phase("v1") == "Superseded"
-    rp = stack.rp()["status"]
+    rp = stack.wait_active("v2", ROLLOUT_TIMEOUT_S)
     assert (rp["activeVersion"], rp["previousVersion"], rp["desired"]["version"]) == ("v2", "v1", "v2")
     assert rp["rollout"]["updated"] == rp["rollout"]["total"] == 2
     for target in stack.serving_targets():
@@ -149,7 +149,7 @@ def test_feedback_to_hot_swap_gate_rejection_and_rollback(stack: LoopStack, mini
     stack.wait_serving(v2_digest, ROLLOUT_TIMEOUT_S)
     stack.wait_phase("v2", {"Active"}, ROLLOUT_TIMEOUT_S)
     assert stack.wait_phase("v4", {"RolledBack"}, ROLLOUT_TIMEOUT_S)
-    rp = stack.rp()["status"]
+    rp = stack.wait_active("v2", ROLLOUT_TIMEOUT_S)
     assert (rp["activeVersion"], rp["desired"]["version"], rp["desired"]["reason"]) == ("v2", "v2", "Rollback")
     assert rp["handled"]["rollbackTo"] == c.ROLLBACK_PREVIOUS
 
@@ -194,4 +194,4 @@ def test_operator_killed_in_every_phase_resumes_without_duplicates(stack: LoopSt
     assert sorted(stack.mvs()) == ["v1"], f"duplicate ModelVersions after kills in {killed_in}"
     names = [j["metadata"]["name"] for j in stack.jobs()]
     assert sorted(names) == [f"{stack.policy}-v1-train", f"{stack.policy}-v1-verify"], names
-    assert stack.rp()["status"]["activeVersion"] == "v1"
+    stack.wait_active("v1", ROLLOUT_TIMEOUT_S)

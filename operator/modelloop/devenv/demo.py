@@ -341,6 +341,19 @@ class LoopStack:
             for p in self.serving_pods()
         }
 
+    def wait_active(self, version: str, timeout_s: float) -> Json:
+        """Waits until the policy's status names ``version`` active and returns that status.
+
+        The operator marks the ModelVersion Active before kopf writes the policy's status, so a
+        reader who saw the version Active can still, for a moment, read the policy's older status.
+        """
+
+        def probe() -> Json | None:
+            status: Json = self.rp().get("status") or {}
+            return status if status.get("activeVersion") == version else None
+
+        return wait_for(f"{self.policy} status.activeVersion to be {version}", probe, timeout_s)
+
     def wait_phase(
         self, version: str, phases: set[str], timeout_s: float, on_tick: Callable[[], None] | None = None
     ) -> Json:
