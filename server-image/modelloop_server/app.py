@@ -38,6 +38,7 @@ from modelloop.api.feedback import FeedbackRecord
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
+from .batching import InferenceBatcher
 from .feedback import BacklogFull, FeedbackBuffer
 from .metrics import NO_VERSION, ServerMetrics
 from .model import LoadedModel, ModelHolder
@@ -142,6 +143,7 @@ class Serving:
     metrics: ServerMetrics
     feedback: FeedbackBuffer
     infer_pool: ThreadPoolExecutor
+    batcher: InferenceBatcher
     load_pool: ThreadPoolExecutor
     flush_pool: ThreadPoolExecutor
     flush_wakeup: asyncio.Event
@@ -180,7 +182,7 @@ async def predict(request: Request) -> Response:
         x, batched = parse_inputs(await read_json(request, s.settings.max_body_bytes), s.plugin, s.settings.max_batch)
         if model is None:
             raise Problem(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
-        probs = await asyncio.get_running_loop().run_in_executor(s.infer_pool, model.probabilities, x)
+        probs = await s.batcher.probabilities(model, x)
     except Problem as p:
         s.metrics.requests.labels(str(p.status), version).inc()
         headers = {"X-Request-Id": request_id}
@@ -362,6 +364,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         threads = settings.inference_threads or (os.cpu_count() or 1)
         p = plugin or load_plugin(settings.plugin)
         m = ServerMetrics()
+        infer_pool = ThreadPoolExecutor(threads, thread_name_prefix="infer", initializer=_one_torch_thread)
         s = Serving(
             settings=settings,
             plugin=p,
@@ -376,7 +379,8 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 settings.feedback_flush_seconds,
                 settings.feedback_max_backlog,
             ),
-            infer_pool=ThreadPoolExecutor(threads, thread_name_prefix="infer", initializer=_one_torch_thread),
+            infer_pool=infer_pool,
+            batcher=InferenceBatcher(infer_pool, threads, settings.inference_batch_rows, m.batch_rows.observe),
             load_pool=ThreadPoolExecutor(1, thread_name_prefix="load", initializer=_one_torch_thread),
             flush_pool=ThreadPoolExecutor(1, thread_name_prefix="feedback"),
             flush_wakeup=asyncio.Event(),
@@ -420,6 +424,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )  # fmt: skip
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
+            await s.batcher.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool):
                 pool.shutdown(wait=True)
 
@@ -455,6 +460,8 @@ def main() -> None:
         access_log=False,
         log_config=None,
         lifespan="on",
+        loop="uvloop",  # named, not "auto": a missing wheel should stop the start, not quietly cost ~30% of throughput
+        http="httptools",
         timeout_graceful_shutdown=20,
         backlog=2048,
     )

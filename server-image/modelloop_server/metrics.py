@@ -55,6 +55,13 @@ class ServerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.batch_rows = Histogram(
+            "modelloop_server_inference_batch_rows",
+            "Rows per forward pass. Requests that queue while the inference threads are busy share a pass, "
+            "so this grows with load; a high median with rising latency means the threads are saturated.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.feedback_received = Counter(
             "modelloop_server_feedback_received",
             "Feedback records accepted, by kind: correction (label differs from the prediction) or confirmation.",

@@ -78,6 +78,7 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_batch: int = 256
     inference_threads: int = 0  # 0: one per CPU
+    inference_batch_rows: int = 256  # rows one forward pass may take from queued requests; 1: no coalescing
     warmup_passes: int = 3
     feedback_batch_records: int = 100
     feedback_flush_seconds: float = 5.0
@@ -96,6 +97,7 @@ class ServerSettings:
             max_body_bytes=_int(e, "MODELLOOP_MAX_BODY_BYTES", 1 << 20, 64),
             max_batch=_int(e, "MODELLOOP_MAX_BATCH", 256, 1),
             inference_threads=_int(e, "MODELLOOP_INFERENCE_THREADS", 0),
+            inference_batch_rows=_int(e, "MODELLOOP_INFERENCE_BATCH_ROWS", 256, 1),
             feedback_batch_records=_int(e, "MODELLOOP_FEEDBACK_BATCH", 100, 1),
             feedback_flush_seconds=_float(e, "MODELLOOP_FEEDBACK_FLUSH_SECONDS", 5.0),
             feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),
