@@ -424,7 +424,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )  # fmt: skip
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
-            await s.batcher.close()
+            s.batcher.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool):
                 pool.shutdown(wait=True)
 

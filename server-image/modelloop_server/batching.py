@@ -2,9 +2,9 @@
 
 Each request used to pay a thread hand-off and a forward pass of its own; under load that
 per-call cost, not the arithmetic, bounded throughput. Requests that arrive while the inference
-threads are busy now queue, and the next free runner takes every queued request on the same model
+threads are busy now queue, and the next pass to start takes every queued request on the same model
 (up to ``max_rows`` rows) in one pass. Nothing ever waits for a batch to fill: a request that finds
-a runner idle starts at once, so a lightly loaded server answers exactly as fast as before.
+a slot free starts its pass at once, so a lightly loaded server answers as fast as without batching.
 
 A batch never mixes models. Each request was bound to the model it found when it arrived (that is
 what makes a hot swap atomic per request), so a queue that straddles a swap is cut at the swap.
@@ -13,6 +13,7 @@ what makes a hot swap atomic per request), so a queue that straddles a swap is c
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -47,65 +48,68 @@ def take_batch(queue: deque[_Call], max_rows: int) -> list[_Call]:
 
 
 class InferenceBatcher:
-    """Runs forward passes on ``pool`` with at most ``runners`` in flight, coalescing what queues meanwhile."""
+    """Starts forward passes on ``pool`` with at most ``slots`` in flight, coalescing what queues meanwhile.
+
+    Driven by callbacks on the event loop, not by runner tasks: a request that finds a slot free
+    starts its pass at once, and a finished pass starts the next from the queue, so batching costs a
+    lightly loaded server no extra scheduling hops.
+    """
 
     def __init__(
-        self, pool: Executor, runners: int, max_rows: int, observe_rows: Callable[[int], None] | None = None
+        self, pool: Executor, slots: int, max_rows: int, observe_rows: Callable[[int], None] | None = None
     ) -> None:
         self._pool = pool
+        self._slots = max(1, slots)
         self._max_rows = max_rows
         self._observe_rows = observe_rows
         self._queue: deque[_Call] = deque()
-        self._wakeup = asyncio.Event()
-        self._runners = [asyncio.create_task(self._run(), name=f"infer-runner-{i}") for i in range(max(1, runners))]
+        self._busy = 0
+        self._closed = False
 
     @property
     def queued(self) -> int:
-        """Calls waiting for a runner."""
+        """Calls waiting for a free slot."""
         return len(self._queue)
 
     async def probabilities(self, model: LoadedModel, x: Tensor) -> Tensor:
         """``model.probabilities(x)``, possibly computed together with other callers' rows."""
+        if self._closed:
+            raise RuntimeError("the server is shutting down")
         call = _Call(model, x, asyncio.get_running_loop().create_future())
         self._queue.append(call)
-        self._wakeup.set()
+        self._pump()
         return await call.answer
 
-    async def close(self) -> None:
-        for task in self._runners:
-            task.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
+    def close(self) -> None:
+        """Refuse new calls and fail queued ones; passes already running finish and answer."""
+        self._closed = True
         while self._queue:
             call = self._queue.popleft()
             if not call.answer.done():
                 call.answer.set_exception(RuntimeError("the server is shutting down"))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            if not self._queue:
-                self._wakeup.clear()
-                continue
+    def _pump(self) -> None:
+        while self._queue and self._busy < self._slots:
             batch = [c for c in take_batch(self._queue, self._max_rows) if not c.answer.done()]
-            if not batch:
+            if not batch:  # every caller in it gave up
                 continue
-            model = batch[0].model
             x = batch[0].x if len(batch) == 1 else torch.cat([c.x for c in batch])
             if self._observe_rows is not None:
                 self._observe_rows(x.shape[0])
-            try:
-                probs = await loop.run_in_executor(self._pool, model.probabilities, x)
-            except BaseException as e:  # every caller in the batch hears of it; none is left hanging
-                for c in batch:
-                    if not c.answer.done():
-                        c.answer.set_exception(e if isinstance(e, Exception) else RuntimeError("inference cancelled"))
-                if not isinstance(e, Exception):
-                    raise
-                continue
-            start = 0
-            for c in batch:
-                n = c.x.shape[0]
-                if not c.answer.done():
-                    c.answer.set_result(probs[start : start + n])
-                start += n
+            self._busy += 1
+            done = asyncio.get_running_loop().run_in_executor(self._pool, batch[0].model.probabilities, x)
+            done.add_done_callback(functools.partial(self._finish, batch))
+
+    def _finish(self, batch: list[_Call], done: asyncio.Future[Tensor]) -> None:
+        self._busy -= 1
+        error = RuntimeError("inference cancelled") if done.cancelled() else done.exception()
+        start = 0
+        for c in batch:
+            n = c.x.shape[0]
+            if not c.answer.done():
+                if error is not None:  # every caller in the pass hears of it; none is left hanging
+                    c.answer.set_exception(error)
+                else:
+                    c.answer.set_result(done.result()[start : start + n])
+            start += n
+        self._pump()

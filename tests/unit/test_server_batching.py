@@ -95,7 +95,7 @@ def test_requests_queued_behind_a_busy_pass_share_the_next_one_and_get_their_own
 
     async def scenario() -> list[Tensor]:
         with ThreadPoolExecutor(1) as pool:
-            batcher = InferenceBatcher(pool, runners=1, max_rows=256, observe_rows=observed.append)
+            batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
             net.gate.clear()
             first = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
             await until(lambda: observed == [1])  # the runner is in the first pass, blocked on the gate
@@ -104,7 +104,7 @@ def test_requests_queued_behind_a_busy_pass_share_the_next_one_and_get_their_own
             net.gate.set()
             await first
             answers = list(await asyncio.gather(*rest))
-            await batcher.close()
+            batcher.close()
             return answers
 
     answers = asyncio.run(scenario())
@@ -120,7 +120,7 @@ def test_a_batch_never_mixes_the_models_before_and_after_a_swap() -> None:
 
     async def scenario() -> tuple[list[Tensor], list[Tensor]]:
         with ThreadPoolExecutor(1) as pool:
-            batcher = InferenceBatcher(pool, runners=1, max_rows=256, observe_rows=observed.append)
+            batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
             gated(old).gate.clear()
             blocker = asyncio.create_task(batcher.probabilities(old, x))
             await until(lambda: observed == [1])
@@ -130,7 +130,7 @@ def test_a_batch_never_mixes_the_models_before_and_after_a_swap() -> None:
             gated(old).gate.set()
             await blocker
             got = list(await asyncio.gather(*on_old)), list(await asyncio.gather(*on_new))
-            await batcher.close()
+            batcher.close()
             return got
 
     got_old, got_new = asyncio.run(scenario())
@@ -146,7 +146,7 @@ def test_a_failing_pass_fails_every_caller_in_it_and_the_next_pass_still_runs() 
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            batcher = InferenceBatcher(pool, runners=1, max_rows=256)
+            batcher = InferenceBatcher(pool, slots=1, max_rows=256)
             net.fail = True
             outcomes = await asyncio.gather(
                 *(batcher.probabilities(m, torch.randn(1, 4)) for _ in range(4)), return_exceptions=True
@@ -155,6 +155,31 @@ def test_a_failing_pass_fails_every_caller_in_it_and_the_next_pass_still_runs() 
             net.fail = False
             probs = await asyncio.wait_for(batcher.probabilities(m, torch.randn(2, 4)), 10)
             assert probs.shape == (2, 3)
-            await batcher.close()
+            batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_close_fails_queued_callers_and_refuses_new_ones_while_the_running_pass_still_answers() -> None:
+    m = model("a", 7)
+    net = gated(m)
+    observed: list[int] = []
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
+            net.gate.clear()
+            running = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
+            await until(lambda: observed == [1])
+            queued = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
+            await until(lambda: batcher.queued == 1)
+            batcher.close()
+            net.gate.set()
+            assert (await running).shape == (1, 3)
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await queued
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await batcher.probabilities(m, torch.randn(1, 4))
+
+    asyncio.run(scenario())
+    assert observed == [1]
