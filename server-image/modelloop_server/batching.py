@@ -103,13 +103,12 @@ class InferenceBatcher:
     def _finish(self, batch: list[_Call], done: asyncio.Future[Tensor]) -> None:
         self._busy -= 1
         error = RuntimeError("inference cancelled") if done.cancelled() else done.exception()
-        start = 0
-        for c in batch:
-            n = c.x.shape[0]
-            if not c.answer.done():
-                if error is not None:  # every caller in the pass hears of it; none is left hanging
+        if error is not None:  # every caller in the pass hears of it; none is left hanging
+            for c in batch:
+                if not c.answer.done():
                     c.answer.set_exception(error)
-                else:
-                    c.answer.set_result(done.result()[start : start + n])
-            start += n
+        else:
+            for c, rows in zip(batch, torch.split(done.result(), [c.x.shape[0] for c in batch]), strict=True):
+                if not c.answer.done():
+                    c.answer.set_result(rows)
         self._pump()

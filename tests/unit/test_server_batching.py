@@ -87,6 +87,14 @@ async def until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
+async def hold_the_slot(batcher: InferenceBatcher, m: LoadedModel, observed: list[int]) -> asyncio.Task[Tensor]:
+    """Starts a one-row pass on ``m`` that blocks on its gate: the batcher's one slot is busy, later calls queue."""
+    gated(m).gate.clear()
+    running = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
+    await until(lambda: observed == [1])
+    return running
+
+
 def test_requests_queued_behind_a_busy_pass_share_the_next_one_and_get_their_own_rows() -> None:
     m = model("a", 3)
     net = gated(m)
@@ -96,9 +104,7 @@ def test_requests_queued_behind_a_busy_pass_share_the_next_one_and_get_their_own
     async def scenario() -> list[Tensor]:
         with ThreadPoolExecutor(1) as pool:
             batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
-            net.gate.clear()
-            first = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
-            await until(lambda: observed == [1])  # the runner is in the first pass, blocked on the gate
+            first = await hold_the_slot(batcher, m, observed)
             rest = [asyncio.create_task(batcher.probabilities(m, x)) for x in inputs]
             await until(lambda: batcher.queued == len(inputs))
             net.gate.set()
@@ -121,9 +127,7 @@ def test_a_batch_never_mixes_the_models_before_and_after_a_swap() -> None:
     async def scenario() -> tuple[list[Tensor], list[Tensor]]:
         with ThreadPoolExecutor(1) as pool:
             batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
-            gated(old).gate.clear()
-            blocker = asyncio.create_task(batcher.probabilities(old, x))
-            await until(lambda: observed == [1])
+            blocker = await hold_the_slot(batcher, old, observed)
             on_old = [asyncio.create_task(batcher.probabilities(old, x)) for _ in range(3)]
             on_new = [asyncio.create_task(batcher.probabilities(new, x)) for _ in range(3)]
             await until(lambda: batcher.queued == 6)
@@ -168,9 +172,7 @@ def test_close_fails_queued_callers_and_refuses_new_ones_while_the_running_pass_
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
             batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append)
-            net.gate.clear()
-            running = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
-            await until(lambda: observed == [1])
+            running = await hold_the_slot(batcher, m, observed)
             queued = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
             await until(lambda: batcher.queued == 1)
             batcher.close()
