@@ -44,3 +44,10 @@ LIVE_ACCURACY = Gauge(
 RECONCILE_ERRORS = Counter(
     "modelloop_reconcile_errors_total", "Reconcile passes that raised (kind, error type).", [*_P, "kind", "error"]
 )
+LEADER = Gauge(
+    "modelloop_operator_leader",
+    "1 while this replica acts (holds the leader-election Lease, or runs --standalone); 0 while it is a standby.",
+)
+LEADER_TRANSITIONS = Counter(
+    "modelloop_operator_leader_transitions_total", "Times this replica acquired the leader-election Lease."
+)
