@@ -183,7 +183,7 @@ class Elector:
                     metrics.LEADER.set(1)
                     metrics.LEADER_TRANSITIONS.inc()
                     log.info(
-                        "became leader of lease %s after %.1f s as standby (%s); starting the handlers",
+                        "became leader of lease %s after %.1f s as standby: %s; starting the handlers",
                         cfg.lease, waited, _acquired_because(outcome),
                     )  # fmt: skip
                     return True
