@@ -32,6 +32,7 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set=alerts.runbookBaseURL=https://wiki.example.com/modelloop/runbooks",
     ],
     "single-replica": ["--set=replicaCount=1", "--set=dashboard.enabled=false", "--set=aggregateToDefaultRoles=false"],
+    "standalone": ["--set=replicaCount=1", "--set=leaderElection.enabled=false"],
 }
 
 # Just enough of the Prometheus Operator's CRDs for the API server to accept (and so validate the
@@ -112,6 +113,8 @@ def test_schema_rejects_unknown_and_invalid_values(tools_bin: Path) -> None:
         ("--set=replicaCount=0", "/replicaCount"),
         ("--set=watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
         ("--set=metrics.port=8081", "/metrics/port"),
+        ("--set=peering.name=modelloop", "additional properties 'peering' not allowed"),
+        ("--set=leaderElection.leaseName=Not_A_Name", "/leaderElection/leaseName"),
     ):
         result = subprocess.run(
             [str(tools_bin / "helm"), "template", "x", str(CHART), bad], capture_output=True, text=True, timeout=120
@@ -120,7 +123,7 @@ def test_schema_rejects_unknown_and_invalid_values(tools_bin: Path) -> None:
         assert expected in result.stderr, result.stderr
 
 
-def test_defaults_watch_the_cluster_with_two_peered_replicas(tools_bin: Path) -> None:
+def test_defaults_watch_the_cluster_with_two_replicas_and_leader_election(tools_bin: Path) -> None:
     docs = render(tools_bin, "modelloop")
     (deploy,) = by_kind(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
@@ -128,14 +131,21 @@ def test_defaults_watch_the_cluster_with_two_peered_replicas(tools_bin: Path) ->
     assert container["command"] == ["modelloop-operator"]
     assert container["image"].startswith("modelloop/operator:")
     assert "--all-namespaces" in container["args"] and "--standalone" not in container["args"]
+    assert "--lease-name=modelloop" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["port"] == "health"
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterKopfPeering")} == {"modelloop"}
-    assert not by_kind(docs, "Role") and not by_kind(docs, "KopfPeering")
+    (role,) = by_kind(docs, "Role")
+    assert (role["metadata"]["name"], role["metadata"]["namespace"]) == ("modelloop-leader-election", "modelloop")
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelloop", "namespace": "modelloop"}]
     crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
-    assert {"retrainpolicies.modelloop.dev", "modelversions.modelloop.dev"} <= crds, crds
-    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= crds
+    assert crds == {"retrainpolicies.modelloop.dev", "modelversions.modelloop.dev"}, crds
+    assert not [d for d in docs if "kopf.dev" in d["apiVersion"] or "kopf.dev" in json.dumps(d.get("rules", []))]
     (dashboard,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert json.loads(dashboard["data"]["modelloop.json"])["uid"] == "modelloop"
     assert not by_kind(docs, "PrometheusRule") and not by_kind(docs, "ServiceMonitor")
@@ -148,8 +158,8 @@ def test_namespaced_watch_has_no_cluster_wide_operator_access(tools_bin: Path) -
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--namespace=team-a", "--namespace=team-b"]
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
-    assert {d["metadata"]["namespace"] for d in by_kind(docs, "Role")} == {"team-a", "team-b"}
-    assert {d["metadata"]["namespace"] for d in by_kind(docs, "KopfPeering")} == {"team-a", "team-b"}
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind(docs, "Role")}
+    assert roles == {("team-a", "modelloop"), ("team-b", "modelloop"), ("ops", "modelloop-leader-election")}
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelloop", "namespace": "ops"}]
 
@@ -212,10 +222,38 @@ def test_prometheus_rule_carries_the_tested_alerts(tools_bin: Path) -> None:
     assert "modelloop-operator" in service["metadata"]["name"]  # the job label ModelloopOperatorDown matches
 
 
-def test_peering_crds_match_the_operators(tools_bin: Path) -> None:
-    assert (CHART / "files/kopf-peering.yaml").read_text() == (ROOT / "crds/kopf-peering.yaml").read_text(), (
-        "charts/modelloop/files/kopf-peering.yaml drifted from crds/kopf-peering.yaml: copy it over"
+def test_leader_election_role_is_limited_to_the_one_lease(tools_bin: Path) -> None:
+    docs = render(tools_bin, "ops", "--set=leaderElection.leaseName=ml-operator")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert "--lease-name=ml-operator" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        # create cannot be limited by name: the API server authorizes it before the object exists
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["ml-operator"],
+            "verbs": ["get", "update", "patch"],
+        },
+    ]
+
+
+def test_standalone_only_with_one_replica(tools_bin: Path) -> None:
+    docs = render(tools_bin, "modelloop", *VALUE_SETS["standalone"])
+    (deploy,) = by_kind(docs, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" in args and not [a for a in args if a.startswith("--lease-name")]
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    result = subprocess.run(
+        [str(tools_bin / "helm"), "template", "x", str(CHART), "--set=leaderElection.enabled=false"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    assert result.returncode != 0
+    assert "leaderElection.enabled=false runs every replica as if it were alone: with replicaCount=2" in result.stderr
 
 
 @pytest.mark.integration
@@ -237,7 +275,7 @@ def test_api_server_accepts_the_rendered_chart(
 def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namespace: str, tools_bin: Path) -> None:
     docs = render(tools_bin, namespace, f"--set=watchNamespaces={{{namespace}}}", "--set=aggregateToDefaultRoles=false")
     rbac = [d for d in docs if d["kind"] in {"ServiceAccount", "Role", "RoleBinding"}]
-    assert len(rbac) == 3
+    assert len(rbac) == 5  # the ServiceAccount, and a Role + RoleBinding each for the watch and the Lease
     control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
     operator = f"system:serviceaccount:{namespace}:modelloop"
 
@@ -255,7 +293,9 @@ def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namesp
         ("watch", "deployments.apps"),
         ("get", "secrets"),
         ("create", "events"),
-        ("patch", "kopfpeerings.kopf.dev"),
+        ("create", "leases.coordination.k8s.io"),
+        ("get", "leases.coordination.k8s.io/modelloop"),
+        ("update", "leases.coordination.k8s.io/modelloop"),
     ):
         assert can(verb, resource), f"the operator cannot {verb} {resource}"
     for verb, resource in (
@@ -266,6 +306,10 @@ def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namesp
         ("create", "pods/exec"),
         ("get", "configmaps"),
         ("delete", "events"),
+        ("update", "leases.coordination.k8s.io/someone-elses"),
+        ("get", "leases.coordination.k8s.io/someone-elses"),
+        ("list", "leases.coordination.k8s.io"),
+        ("delete", "leases.coordination.k8s.io/modelloop"),
     ):
         assert not can(verb, resource), f"the operator should not {verb} {resource}"
     other = control_plane.kubectl("auth", "can-i", "list", "pods", "-n", "default", "--as", operator, check=False)
