@@ -8,7 +8,7 @@ PIP_STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools test test-unit test-integration test-faults demo crds crds-check lint bench images kind-e2e clean
+.PHONY: help setup tools test test-unit test-integration test-faults test-cluster cluster cluster-down demo crds crds-check lint bench images kind-e2e clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,10 +22,11 @@ $(PIP_STAMP): pyproject.toml
 
 setup: $(PIP_STAMP) tools ## create the virtualenv and build the pinned tools (cached outside the repo)
 
-tools: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, MinIO, Helm; install promtool, lua5.1
+tools: ## build the Kubernetes control plane and node, CoreDNS, MinIO, Helm; install containerd, runc, CNI, buildah, promtool, lua5.1
+	@bash hack/packages.sh
 	@bash hack/tools.sh >/dev/null
 
-test: setup ## everything CI runs: lint, CRD drift, unit, integration, e2e and fault tests
+test: setup ## everything CI runs: lint, CRD drift, unit, integration, e2e, fault and cluster tests
 	@$(MAKE) --no-print-directory lint crds-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -38,8 +39,17 @@ test-integration: setup ## tests against a real kube-apiserver and MinIO
 test-faults: setup ## the fault suite (operator killed, MinIO stopped, API server restarted, ...)
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
+test-cluster: setup ## the README's install steps and the loop on a real single-node cluster (root; builds the images)
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+
+cluster: setup ## a real single-node cluster on this machine (containerd, kubelet, kube-proxy, CoreDNS) until Ctrl-C; ARGS=--images loads ours
+	$(PY) -m modelloop_dev.cluster up $(ARGS)
+
+cluster-down: ## remove every trace of a cluster whose run was killed (processes, containers, mounts, bridge, rules)
+	$(PY) -m modelloop_dev.cluster down
+
 demo: setup ## the whole loop on this machine: control plane, MinIO, operator, server + sidecar, training, hot swap
-	$(PY) -m modelloop.devenv.demo
+	$(PY) -m modelloop_dev.demo
 
 crds: $(PIP_STAMP) ## regenerate crds/*.yaml, the chart's copy and docs/api.md from the pydantic models
 	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --docs docs/api.md

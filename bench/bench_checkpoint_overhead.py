@@ -41,8 +41,8 @@ from bench.servers import REPO
 from modelloop.api import constants as c
 from modelloop.api.artifacts import METRICS_FILE, version_key
 from modelloop.api.retrainpolicy import GateSpec, Hyperparameters
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import locate_tools
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import locate_tools
 from modelloop_trainer import runtime as rt
 from modelloop_trainer import train as train_module
 from modelloop_trainer.checkpoints import CheckpointStore, TrainingState, snapshot

@@ -325,10 +325,10 @@ def measure(
 
 @contextlib.contextmanager
 def control_plane_and_minio(workdir: Path) -> Iterator[tuple[Any, Any]]:
-    """The same real control plane and MinIO the tests use (modelloop.devenv)."""
-    from modelloop.devenv.controlplane import ControlPlane
-    from modelloop.devenv.minio import MinioServer
-    from modelloop.devenv.processes import locate_tools
+    """The same real control plane and MinIO the tests use (modelloop_dev)."""
+    from modelloop_dev.controlplane import ControlPlane
+    from modelloop_dev.minio import MinioServer
+    from modelloop_dev.processes import locate_tools
 
     bin_dir = locate_tools(Path(__file__).resolve().parent.parent)
     cp = ControlPlane(bin_dir, workdir / "controlplane")

@@ -42,7 +42,7 @@ from bench.bench_promotion_latency import (
 )
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri
-from modelloop.devenv.processes import ManagedProcess
+from modelloop_dev.processes import ManagedProcess
 
 BASELINE_ROLLBACK_S = 60.0
 TARGET_P95_S = 2.0

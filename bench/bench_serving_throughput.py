@@ -42,7 +42,7 @@ import httpx
 
 from bench import report
 from modelloop.api import constants as c
-from modelloop.devenv.processes import ManagedProcess, ProcessFailed, free_port, wait_for
+from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, wait_for
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 

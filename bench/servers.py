@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import locate_tools
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import locate_tools
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -173,7 +173,7 @@ spec:
           command: ["python", "-c"]
           args:
             - |
-              from modelloop.devenv.loadgen import review
+              from modelloop_dev.loadgen import review
               r = review(["http://digits:8080"], 400)
               print(r)
               raise SystemExit(0 if r.corrections > 0 and r.failed == 0 else 1)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the real control-plane binaries, MinIO and Helm from their Go modules, at the versions
-# pinned in hack/versions.env, into a cache outside the repository (MODELLOOP_TOOLS, default
-# ~/.cache/modelloop/tools/<pin-hash>/bin). A second run finds them and returns at once.
+# Builds the real control-plane and node binaries (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, kubectl, CoreDNS), MinIO, Helm and the pod sandbox's pause
+# binary from their Go modules, at the versions pinned in hack/versions.env, into a cache outside
+# the repository (MODELLOOP_TOOLS, default ~/.cache/modelloop/tools/<pin-hash>/bin). A second run
+# finds them and returns at once.
 # Debian packages (promtool from `prometheus`, `lua5.1`) are installed with apt when missing.
 # Prints the bin directory on its last line; everything else goes to stderr.
 set -euo pipefail
@@ -40,10 +42,10 @@ wrapper() {
 }
 
 build_kubernetes() {
-  local want=(kube-apiserver kube-controller-manager kubectl) missing=0 t
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) missing=0 t
   for t in "${want[@]}"; do [ -x "$bin/$t" ] || missing=1; done
   [ $missing = 0 ] && return
-  say "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION from k8s.io/kubernetes (first time: 10-20 min on 2 cores)"
+  say "building ${want[*]} $KUBERNETES_VERSION from k8s.io/kubernetes (first time: 15-25 min on 2 cores)"
   local upstream staging_ver replaces requires dir minor
   upstream=$(gomod_of "k8s.io/kubernetes@$KUBERNETES_VERSION")
   staging_ver="v0.${KUBERNETES_VERSION#v1.}"
@@ -64,15 +66,17 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   local ld="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$dir" && go build -tags tools -ldflags "$ld" -o "$bin/" \
-     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  (cd "$dir" && go build -tags tools -ldflags "$ld" -o "$bin/" "${want[@]/#/k8s.io/kubernetes/cmd/}")
 }
 
 build_etcd() {
@@ -109,6 +113,44 @@ build_plain() {  # name module version package
    go build -tags tools -ldflags "-s -w $5" -o "$bin/$1" "$4")
 }
 
+# The pod sandbox's process: holds the pod's namespaces, reaps orphans, exits on SIGINT/SIGTERM.
+# Built here because no registry serves the upstream pause image to these machines.
+build_pause() {
+  [ -x "$bin/pause" ] && return
+  say "building the pod sandbox's pause binary"
+  local dir="$root/src/pause"
+  mkdir -p "$dir"
+  printf 'module modelloop.dev/tools/pause\n\ngo 1.25\n' >"$dir/go.mod"
+  cat >"$dir/main.go" <<'GO'
+// Command pause is a pod sandbox's init process: it does nothing but hold the pod's namespaces,
+// reap orphaned children and exit when asked to.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+  (cd "$dir" && go build -ldflags "-s -w" -o "$bin/pause" .)
+}
+
 debian() {
   local need=()
   command -v promtool >/dev/null || need+=(prometheus)
@@ -126,8 +168,10 @@ build_etcd
 build_plain minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio ""
 build_plain helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_plain coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns ""
+build_pause
 build_kubernetes
-for t in etcd kube-apiserver kube-controller-manager kubectl minio helm; do
+for t in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl minio helm coredns pause; do
   [ -x "$bin/$t" ] || { say "missing $bin/$t after build"; exit 1; }
 done
 say "tools ready in $(( $(date +%s) - start ))s: $bin"

@@ -23,9 +23,9 @@ from modelloop.api import constants as c
 from modelloop.api.artifacts import MANIFEST_FILE, VERIFICATION_FILE, Manifest, Progress, version_key, version_number
 from modelloop.clients.artifactstore import publish_version
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, wait_for
 
 POLICY = "digits"
 MODEL = "digits"

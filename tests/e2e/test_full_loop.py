@@ -23,8 +23,8 @@ import urllib3
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import Manifest, Verification, digest_of
-from modelloop.devenv.demo import LoopStack, S3Access, policy_spec
-from modelloop.devenv.loadgen import predict
+from modelloop_dev.demo import LoopStack, S3Access, policy_spec
+from modelloop_dev.loadgen import predict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 

@@ -32,9 +32,9 @@ from integration.test_server_support import PLUGIN, Cluster, Replica, publish_ve
 from modelloop.api import constants as c
 from modelloop.api.artifacts import Manifest
 from modelloop.clients.artifactstore import publish_version
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, wait_for
 from modelloop_server.synthetic import write_weights
 from modelloop_trainer.examples.digits import DigitsPlugin
 

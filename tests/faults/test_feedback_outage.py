@@ -22,8 +22,8 @@ from modelloop.api import constants as c
 from modelloop.api.artifacts import feedback_prefix
 from modelloop.api.feedback import FeedbackRecord, decode_batch
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.app import SPOOL_DIR
 from modelloop_server.feedback import OPEN_JOURNAL
 from modelloop_server.synthetic import write_local_version

@@ -39,9 +39,9 @@ from test_server_support import PLUGIN, Replica
 
 from modelloop.api import constants as c
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, wait_for
 from modelloop_server.synthetic import publish_synthetic
 from modelloop_trainer.examples.digits import DigitsPlugin
 

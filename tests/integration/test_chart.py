@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelloop.devenv.controlplane import ControlPlane
+from modelloop_dev.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/modelloop"

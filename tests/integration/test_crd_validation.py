@@ -22,11 +22,11 @@ from modelloop.api.common import Condition
 from modelloop.api.constants import GROUP, MODELVERSION_PLURAL, RETRAINPOLICY_PLURAL, VERSION
 from modelloop.api.modelversion import ModelVersionStatus, Phase
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
-from modelloop.devenv.controlplane import ControlPlane
+from modelloop_dev.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("retrainpolicy-*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("retrainpolicy-*.yaml"))
 DIGEST = "sha256:" + "ab" * 32
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

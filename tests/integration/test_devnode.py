@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 import urllib3
 
-from modelloop.devenv.devnode import DevNodeProcess, Json, Kube, KubeError, load_kubeconfig
+from modelloop_dev.devnode import DevNodeProcess, Json, Kube, KubeError, load_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -292,7 +292,7 @@ def test_pod_acts_as_its_service_account(kube: Kube, namespace: str, devnode: De
     code = textwrap.dedent(
         """
         import json, os, pathlib
-        from modelloop.devenv.devnode import Kube, KubeError, load_kubeconfig
+        from modelloop_dev.devnode import Kube, KubeError, load_kubeconfig
         kube = Kube(load_kubeconfig(pathlib.Path(os.environ["KUBECONFIG"])), pathlib.Path("creds"))
         review = kube.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                               {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})

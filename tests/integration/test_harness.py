@@ -18,9 +18,9 @@ from kubernetes import client, watch
 
 from modelloop.api.artifacts import ArtifactError, Manifest, version_key
 from modelloop.clients.artifactstore import fetch_version, publish_version
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, ProcessFailed, wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, ProcessFailed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -251,8 +251,8 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from modelloop.devenv.controlplane import ControlPlane
-    from modelloop.devenv.minio import MinioServer
+    from modelloop_dev.controlplane import ControlPlane
+    from modelloop_dev.minio import MinioServer
     bin_dir, workdir, with_cp = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     MinioServer(bin_dir, workdir / "minio").start()
     if with_cp:

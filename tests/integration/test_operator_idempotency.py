@@ -20,8 +20,8 @@ from kubernetes import client, config
 from operator_harness import create_s3_secret
 
 from modelloop.api import constants as c
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
 from modelloop.handlers.modelversion import reconcile_modelversion
 from modelloop.handlers.retrainpolicy import reconcile_policy
 

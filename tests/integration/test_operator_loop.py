@@ -37,9 +37,9 @@ from operator_harness import (
 
 from modelloop.api import constants as c
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

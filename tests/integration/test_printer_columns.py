@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from modelloop.api.constants import GROUP, MODELVERSION_PLURAL, RETRAINPOLICY_PLURAL, VERSION
-from modelloop.devenv.controlplane import ControlPlane
+from modelloop_dev.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from modelloop.api import constants as c
 from modelloop.api.artifacts import feedback_prefix
 from modelloop.api.feedback import FeedbackRecord, decode_batch
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 

@@ -27,9 +27,9 @@ import pytest
 from test_server_support import Cluster, Replica, publish_versions
 
 from modelloop.api import constants as c
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import wait_for
 from modelloop_server.modeldir import versions_on_disk
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from modelloop.api import constants as c
-from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
+from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 

@@ -23,9 +23,9 @@ from operator_harness import policy_body as operator_policy_body
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import ManagedProcess, free_port, wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.synthetic import publish_synthetic
 from modelloop_trainer.examples.digits import DigitsPlugin
 

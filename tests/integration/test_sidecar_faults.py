@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_server_support import Cluster, publish_versions
 
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

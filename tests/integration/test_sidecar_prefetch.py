@@ -15,9 +15,9 @@ from test_server_support import MODEL, Cluster, corrupt_in_place, publish_versio
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import WEIGHTS_FILE, version_key
-from modelloop.devenv.controlplane import ControlPlane
-from modelloop.devenv.minio import MinioServer
-from modelloop.devenv.processes import wait_for
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -44,7 +44,7 @@ from modelloop.api.artifacts import (
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
 from modelloop.clients.artifactstore import fetch_version, publish_version, read_manifest
 from modelloop.clients.objectstore import ObjectStore
-from modelloop.devenv.minio import MinioServer
+from modelloop_dev.minio import MinioServer
 from modelloop_trainer import cli
 from modelloop_trainer import runtime as rt
 from modelloop_trainer.checkpoints import CheckpointStore, History, TrainingState, encode, scan_keys

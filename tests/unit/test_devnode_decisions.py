@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelloop.devenv.devnode import (
+from modelloop_dev.devnode import (
     EnvError,
     Json,
     backoff_delay,

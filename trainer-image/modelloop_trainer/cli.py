@@ -67,6 +67,7 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
         if args.verb == "seed-dataset":
             from .dataset import seed_dataset
 
+            store.ensure_bucket()  # a fresh object store (examples/minio.yaml) has none yet
             seed_dataset(
                 store,
                 load_plugin(args.plugin or environ.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN),

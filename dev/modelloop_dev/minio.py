@@ -10,7 +10,7 @@ from types import TracebackType
 
 from modelloop.api import constants as c
 from modelloop.clients.objectstore import ObjectStore, StoreConfig
-from modelloop.devenv.processes import ManagedProcess, free_port, http_get, wait_for
+from modelloop_dev.processes import ManagedProcess, free_port, http_get, wait_for
 
 
 class MinioServer:

@@ -1,10 +1,11 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+"""A real Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager.
 
 The envtest recipe, plus the controller manager so that Jobs get Pods, namespaces are finalised
-and garbage collection runs. There is no scheduler and no kubelet: the development node
-(``devnode.py``) stands in for the kubelets. Authentication is by client certificates from a CA
-made for this run and authorisation is RBAC, so the operator's ServiceAccount permissions are
-exercised as in a cluster.
+and garbage collection runs. On its own (the integration tier) it listens on loopback and has no
+scheduler and no kubelet; ``cluster.py`` adds a real node to it, and then the API server is also
+advertised on the node's bridge address so that Pods reach it through the ``kubernetes`` Service.
+Authentication is by client certificates from a CA made for this run and authorisation is RBAC, so
+the operator's ServiceAccount permissions are exercised as in a cluster.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from modelloop.devenv.processes import ManagedProcess, free_port, http_get, wait_for
+from modelloop_dev.processes import ManagedProcess, free_port, http_get, wait_for
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -104,7 +105,7 @@ class KubectlFailed(subprocess.CalledProcessError):
 class _Pki:
     """The run's CA, the API server's serving certificate, client certificates, the SA signing key."""
 
-    def __init__(self, d: Path) -> None:
+    def __init__(self, d: Path, extra_ips: tuple[str, ...] = ()) -> None:
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
         ca_key = _key()
@@ -127,7 +128,7 @@ class _Pki:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            server_ips=("127.0.0.1", "10.0.0.1"),
+            server_ips=("127.0.0.1", "10.0.0.1", *extra_ips),
         )
         self.serving_crt = self._write("apiserver.crt", srv.public_bytes(serialization.Encoding.PEM))
         self.serving_key = self._write("apiserver.key", _pem_key(srv_key))
@@ -183,8 +184,11 @@ class ControlPlane:
     controller manager has created the ``default`` ServiceAccount (proof that it reconciles).
     """
 
-    def __init__(self, bin_dir: Path, workdir: Path, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self, bin_dir: Path, workdir: Path, start_timeout: float = 120.0, advertise_address: str | None = None
+    ) -> None:
         self.bin_dir = bin_dir
+        self.advertise_address = advertise_address
         self.workdir = workdir.resolve()
         self.start_timeout = start_timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +215,8 @@ class ControlPlane:
         return self
 
     def _start(self) -> None:
-        pki = self._pki = _Pki(self.workdir / "pki")
+        extra_ips = (self.advertise_address,) if self.advertise_address else ()
+        pki = self._pki = _Pki(self.workdir / "pki", extra_ips)
         crt, key = pki.client("modelloop-admin", "system:masters")
         _kubeconfig(self.kubeconfig, self.server, pki.ca_pem, crt, key, "admin")
         self._admin_crt = pki._write("admin.crt", crt)
@@ -222,6 +227,16 @@ class ControlPlane:
         kcm_kubeconfig = _kubeconfig(
             self.workdir / "controller-manager.kubeconfig", self.server, pki.ca_pem, kcm_crt, kcm_key, "kcm"
         )
+        kubelet_client_crt, kubelet_client_key = pki.client("kube-apiserver-kubelet-client", "system:masters")
+        kubelet_client = (
+            pki._write("kubelet-client.crt", kubelet_client_crt),
+            pki._write("kubelet-client.key", kubelet_client_key),
+        )
+        if self.advertise_address:
+            # Pods reach the API server through the `kubernetes` Service, whose endpoint is this address.
+            listen = ["--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}"]
+        else:
+            listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
 
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
@@ -247,8 +262,7 @@ class ControlPlane:
             [
                 self.bin_dir / "kube-apiserver",
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *listen,
                 f"--secure-port={self.port}",
                 f"--tls-cert-file={pki.serving_crt}",
                 f"--tls-private-key-file={pki.serving_key}",
@@ -262,7 +276,8 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
-                "--endpoint-reconciler-type=none",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
             ],
             self.workdir / "kube-apiserver.log",
         )
@@ -304,6 +319,19 @@ class ControlPlane:
             f"kube-apiserver /readyz at {self.server}",
             self.apiserver,
         )
+
+    def client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+        """A kubeconfig at ``workdir/<name>.kubeconfig`` for ``user`` (in ``group``), signed by the run's CA."""
+        if self._pki is None:
+            raise RuntimeError("the control plane is not started")
+        crt, key = self._pki.client(user, group)
+        return _kubeconfig(self.workdir / f"{name}.kubeconfig", self.server, self._pki.ca_pem, crt, key, name)
+
+    @property
+    def ca_file(self) -> Path:
+        if self._pki is None:
+            raise RuntimeError("the control plane is not started")
+        return self._pki.ca_crt
 
     def restart_apiserver(self) -> None:
         """Stops and starts kube-apiserver on the same port, certificates and etcd: an API outage."""

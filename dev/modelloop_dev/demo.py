@@ -34,12 +34,12 @@ from typing import Any, TypeVar
 import yaml
 
 from modelloop.api import constants as c
-from modelloop.devenv.devnode import DevNodeProcess, Json, Kube, KubeError, load_kubeconfig
-from modelloop.devenv.loadgen import LoadGenerator, ReviewResult, review
-from modelloop.devenv.processes import ManagedProcess, free_port
+from modelloop_dev.devnode import DevNodeProcess, Json, Kube, KubeError, load_kubeconfig
+from modelloop_dev.loadgen import LoadGenerator, ReviewResult, review
+from modelloop_dev.processes import ManagedProcess, free_port
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 SERVING_EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
 KubectlFn = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -126,7 +126,127 @@ def policy_spec(
     }
 
 
-class LoopStack:
+class PolicyView:
+    """One RetrainPolicy as a user sees it through the API: its versions, Jobs and serving Pods.
+
+    Shared by the development stack below and the cluster tier, which drives a real node instead.
+    """
+
+    def __init__(self, kube: Kube, namespace: str, policy: str, deployment: str) -> None:
+        self.kube, self.ns, self.policy, self.deployment = kube, namespace, policy, deployment
+
+    def check_alive(self) -> None:
+        """Raises when something the waits depend on has died (nothing to check here)."""
+
+    def hint(self) -> str:
+        """Where to look when a wait times out."""
+        return ""
+
+    def patch_policy_spec(self, patch: Json) -> None:
+        self.kube.request(
+            "PATCH",
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
+            {"spec": patch},
+            content_type="application/merge-patch+json",
+        )
+
+    def annotate_policy(self, key: str, value: str) -> None:
+        self.kube.request(
+            "PATCH",
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
+            {"metadata": {"annotations": {key: value}}},
+            content_type="application/merge-patch+json",
+        )
+
+    # -- observation
+    def rp(self) -> Json:
+        return self.kube.get(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}")
+
+    def mvs(self) -> dict[str, Json]:
+        items = self.kube.get(
+            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.MODELVERSION_PLURAL}",
+            labelSelector=f"{c.LABEL_POLICY}={self.policy}",
+        )["items"]
+        return {str(mv["spec"]["version"]): mv for mv in items}
+
+    def mv_phase(self, version: str) -> str | None:
+        mv = self.mvs().get(version)
+        return None if mv is None else (mv.get("status") or {}).get("phase")
+
+    def jobs(self) -> list[Json]:
+        items: list[Json] = self.kube.get(f"/apis/batch/v1/namespaces/{self.ns}/jobs")["items"]
+        return items
+
+    def serving_pods(self) -> list[Json]:
+        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/{self.deployment}")
+        selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
+        pods: list[Json] = self.kube.get(f"/api/v1/namespaces/{self.ns}/pods", labelSelector=selector)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def serving_targets(self) -> list[str]:
+        targets = []
+        for p in self.serving_pods():
+            ready = {x["type"]: x["status"] for x in (p.get("status") or {}).get("conditions") or []}
+            if ready.get("Ready") == "True" and p["status"].get("podIP"):
+                targets.append(f"http://{p['status']['podIP']}:8080")
+        return targets
+
+    def serving_digests(self) -> dict[str, str | None]:
+        return {
+            p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(c.ANNOTATION_SERVING_DIGEST)
+            for p in self.serving_pods()
+        }
+
+    def wait_active(self, version: str, timeout_s: float) -> Json:
+        """Waits until the policy's status names ``version`` active and returns that status.
+
+        The operator marks the ModelVersion Active before kopf writes the policy's status, so a
+        reader who saw the version Active can still, for a moment, read the policy's older status.
+        """
+
+        def probe() -> Json | None:
+            status: Json = self.rp().get("status") or {}
+            return status if status.get("activeVersion") == version else None
+
+        return wait_for(f"{self.policy} status.activeVersion to be {version}", probe, timeout_s)
+
+    def wait_phase(
+        self, version: str, phases: set[str], timeout_s: float, on_tick: Callable[[], None] | None = None
+    ) -> Json:
+        """Waits until ModelVersion ``version`` reaches one of ``phases``; fails fast if it fails or is rejected."""
+        terminal = {"Failed", "Rejected"}
+
+        def probe() -> Json | None:
+            if on_tick is not None:
+                on_tick()
+            self.check_alive()
+            mv = self.mvs().get(version)
+            phase = None if mv is None else (mv.get("status") or {}).get("phase")
+            if phase in phases:
+                return mv
+            if phase in terminal - phases:
+                status = (mv or {}).get("status") or {}
+                raise StackError(
+                    f"{self.policy}-{version} ended {phase}, not {sorted(phases)}: {status.get('message')}"
+                )
+            return None
+
+        return wait_for(
+            f"ModelVersion {version} to reach {sorted(phases)}",
+            probe,
+            timeout_s,
+            hint=self.hint(),
+        )
+
+    def wait_serving(self, digest: str, timeout_s: float) -> dict[str, str | None]:
+        def probe() -> dict[str, str | None] | None:
+            digests = self.serving_digests()
+            return digests if digests and all(d == digest for d in digests.values()) else None
+
+        return wait_for(f"every serving replica to report {digest[:19]}…", probe, timeout_s)
+
+
+class LoopStack(PolicyView):
     """Everything above a control plane and MinIO: devnode, operator, serving, dataset, policy."""
 
     def __init__(
@@ -146,7 +266,9 @@ class LoopStack:
         self.ns, self.workdir = namespace, Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.model, self.policy, self.dataset = model, policy, dataset
-        self.kube = Kube(load_kubeconfig(self.kubeconfig), self.workdir / ".creds")
+        super().__init__(
+            Kube(load_kubeconfig(self.kubeconfig), self.workdir / ".creds"), namespace, policy, "digits-server"
+        )
         self.devnode = DevNodeProcess(
             self.kubeconfig,
             self.workdir / "devnode",
@@ -156,7 +278,13 @@ class LoopStack:
         self.operator: ManagedProcess | None = None
         self.trainer_secret = "modelloop-trainer-s3"
         self.serving_secret = "modelloop-serving-s3"
-        self.deployment = "digits-server"
+
+    def hint(self) -> str:
+        return f"operator log: {self.workdir / 'operator.log'}; pod logs: {self.devnode.workdir}"
+
+    def check_alive(self) -> None:
+        if self.operator is not None and not self.operator.alive():
+            raise StackError(f"the operator exited ({self.operator.returncode()}):\n{self.operator.log_tail()}")
 
     # -- processes
     def base_env(self) -> dict[str, str]:
@@ -238,12 +366,6 @@ class LoopStack:
             if doc.get("kind") == "Deployment":
                 self.deployment = doc["metadata"]["name"]
                 pod = doc["spec"]["template"]["spec"]
-                for container in pod["containers"]:
-                    # Importing torch on a busy 2-core machine takes longer than the liveness budget;
-                    # a startup probe holds liveness off until the server answers, as in a cluster.
-                    live = container.get("livenessProbe")
-                    if live and "startupProbe" not in container:
-                        container["startupProbe"] = {**live, "periodSeconds": 2, "failureThreshold": 150}
                 for container in [*pod.get("initContainers", []), *pod["containers"]]:
                     for var in container.get("env") or []:
                         if var["name"] in overrides:
@@ -285,110 +407,6 @@ class LoopStack:
                 }
             ]
         )
-
-    def patch_policy_spec(self, patch: Json) -> None:
-        self.kube.request(
-            "PATCH",
-            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
-            {"spec": patch},
-            content_type="application/merge-patch+json",
-        )
-
-    def annotate_policy(self, key: str, value: str) -> None:
-        self.kube.request(
-            "PATCH",
-            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}",
-            {"metadata": {"annotations": {key: value}}},
-            content_type="application/merge-patch+json",
-        )
-
-    # -- observation
-    def rp(self) -> Json:
-        return self.kube.get(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.RETRAINPOLICY_PLURAL}/{self.policy}")
-
-    def mvs(self) -> dict[str, Json]:
-        items = self.kube.get(
-            f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{self.ns}/{c.MODELVERSION_PLURAL}",
-            labelSelector=f"{c.LABEL_POLICY}={self.policy}",
-        )["items"]
-        return {str(mv["spec"]["version"]): mv for mv in items}
-
-    def mv_phase(self, version: str) -> str | None:
-        mv = self.mvs().get(version)
-        return None if mv is None else (mv.get("status") or {}).get("phase")
-
-    def jobs(self) -> list[Json]:
-        items: list[Json] = self.kube.get(f"/apis/batch/v1/namespaces/{self.ns}/jobs")["items"]
-        return items
-
-    def serving_pods(self) -> list[Json]:
-        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/{self.deployment}")
-        selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
-        pods: list[Json] = self.kube.get(f"/api/v1/namespaces/{self.ns}/pods", labelSelector=selector)["items"]
-        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-
-    def serving_targets(self) -> list[str]:
-        targets = []
-        for p in self.serving_pods():
-            ready = {x["type"]: x["status"] for x in (p.get("status") or {}).get("conditions") or []}
-            if ready.get("Ready") == "True" and p["status"].get("podIP"):
-                targets.append(f"http://{p['status']['podIP']}:8080")
-        return targets
-
-    def serving_digests(self) -> dict[str, str | None]:
-        return {
-            p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(c.ANNOTATION_SERVING_DIGEST)
-            for p in self.serving_pods()
-        }
-
-    def wait_active(self, version: str, timeout_s: float) -> Json:
-        """Waits until the policy's status names ``version`` active and returns that status.
-
-        The operator marks the ModelVersion Active before kopf writes the policy's status, so a
-        reader who saw the version Active can still, for a moment, read the policy's older status.
-        """
-
-        def probe() -> Json | None:
-            status: Json = self.rp().get("status") or {}
-            return status if status.get("activeVersion") == version else None
-
-        return wait_for(f"{self.policy} status.activeVersion to be {version}", probe, timeout_s)
-
-    def wait_phase(
-        self, version: str, phases: set[str], timeout_s: float, on_tick: Callable[[], None] | None = None
-    ) -> Json:
-        """Waits until ModelVersion ``version`` reaches one of ``phases``; fails fast if it fails or is rejected."""
-        terminal = {"Failed", "Rejected"}
-
-        def probe() -> Json | None:
-            if on_tick is not None:
-                on_tick()
-            if self.operator is not None and not self.operator.alive():
-                raise StackError(f"the operator exited ({self.operator.returncode()}):\n{self.operator.log_tail()}")
-            mv = self.mvs().get(version)
-            phase = None if mv is None else (mv.get("status") or {}).get("phase")
-            if phase in phases:
-                return mv
-            if phase in terminal - phases:
-                status = (mv or {}).get("status") or {}
-                raise StackError(
-                    f"{self.policy}-{version} ended {phase}, not {sorted(phases)}: {status.get('message')}"
-                )
-            return None
-
-        return wait_for(
-            f"ModelVersion {version} to reach {sorted(phases)}",
-            probe,
-            timeout_s,
-            hint=f"operator log: {self.workdir / 'operator.log'}; pod logs: {self.devnode.workdir}",
-        )
-
-    def wait_serving(self, digest: str, timeout_s: float) -> dict[str, str | None]:
-        def probe() -> dict[str, str | None] | None:
-            digests = self.serving_digests()
-            return digests if digests and all(d == digest for d in digests.values()) else None
-
-        return wait_for(f"every serving replica to report {digest[:19]}…", probe, timeout_s)
 
     def review(self, n: int) -> ReviewResult:
         targets = wait_for("a ready serving replica", self.serving_targets, 120)
@@ -460,9 +478,9 @@ class Progress:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from modelloop.devenv.controlplane import ControlPlane
-    from modelloop.devenv.minio import MinioServer
-    from modelloop.devenv.processes import locate_tools
+    from modelloop_dev.controlplane import ControlPlane
+    from modelloop_dev.minio import MinioServer
+    from modelloop_dev.processes import locate_tools
 
     t0 = time.monotonic()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="modelloop-demo-"))
@@ -591,7 +609,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m modelloop.devenv.demo", description=__doc__.split("\n")[0] if __doc__ else ""
+        prog="python -m modelloop_dev.demo", description=__doc__.split("\n")[0] if __doc__ else ""
     )
     parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
     parser.add_argument(

@@ -1503,7 +1503,7 @@ class DevNodeProcess:
     """The development node as a child process, as a kubelet is its own process: tests and the demo use it.
 
     Its log (every Pod's start, exit and probe failure) goes to ``log_file``. It is a
-    :class:`~modelloop.devenv.processes.ManagedProcess`, so it cannot outlive the run that started it.
+    :class:`~modelloop_dev.processes.ManagedProcess`, so it cannot outlive the run that started it.
     """
 
     def __init__(
@@ -1516,11 +1516,11 @@ class DevNodeProcess:
         gpus: int = 1,
         log_file: Path | None = None,
     ) -> None:
-        from modelloop.devenv.processes import ManagedProcess
+        from modelloop_dev.processes import ManagedProcess
 
         self.kubeconfig, self.workdir, self.name = Path(kubeconfig), Path(workdir), name
         self.log_file = log_file or self.workdir / "devnode.log"
-        argv = [sys.executable, "-m", "modelloop.devenv.devnode", "--kubeconfig", str(self.kubeconfig)]
+        argv = [sys.executable, "-m", "modelloop_dev.devnode", "--kubeconfig", str(self.kubeconfig)]
         argv += ["--name", name, "--workdir", str(self.workdir), "--gpus", str(gpus)]
         for ns in namespaces:
             argv += ["--namespace", ns]
@@ -1528,7 +1528,7 @@ class DevNodeProcess:
         self.process = ManagedProcess(f"development node {name}", argv, self.log_file, env=env)
 
     def start(self, timeout_s: float = 60.0) -> DevNodeProcess:
-        from modelloop.devenv.processes import wait_for
+        from modelloop_dev.processes import wait_for
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
