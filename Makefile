@@ -66,10 +66,8 @@ lint: $(PIP_STAMP) ## ruff, mypy --strict on the packages, import-linter layer c
 bench: setup ## benchmarks: each prints its baseline, its own figure and the ratio
 	$(PY) -m bench
 
-images: ## build the operator, trainer and server images (needs Docker)
-	docker build -f operator/Dockerfile -t modelloop/operator:dev .
-	docker build -f trainer-image/Dockerfile -t modelloop/trainer:dev .
-	docker build -f server-image/Dockerfile -t modelloop/server:dev .
+images: ## build the operator, trainer and server images from ./Dockerfile: buildah as root, or Docker when it runs (IMAGE_BUILDER=docker|buildah); MODELLOOP_CONTAINERD_ADDRESS=SOCKET imports them
+	bash hack/images.sh
 
 kind-e2e: ## for users with Docker: kind cluster, images, MinIO, chart, example policy, wait for Active
 	bash hack/kind-e2e.sh
