@@ -48,8 +48,8 @@ cluster: setup ## a real single-node cluster on this machine (containerd, kubele
 cluster-down: ## remove every trace of a cluster whose run was killed (processes, containers, mounts, bridge, rules)
 	$(PY) -m modelloop_dev.cluster down
 
-demo: setup ## the whole loop on this machine: control plane, MinIO, operator, server + sidecar, training, hot swap
-	$(PY) -m modelloop_dev.demo
+demo: setup ## the whole loop on this machine: control plane, MinIO, operator, server + sidecar, training, hot swap; ARGS=--keep leaves it up
+	$(PY) -m modelloop_dev.demo $(ARGS)
 
 crds: $(PIP_STAMP) ## regenerate crds/*.yaml, the chart's copy and docs/api.md from the pydantic models
 	$(PY) -m modelloop.api.crdgen --out crds --chart charts/modelloop/crds --docs docs/api.md

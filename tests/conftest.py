@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from modelloop_dev.cluster import Cluster, load_product_images
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import locate_tools, wait_for
@@ -44,17 +43,6 @@ def _install_crds(cp: ControlPlane) -> None:
     args = [a for f in files for a in ("-f", str(f))]
     cp.kubectl("apply", "--server-side", "--field-manager=modelloop-tests", *args)
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
-
-
-@pytest.fixture(scope="session")
-def cluster(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A real single-node cluster with the product images loaded; one per run (it owns the node's fixed paths)."""
-    node = Cluster(tools_bin, tmp_path_factory.mktemp("cluster")).start()
-    try:
-        load_product_images(REPO, node)
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture(scope="session")

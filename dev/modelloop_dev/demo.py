@@ -577,7 +577,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         for name, secs in timings.items():
             print(f"  {name}: {secs:.1f}s")
         print(f"  total: {time.monotonic() - t0:.1f}s")
-        print("\nLook around:")
+        print("\nLook around" + (":" if args.keep else " (run `make demo ARGS=--keep` to keep it up; it stops now):"))
         print(f"  export KUBECONFIG={cp.kubeconfig}")
         print(f"  kubectl -n {ns} get rp,mv")
         print(f"  kubectl -n {ns} describe mv {stack.policy}-v2")

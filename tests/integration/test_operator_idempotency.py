@@ -20,10 +20,10 @@ from kubernetes import client, config
 from operator_harness import create_s3_secret
 
 from modelloop.api import constants as c
-from modelloop_dev.controlplane import ControlPlane
-from modelloop_dev.minio import MinioServer
 from modelloop.handlers.modelversion import reconcile_modelversion
 from modelloop.handlers.retrainpolicy import reconcile_policy
+from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
 
 pytestmark = pytest.mark.integration
 
