@@ -40,7 +40,8 @@ from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
 from .batching import InferenceBatcher
 from .feedback import BacklogFull, FeedbackBuffer
-from .metrics import NO_VERSION, ServerMetrics
+from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
+from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
 from .settings import ServerSettings, SettingsError
@@ -288,8 +289,11 @@ async def reload(request: Request) -> Response:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(s.load_pool, s.holder.load, version, path)
+        except ModelTooLarge as e:
+            return _too_large(s, e)
         except ArtifactError as e:
             s.metrics.swaps.labels("failed").inc()
+            s.metrics.reload_refusals.labels(REFUSED_INVALID).inc()
             cur = s.holder.current
             log.error(
                 "refused to load %s from %s: %s; still serving %s", version, path, e, cur.version if cur else "nothing"
@@ -320,6 +324,30 @@ async def reload(request: Request) -> Response:
             "loadSeconds": result.model.load_seconds,
             "swapSeconds": result.swap_seconds,
         }
+    )
+
+
+def _too_large(s: Serving, e: ModelTooLarge) -> Response:
+    """409: the version does not fit in this container's memory now; nothing was loaded, nothing changed.
+
+    409 rather than 422: the artifact is fine, it conflicts with the container's current limit and
+    usage (a larger limit, or a smaller model, makes the same request succeed).
+    """
+    s.metrics.reload_refusals.labels(REFUSED_TOO_LARGE).inc()
+    cur = s.holder.current
+    serving = cur.version if cur else None
+    log.error("refused to load %s: %s; still serving %s", e.version, e.message, serving or "nothing")
+    return json_response(
+        {
+            "error": e.message,
+            "reason": REASON_TOO_LARGE,
+            "version": e.version,
+            "neededBytes": e.need,
+            "limitBytes": e.limits.limit_bytes,
+            "usageBytes": e.limits.usage_bytes,
+            "serving": serving,
+        },
+        409,
     )
 
 
@@ -358,6 +386,19 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _log_memory_limit(settings: ServerSettings) -> None:
+    limits = read_limits(settings.cgroup_root)
+    if limits is None:
+        log.warning("no cgroup memory files under %s: models are loaded without a memory check", settings.cgroup_root)
+    elif limits.limit_bytes is None:
+        log.info("no memory limit (%s): models are loaded without a memory check", limits.source)
+    else:
+        log.info(
+            "memory limit %s (%s), in use %s: a version needing more than what is free is refused before loading",
+            size(limits.limit_bytes), limits.source, size(limits.usage_bytes),
+        )  # fmt: skip
+
+
 def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: ModelPlugin | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -368,7 +409,11 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         s = Serving(
             settings=settings,
             plugin=p,
-            holder=ModelHolder(p, settings.warmup_passes),
+            holder=ModelHolder(
+                p,
+                settings.warmup_passes,
+                MemoryCheck(settings.cgroup_root, settings.memory_overhead_factor, settings.memory_reserve_bytes),
+            ),
             metrics=m,
             feedback=FeedbackBuffer(
                 settings.model,
@@ -389,6 +434,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         if store is None:
             log.warning("no object store configured (%s unset): POST /v1/feedback answers 503", c.ENV_BUCKET)
         s.feedback.restore_spool()
+        _log_memory_limit(settings)
         loop = asyncio.get_running_loop()
         version = startup_version(settings.model_dir)
         if version is not None:
@@ -396,7 +442,9 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 result = await loop.run_in_executor(s.load_pool, s.holder.load, version, settings.model_dir / version)
                 s.publish(result.model)
                 log.info("serving %s (%s) from %s after start-up", version, result.model.digest, settings.model_dir)
-            except (ArtifactError, OSError) as e:
+            except (ArtifactError, OSError, ModelTooLarge) as e:
+                if isinstance(e, ModelTooLarge):
+                    s.metrics.reload_refusals.labels(REFUSED_TOO_LARGE).inc()
                 log.error(
                     "cannot load %s found in %s at start-up (%s); waiting for the sidecar",
                     version,

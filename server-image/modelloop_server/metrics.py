@@ -10,6 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 NO_VERSION = "none"
+REFUSED_TOO_LARGE = "model_too_large"
+REFUSED_INVALID = "artifact_invalid"
+REFUSAL_REASONS = (REFUSED_TOO_LARGE, REFUSED_INVALID)
 
 
 class ServerMetrics:
@@ -43,6 +46,16 @@ class ServerMetrics:
             ["result"],
             registry=r,
         )
+        self.reload_refusals = Counter(
+            "modelloop_server_reload_refusals",
+            "Reload requests refused before anything was swapped, by reason: model_too_large (the version would "
+            "not fit in the container's memory limit; nothing was loaded) or artifact_invalid (the files failed "
+            "verification or do not fit the plug-in; also counted as a failed swap).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:
+            self.reload_refusals.labels(reason)
         self.swap_seconds = Histogram(
             "modelloop_server_swap_duration_seconds",
             "Time the reference swap itself took (the window in which requests could see either version).",

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, check_version
 from modelloop_trainer.plugin import ModelPlugin
 
+from .memory import MemoryCheck, size
 from .modeldir import read_local_manifest, verify_local
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,15 @@ class LoadedModel:
     path: Path
     network: nn.Module = field(repr=False)
     load_seconds: float = 0.0
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the network's tensors (each storage once; memory-mapped weights count in full)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in self._tensors()}
+        return sum(storages.values())
+
+    def _tensors(self) -> list[Tensor]:
+        return [*self.network.parameters(), *self.network.buffers()]
 
     def probabilities(self, x: Tensor) -> Tensor:
         """Class probabilities ``[N, num_classes]``; runs in a worker thread (torch releases the GIL)."""
@@ -122,26 +132,45 @@ class ModelHolder:
     that was never served); reads take no lock at all.
     """
 
-    def __init__(self, plugin: ModelPlugin, warmup_passes: int = 3) -> None:
+    def __init__(self, plugin: ModelPlugin, warmup_passes: int = 3, memory: MemoryCheck | None = None) -> None:
         self.plugin = plugin
         self.warmup_passes = warmup_passes
+        self.memory = memory
         self.current: LoadedModel | None = None
         self.previous: LoadedModel | None = None
         self._load_lock = threading.Lock()
 
     def load(self, version: str, path: Path) -> SwapResult:
-        """Make ``version`` (files at ``path``) the one that answers; raises ArtifactError and keeps the old one."""
+        """Make ``version`` (files at ``path``) the one that answers; raises ArtifactError and keeps the old one.
+
+        A version that must be read from disk is first checked against the container's memory
+        (``ModelTooLarge``, nothing loaded); a rollback to the kept previous model needs no memory.
+        """
         with self._load_lock:
             cur, prev = self.current, self.previous
-            _, digest = read_local_manifest(path)
+            manifest, digest = read_local_manifest(path)
             if cur is not None and (cur.version, cur.digest) == (version, digest):
                 return SwapResult(cur, None, 0.0, True)
             if prev is not None and (prev.version, prev.digest) == (version, digest):
                 new, from_memory = prev, True
             else:
+                if self.memory is not None:
+                    weights = [f.size for f in manifest.files if f.path == WEIGHTS_FILE]
+                    if weights:  # none: load_version refuses the version with a clearer message
+                        self.memory.admit(version, weights[0], _held(cur, prev))
                 new, from_memory = load_version(self.plugin, version, path, self.warmup_passes), False
             started = time.perf_counter()
             self.current = new
             swap_seconds = time.perf_counter() - started
             self.previous = cur
             return SwapResult(new, cur, swap_seconds, from_memory)
+
+
+def _held(cur: LoadedModel | None, prev: LoadedModel | None) -> str:
+    """What stays resident while a new version loads: the serving model and the one kept for rollback."""
+    parts = []
+    if cur is not None:
+        parts.append(f"{cur.version} serving ({size(cur.resident_bytes)})")
+    if prev is not None:
+        parts.append(f"{prev.version} kept for rollback ({size(prev.resident_bytes)})")
+    return "with " + " and ".join(parts) + " resident" if parts else ""

@@ -15,6 +15,8 @@ from pathlib import Path
 from modelloop.api import constants as c
 from modelloop.api.artifacts import check_model_name
 
+from .memory import DEFAULT_CGROUP_ROOT, DEFAULT_OVERHEAD_FACTOR, DEFAULT_RESERVE_BYTES
+
 ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
 ENV_BIND_HOST = "MODELLOOP_BIND_HOST"
 ENV_PORT = "MODELLOOP_PORT"
@@ -22,6 +24,9 @@ ENV_POLICY = "MODELLOOP_POLICY"
 ENV_SERVER_URL = "MODELLOOP_SERVER_URL"
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
+ENV_CGROUP_ROOT = "MODELLOOP_CGROUP_ROOT"
+ENV_MEMORY_OVERHEAD_FACTOR = "MODELLOOP_MEMORY_OVERHEAD_FACTOR"
+ENV_MEMORY_RESERVE_BYTES = "MODELLOOP_MEMORY_RESERVE_BYTES"
 
 
 class SettingsError(ValueError):
@@ -51,6 +56,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if not value > 0:
         raise SettingsError(f"{name}={value} must be positive")
+    return value
+
+
+def _factor(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value < 1:
+        raise SettingsError(f"{name}={value} must be at least 1 (a model takes at least the size of its weights)")
     return value
 
 
@@ -84,6 +96,9 @@ class ServerSettings:
     feedback_flush_seconds: float = 5.0
     feedback_max_backlog: int = 100_000
     keep_versions: int = 3
+    cgroup_root: Path = DEFAULT_CGROUP_ROOT  # where the container's memory limit is read; tests point it at a fake
+    memory_overhead_factor: float = DEFAULT_OVERHEAD_FACTOR  # load estimate: weights file size x this + reserve
+    memory_reserve_bytes: int = DEFAULT_RESERVE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
@@ -101,6 +116,9 @@ class ServerSettings:
             feedback_batch_records=_int(e, "MODELLOOP_FEEDBACK_BATCH", 100, 1),
             feedback_flush_seconds=_float(e, "MODELLOOP_FEEDBACK_FLUSH_SECONDS", 5.0),
             feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),
+            cgroup_root=Path(e.get(ENV_CGROUP_ROOT) or DEFAULT_CGROUP_ROOT),
+            memory_overhead_factor=_factor(e, ENV_MEMORY_OVERHEAD_FACTOR, DEFAULT_OVERHEAD_FACTOR),
+            memory_reserve_bytes=_int(e, ENV_MEMORY_RESERVE_BYTES, DEFAULT_RESERVE_BYTES),
         )
 
 

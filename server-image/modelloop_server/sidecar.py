@@ -15,7 +15,9 @@ disk (or waits for the prefetch already under way) and is only a local load and 
 
 Failure handling, for whoever reads the Events at night: a corrupt or missing artifact is refused
 (Event ``ArtifactRejected`` naming the file) and the old model keeps serving; it is retried only
-when the desired version changes or after a long backoff (someone may re-upload it). MinIO or the
+when the desired version changes or after a long backoff (someone may re-upload it). A version the
+server refuses because it would not fit in the container's memory limit gets Event
+``ModelTooLarge`` with the server's message (sizes, limit, what to change) and the same retry rule. MinIO or the
 API server being down is retried with backoff; a full disk cleans up the partial download. A
 candidate that fails verification gets a Warning Event ``CandidatePrefetchFailed`` and nothing
 else changes: serving is untouched, and the promotion (if it comes) tries the download again.
@@ -48,6 +50,7 @@ from modelloop.api.artifacts import ArtifactError, check_version, parse_artifact
 from modelloop.clients.artifactstore import fetch_version
 from modelloop.clients.objectstore import ObjectStore, StoreConfig
 
+from .memory import REASON_TOO_LARGE
 from .modeldir import clean_temp_dirs, prune, verify_local
 from .settings import SettingsError, SidecarSettings
 
@@ -107,6 +110,17 @@ def parse_candidate(policy: dict[str, Any], model: str) -> Desired | None:
     return _parse_ref(policy, model, "candidate")
 
 
+def _too_large_message(body: str) -> str | None:
+    """The server's message from a ``ModelTooLarge`` 409 answer; None for any other body."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or answer.get("reason") != REASON_TOO_LARGE:
+        return None
+    return str(answer.get("error") or "the version does not fit in the container's memory")
+
+
 class LatestSlot:
     """A one-element queue where a newer value replaces an unread older one (latest wins)."""
 
@@ -164,6 +178,15 @@ def event_body(s: SidecarSettings, pod_uid: str | None, reason: str, message: st
 
 class Rejected(Exception):
     """This version cannot be served as published; retrying soon would not help."""
+
+
+class TooLarge(Rejected):
+    """The server refused the version before loading it: it would not fit in the container's memory.
+
+    Retried like a rejected artifact (when the desired version changes, or after the long backoff:
+    the limit may be raised in place); the Event carries the server's message, which names the
+    sizes and what to change.
+    """
 
 
 class Transient(Exception):
@@ -396,8 +419,12 @@ class Sidecar:
                 answer: dict[str, Any] = json.loads(resp.read())
                 return answer
         except urllib.error.HTTPError as e:
-            detail = e.read(2048).decode(errors="replace")
+            detail = e.read(8192).decode(errors="replace")
             e.close()
+            if e.code == 409:
+                too_large = _too_large_message(detail)
+                if too_large is not None:
+                    raise TooLarge(f"the model server refused it before loading: {too_large}") from None
             if e.code == 422:
                 raise Rejected(f"the model server refused {d.version}: {detail}") from None
             raise Transient(f"the model server answered HTTP {e.code} to reload {d.version}: {detail}") from None
@@ -578,7 +605,7 @@ class Sidecar:
                 msg = f"refused {self.pending.version}: {e}; still serving {still}"
                 log.error("%s (retry in %.0fs or when the desired version changes)", msg, retry_at - time.monotonic())
                 if rejected != self.pending:
-                    self.event(REASON_REJECTED, msg)
+                    self.event(REASON_TOO_LARGE if isinstance(e, TooLarge) else REASON_REJECTED, msg)
                 rejected = self.pending
             except Transient as e:
                 attempts += 1
