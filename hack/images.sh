@@ -98,9 +98,7 @@ buildah_label() {  # image label: the label's value, empty when the image or the
 
 buildah_id() { buildah inspect --type image --format '{{.FromImageID}}' "$1"; }
 
-buildah_size() {  # the sum of the image's layers, uncompressed
-  buildah images --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["size"])'
-}
+buildah_size() { buildah images --noheading --format '{{.Size}}' "$1" | head -1; }  # uncompressed, e.g. "386 MB"
 
 buildah_preflight() {
   [ "$(id -u)" = 0 ] || die "building with buildah needs root here (overlay storage, mmdebstrap): sudo make images"
@@ -134,7 +132,7 @@ build_base() {  # the Debian base, made with mmdebstrap once (rebuilt when its r
   buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
     --cmd '["python3"]' --label "$IMAGES_LABEL=$hash" "$ctr"
   buildah commit --quiet --rm "$ctr" "$IMAGES_BASE" >/dev/null
-  log "base $IMAGES_BASE: built in $((SECONDS - t0))s, $(human "$(buildah_size "$IMAGES_BASE")")"
+  log "base $IMAGES_BASE: built in $((SECONDS - t0))s, $(buildah_size "$IMAGES_BASE")"
 }
 
 wheelhouse() {  # prints the wheelhouse directory for the current pins, downloading what it lacks
@@ -180,7 +178,7 @@ build_buildah() {  # target...
     [ -n "${TORCH_INDEX_URL:-}" ] && args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
     hash=$(inputs_hash "$target" buildah "$base_id" "${args[@]}")
     if [ "$(buildah_label "$name" "$IMAGES_LABEL")" = "$hash" ]; then
-      log "$target: up to date ($name, $(human "$(buildah_size "$name")"), $((SECONDS - t0))s)"
+      log "$target: up to date ($name, $(buildah_size "$name"), $((SECONDS - t0))s)"
       continue
     fi
     log "$target: building $name"
@@ -190,7 +188,7 @@ build_buildah() {  # target...
       "${args[@]}" --volume "$wheels:/wheels:ro" --label "$IMAGES_LABEL=$hash" \
       --tag "$name" --tag "$(image_alias "$target")" --file "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" >/dev/null ||
       die "buildah bud --target $target failed (see above)"
-    log "$target: built $name in $((SECONDS - t0))s, $(human "$(buildah_size "$name")")"
+    log "$target: built $name in $((SECONDS - t0))s, $(buildah_size "$name")"
   done
 }
 
