@@ -110,7 +110,7 @@ def parse_candidate(policy: dict[str, Any], model: str) -> Desired | None:
     return _parse_ref(policy, model, "candidate")
 
 
-def _too_large_message(body: str) -> str | None:
+def too_large_message(body: str) -> str | None:
     """The server's message from a ``ModelTooLarge`` 409 answer; None for any other body."""
     try:
         answer = json.loads(body)
@@ -422,7 +422,7 @@ class Sidecar:
             detail = e.read(8192).decode(errors="replace")
             e.close()
             if e.code == 409:
-                too_large = _too_large_message(detail)
+                too_large = too_large_message(detail)
                 if too_large is not None:
                     raise TooLarge(f"the model server refused it before loading: {too_large}") from None
             if e.code == 422:

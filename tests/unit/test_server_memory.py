@@ -19,6 +19,7 @@ from modelloop_server.memory import (
 )
 from modelloop_server.model import ModelHolder
 from modelloop_server.settings import ServerSettings, SettingsError
+from modelloop_server.sidecar import too_large_message
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -239,3 +240,18 @@ def test_resident_bytes_counts_the_weights(tmp_path: Path) -> None:
     model = ModelHolder(plugin, 1).load("v1", tmp_path / "v1").model
     file_size = (tmp_path / "v1" / "model.safetensors").stat().st_size
     assert 0.9 * file_size <= model.resident_bytes <= file_size
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        ('{"error": "v2 needs about 3 GiB", "reason": "ModelTooLarge", "version": "v2"}', "v2 needs about 3 GiB"),
+        ('{"reason": "ModelTooLarge"}', "the version does not fit in the container's memory"),
+        ('{"error": "someone else holds the lock"}', None),
+        ("<html>409 Conflict</html>", None),
+        ('["ModelTooLarge"]', None),
+    ],
+    ids=["server message", "no message", "another 409", "not JSON", "not an object"],
+)
+def test_sidecar_recognises_the_servers_model_too_large_answer(body: str, want: str | None) -> None:
+    assert too_large_message(body) == want
