@@ -156,7 +156,7 @@ def test_namespaced_watch_has_no_cluster_wide_operator_access(tools_bin: Path) -
     docs = render(tools_bin, "ops", "--set=watchNamespaces={team-a,team-b}", "--set=aggregateToDefaultRoles=false")
     (deploy,) = by_kind(docs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["--namespace=team-a", "--namespace=team-b"]
+    assert args == ["--namespace=team-a", "--namespace=team-b", "--lease-name=modelloop"]
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
     roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind(docs, "Role")}
     assert roles == {("team-a", "modelloop"), ("team-b", "modelloop"), ("ops", "modelloop-leader-election")}
@@ -246,12 +246,8 @@ def test_standalone_only_with_one_replica(tools_bin: Path) -> None:
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" in args and not [a for a in args if a.startswith("--lease-name")]
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
-    result = subprocess.run(
-        [str(tools_bin / "helm"), "template", "x", str(CHART), "--set=leaderElection.enabled=false"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    argv = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set=leaderElection.enabled=false"]
+    result = subprocess.run([str(tools_bin / "helm"), *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "leaderElection.enabled=false runs every replica as if it were alone: with replicaCount=2" in result.stderr
 
