@@ -34,7 +34,7 @@
 #   TORCH_INDEX_URL                   torch's index (default PyPI; https://download.pytorch.org/whl/cpu: CPU-only)
 #   MODELLOOP_CACHE                   base tarball, wheelhouse and lock (default ~/.cache/modelloop)
 #   STORAGE_DRIVER                    buildah's storage driver (default: its storage.conf's; overlay)
-# Each image is also tagged modelloop/<name>:dev, the name hack/kind-e2e.sh and hack/kind/ use.
+# Each image is also tagged modelloop/<name>:dev, a short local alias.
 set -euo pipefail
 
 IMAGES_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -112,7 +112,7 @@ buildah_preflight() {
 }
 
 build_base() {  # the Debian base, made with mmdebstrap once (rebuilt when its recipe changes)
-  local recipe=(--variant=minbase --include=python3,python3-venv,ca-certificates
+  local recipe=(--variant=minbase --include='python3,python3-venv,ca-certificates'
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
     --dpkgopt='path-exclude=/usr/share/locale/*' "$IMAGES_SUITE")
@@ -151,7 +151,7 @@ wheelhouse() {  # prints the wheelhouse directory for the current pins, download
   local previous
   previous=$(find "$IMAGES_CACHE/wheelhouse" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' 2>/dev/null |
     sort -rn | head -1 | cut -d' ' -f2-)
-  [ -n "$previous" ] && cp -al "$previous"/*.whl "$dir"/ 2>/dev/null || true
+  if [ -n "$previous" ]; then cp -al "$previous"/*.whl "$dir"/ 2>/dev/null || true; fi
   log "wheelhouse $dir: pip download of the pinned requirements (first time: ~3 GB, torch bundles CUDA)"
   python3 -m pip download --quiet --progress-bar off --disable-pip-version-check "${IMAGES_PIP_TARGET[@]}" \
     --dest "$dir" -r "$reqs/all.txt" >&2 || die "pip download failed (see above); the wheelhouse is $dir"
