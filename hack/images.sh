@@ -305,11 +305,11 @@ main() {
   mkdir -p "$IMAGES_CACHE"
   IMAGES_TMP=$(mktemp -d "$IMAGES_CACHE/tmp.XXXXXX")
   trap 'rm -rf "$IMAGES_TMP"' EXIT
-  # One build at a time: two would race on the wheelhouse and the base.
-  exec 9>"$IMAGES_CACHE/images.lock"
-  flock -n 9 || { log "waiting for another hack/images.sh to finish"; flock 9; }
   case $command in
     build)
+      # One build at a time: two would race on the wheelhouse and the base.
+      exec 9>"$IMAGES_CACHE/images.lock"
+      flock -n 9 || { log "waiting for another hack/images.sh build to finish"; flock 9; }
       log "building ${targets[*]} with $builder"
       "build_$builder" "${targets[@]}"
       if [ -n "$address" ]; then images_import "$address" "${targets[@]}"; fi
