@@ -117,7 +117,10 @@ def test_schema_rejects_unknown_and_invalid_values(tools_bin: Path) -> None:
         ("--set=leaderElection.leaseName=Not_A_Name", "/leaderElection/leaseName"),
     ):
         result = subprocess.run(
-            [str(tools_bin / "helm"), "template", "x", str(CHART), bad], capture_output=True, text=True, timeout=120
+            [str(tools_bin / "helm"), "template", "x", str(CHART), "--kube-version", KUBE_VERSION, bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode != 0, bad
         assert expected in result.stderr, result.stderr
