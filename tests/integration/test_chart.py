@@ -132,7 +132,7 @@ def test_defaults_watch_the_cluster_with_two_replicas_and_leader_election(tools_
     assert deploy["spec"]["replicas"] == 2
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["modelloop-operator"]
-    assert container["image"].startswith("modelloop/operator:")
+    assert container["image"].startswith("ghcr.io/modelloop/operator:")
     assert "--all-namespaces" in container["args"] and "--standalone" not in container["args"]
     assert "--lease-name=modelloop" in container["args"]
     env = {e["name"]: e for e in container["env"]}

@@ -163,7 +163,8 @@ def test_one_leader_acts_and_the_standby_takes_over_after_a_sigkill(
     assert standby.leader_gauge() == 0
     assert leader.liveness() == {"role": "leader", "identity": identity, "lease": f"{ns}/{LEASE}"}
     assert f"became leader of lease {ns}/{LEASE} after " in leader.log()
-    assert f"standby: lease {ns}/{LEASE} is held by {identity}" in standby.log()
+    held = f"standby: lease {ns}/{LEASE} is held by {identity}"
+    wait_for(lambda: held in standby.log(), 30, "the standby to log who holds the lease", standby.proc)
 
     create_policy(api, ns, "first")
     wait_handled(api, ns, "first", leader)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import urllib.parse
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp.web
 import kopf
@@ -31,6 +34,8 @@ from .leadership import LOST_LEASE_EXIT_CODE, ElectionConfig, ElectionConfigErro
 
 _HANDLER_MODULES = (modelversion, policydaemon)  # imported for their registrations
 log = logging.getLogger("modelloop.operator")
+HANDLER_THREADS_GRACE = 15.0
+"""Seconds a stopping leader waits for handler threads before it exits without releasing its lease."""
 
 
 _ROUTINE = tuple(
@@ -187,7 +192,10 @@ async def _run_handlers(
     signal stops the handlers through the stop flag, and then releases the lease.
     """
     existing: Collection[asyncio.Task[Any]] = asyncio.all_tasks()
-    tasks = await kopf.spawn_tasks(standalone=True, stop_flag=handlers_stop, liveness_endpoint=None, **watch)
+    settings = kopf.OperatorSettings()  # the startup handler `configure` fills it in
+    tasks = await kopf.spawn_tasks(
+        settings=settings, standalone=True, stop_flag=handlers_stop, liveness_endpoint=None, **watch
+    )
     catch_signals()
     handlers = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="kopf")
     await asyncio.wait({handlers, renewer}, return_when=asyncio.FIRST_COMPLETED)
@@ -195,10 +203,52 @@ async def _run_handlers(
         lost = await _lost(renewer)
         _exit_lost(cfg, lost or Lost("the renewer stopped"))
     error = handlers.exception()
+    status = 0
     if error is not None or not handlers_stop.is_set():
         log.error("the handlers stopped unexpectedly (%r); releasing lease %s and exiting", error, cfg.lease)
-        return 1
-    return 0
+        status = 1
+    # kopf stops waiting for a sync handler after a while and leaves its thread running ("orphaned"),
+    # and a cancelled daemon's asyncio.to_thread step goes on too: the lease is released only once
+    # they have finished (still renewing meanwhile), or else the process exits without releasing.
+    drained = asyncio.create_task(_threads_finished(settings.execution.executor, HANDLER_THREADS_GRACE))
+    await asyncio.wait({drained, renewer}, return_when=asyncio.FIRST_COMPLETED)
+    if not drained.done():
+        _exit_lost(cfg, await _lost(renewer) or Lost("the renewer stopped"))
+    if not drained.result():
+        log.warning(
+            "handler threads still running %g s after the handlers stopped; exiting without releasing lease %s "
+            "(a standby takes over when it expires, within %d s)",
+            HANDLER_THREADS_GRACE, cfg.lease, cfg.lease_duration,
+        )  # fmt: skip
+        _flush_and_exit(1)
+    return status
+
+
+async def _threads_finished(executor: concurrent.futures.Executor, timeout: float) -> bool:
+    """Whether kopf's handler threads and the loop's default threads all finished within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    kopf_threads: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not kopf_threads.done():
+            kopf_threads.set_result(None)
+
+    def wait() -> None:
+        executor.shutdown(wait=True)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle)
+
+    threading.Thread(target=wait, name="handler threads", daemon=True).start()
+
+    async def both() -> None:
+        await kopf_threads
+        await loop.shutdown_default_executor()
+
+    try:
+        await asyncio.wait_for(both(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _lost(renewer: asyncio.Task[Lost | None]) -> Lost | None:
@@ -208,7 +258,7 @@ async def _lost(renewer: asyncio.Task[Lost | None]) -> Lost | None:
         return Lost(f"the renewer failed: {type(e).__name__}: {e}")
 
 
-def _exit_lost(cfg: ElectionConfig, lost: Lost) -> None:
+def _exit_lost(cfg: ElectionConfig, lost: Lost) -> NoReturn:
     """Stops everything at once: a standby may take the lease soon, and two replicas must never act together.
 
     No graceful stop (kopf's could take as long as a daemon's cancellation timeout): the process
@@ -217,11 +267,16 @@ def _exit_lost(cfg: ElectionConfig, lost: Lost) -> None:
     """
     metrics.LEADER.set(0)
     log.error("lost lease %s: %s; exiting so that only one replica acts", cfg.lease, lost.why)
+    _flush_and_exit(LOST_LEASE_EXIT_CODE)
+
+
+def _flush_and_exit(status: int) -> NoReturn:
+    """Exits now, killing every thread (a normal exit would wait for handler threads to finish)."""
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(LOST_LEASE_EXIT_CODE)
+    os._exit(status)
 
 
 async def _serve_liveness(url: str | None, state: Callable[[], dict[str, str]]) -> aiohttp.web.AppRunner | None:
