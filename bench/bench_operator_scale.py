@@ -184,8 +184,7 @@ RequestKey = tuple[str, str, str, str]
 OPERATOR_RESOURCES = {
     (c.GROUP, c.RETRAINPOLICY_PLURAL),
     (c.GROUP, c.MODELVERSION_PLURAL),
-    ("kopf.dev", "kopfpeerings"),
-    ("kopf.dev", "clusterkopfpeerings"),
+    ("coordination.k8s.io", "leases"),
     ("", "secrets"),
     ("", "pods"),
     ("", "events"),

@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Without a cloud and without kubelets these controllers either fail or evict the development
-# node's Pods (it does not post the heartbeats node-lifecycle expects).
+# node's Pods (it does not post the heartbeats node-lifecycle expects). With a real kubelet
+# (``advertise_address`` set) node lifecycle runs as in any cluster: it lifts the not-ready taint
+# a kubelet registers with. Pod CIDRs come from the kubelet's configuration, never from node-ipam.
 DISABLED_CONTROLLERS = ("node-ipam-controller", "node-lifecycle-controller", "taint-eviction-controller")
+DISABLED_WITH_A_NODE = ("node-ipam-controller",)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -296,7 +299,8 @@ class ControlPlane:
                 "--use-service-account-credentials=false",
                 f"--cluster-signing-cert-file={pki.ca_crt}",
                 f"--cluster-signing-key-file={pki.ca_key}",
-                "--controllers=*," + ",".join(f"-{c}" for c in DISABLED_CONTROLLERS),
+                "--controllers=*,"
+                + ",".join(f"-{c}" for c in (DISABLED_WITH_A_NODE if self.advertise_address else DISABLED_CONTROLLERS)),
                 "--kube-api-qps=100",
                 "--kube-api-burst=200",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
