@@ -237,7 +237,11 @@ class ControlPlane:
         )
         if self.advertise_address:
             # Pods reach the API server through the `kubernetes` Service, whose endpoint is this address.
-            listen = ["--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}"]
+            listen = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.advertise_address}",
+                "--kubelet-preferred-address-types=InternalIP",  # the node's name is not in any DNS
+            ]
         else:
             listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
 

@@ -164,6 +164,8 @@ def test_readme_install_serves_v1_on_every_replica(installed: Installed, report:
     operators = installed.operator_pods()
     assert len(operators) == 2, "the chart's default is two operator replicas"
     assert all(p["status"]["phase"] == "Running" for p in operators)
+    restarts = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"] for p in operators}
+    assert set(restarts.values()) == {0}, f"operator containers restarted: {restarts}"
     check(installed, installed.leader() is not None, "no operator replica holds the leader Lease")
 
 

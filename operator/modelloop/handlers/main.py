@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import urllib.parse
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     if election is None:
         metrics.LEADER.set(1)
-        kopf.run(standalone=True, liveness_endpoint=args.liveness or None, **watch)
+        # kopf's default identity comes from getpass.getuser(), which fails for a uid without a
+        # passwd entry (the images run as 65532): name the process ourselves.
+        identity = os.environ.get("POD_NAME") or socket.gethostname()
+        kopf.run(standalone=True, liveness_endpoint=args.liveness or None, identity=identity, **watch)
         return
     sys.exit(asyncio.run(_run_elected(election, args.liveness or None, watch)))
 
@@ -194,7 +198,12 @@ async def _run_handlers(
     existing: Collection[asyncio.Task[Any]] = asyncio.all_tasks()
     settings = kopf.OperatorSettings()  # the startup handler `configure` fills it in
     tasks = await kopf.spawn_tasks(
-        settings=settings, standalone=True, stop_flag=handlers_stop, liveness_endpoint=None, **watch
+        settings=settings,
+        standalone=True,
+        stop_flag=handlers_stop,
+        liveness_endpoint=None,
+        identity=cfg.identity,  # not getpass.getuser(): no passwd entry for the image's uid
+        **watch,
     )
     catch_signals()
     handlers = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="kopf")
