@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import aiohttp.web
 import kopf
+from kopf._core.engines.peering import Identity
 from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         # kopf's default identity comes from getpass.getuser(), which fails for a uid without a
         # passwd entry (the images run as 65532): name the process ourselves.
         identity = os.environ.get("POD_NAME") or socket.gethostname()
-        kopf.run(standalone=True, liveness_endpoint=args.liveness or None, identity=identity, **watch)
+        kopf.run(standalone=True, liveness_endpoint=args.liveness or None, identity=Identity(identity), **watch)
         return
     sys.exit(asyncio.run(_run_elected(election, args.liveness or None, watch)))
 
@@ -202,7 +203,7 @@ async def _run_handlers(
         standalone=True,
         stop_flag=handlers_stop,
         liveness_endpoint=None,
-        identity=cfg.identity,  # not getpass.getuser(): no passwd entry for the image's uid
+        identity=Identity(cfg.identity),  # not getpass.getuser(): no passwd entry for the image's uid
         **watch,
     )
     catch_signals()
