@@ -20,6 +20,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 
 def name_of(requirement: str) -> str:
@@ -40,7 +41,7 @@ def unique(requirements: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def split(pyproject: dict) -> dict[str, list[str]]:
+def split(pyproject: dict[str, Any]) -> dict[str, list[str]]:
     project = pyproject["project"]
     base = list(project.get("dependencies", []))
     extras = project.get("optional-dependencies", {})

@@ -85,7 +85,7 @@ for target in "${targets[@]}"; do
       ;;
     server)
       run "$image" server "import the server and the sidecar" python3 -c 'import modelloop_server.app, modelloop_server.sidecar; print("  server and sidecar import")'
-      run "$image" server "entrypoints on PATH" sh -c 'command -v modelloop-server modelloop-sidecar'
+      run "$image" server "entrypoints on PATH" sh -c 'command -v modelloop-server && command -v modelloop-sidecar'
       ;;
   esac
 done

@@ -248,8 +248,7 @@ images_import() {
       if [ "$builder" = docker ]; then
         docker save "$name" | "${ctr_[@]}" images import "${unpack[@]}" - >/dev/null
       else
-        buildah push --quiet --disable-compression "$name" "docker-archive:/dev/stdout:$name" |
-          "${ctr_[@]}" images import "${unpack[@]}" - >/dev/null
+        buildah_to_containerd "$name" "$ref" "${unpack[@]}"
       fi
       "${ctr_[@]}" images ls -q "name==$ref" | grep -qx "$ref" || die "$ref is not in containerd after the import"
       "${ctr_[@]}" images label "$ref" "$IMAGES_ID_LABEL=$id" >/dev/null
@@ -257,6 +256,28 @@ images_import() {
     fi
     "${ctr_[@]}" images tag --force "$ref" "$alias" >/dev/null
   done
+}
+
+# buildah_to_containerd NAME REF [ctr import options]: streams image NAME into containerd ($ctr_) as
+# REF, leaving out the layers containerd already holds: after the first image, the multi-gigabyte
+# torch layers are not ingested and unpacked again, so a rebuilt trainer or server imports in about
+# the time buildah takes to write it. buildah writes a docker-archive, uncompressed (gzip'ing
+# gigabytes of CUDA libraries only to unpack them again costs minutes; its `oci:` transport always
+# compresses), which hack/image-archive.py turns into an OCI archive without those layers.
+buildah_to_containerd() {
+  local name=$1 ref=$2
+  shift 2
+  local have
+  have=$(mktemp)
+  if "${ctr_[@]}" content ls -q >"$have" &&
+    buildah push --quiet --disable-compression "$name" "docker-archive:/dev/stdout:$name" |
+    python3 "$IMAGES_ROOT/hack/image-archive.py" "$have" "${ref##*:}" |
+    "${ctr_[@]}" images import --base-name "${ref%:*}" "$@" - >/dev/null; then
+    rm -f "$have"
+  else
+    rm -f "$have"
+    die "importing $name into containerd failed (see above)"
+  fi
 }
 
 normalize() {  # an image name as containerd stores it: docker.io/ added to names without a registry
