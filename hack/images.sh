@@ -21,7 +21,9 @@
 #
 # Importing (--address, or MODELLOOP_CONTAINERD_ADDRESS) streams each image into containerd's k8s.io
 # namespace with `ctr images import` and labels it with the image ID; an image whose ID containerd
-# already has is skipped. Other code can also source this file and call
+# already has is skipped, and the layers containerd already holds (the torch layers the trainer and
+# server share, the unchanged layers of a rebuilt image) are left out of the stream. Other code can
+# also source this file and call
 #   images_import SOCKET [operator|trainer|server ...]
 #
 # Environment:
@@ -34,7 +36,6 @@
 #   TORCH_INDEX_URL                   torch's index (default PyPI; https://download.pytorch.org/whl/cpu: CPU-only)
 #   MODELLOOP_CACHE                   base tarball, wheelhouse and lock (default ~/.cache/modelloop)
 #   STORAGE_DRIVER                    buildah's storage driver (default: its storage.conf's; overlay)
-# Each image is also tagged modelloop/<name>:dev, a short local alias.
 set -euo pipefail
 
 IMAGES_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,8 +67,6 @@ image_version() {
 image_name() {  # operator|trainer|server -> the image's name, e.g. ghcr.io/modelloop/operator:0.1.0
   echo "${MODELLOOP_IMAGE_REPO:-ghcr.io/modelloop}/$1:${MODELLOOP_IMAGE_TAG:-$(image_version)}"
 }
-
-image_alias() { echo "modelloop/$1:dev"; }
 
 image_inputs() {  # what goes into an image's build context (keep in step with the Dockerfile's COPYs)
   echo Dockerfile .dockerignore pyproject.toml README.md hack/image-requirements.py operator/modelloop
@@ -186,7 +185,7 @@ build_buildah() {  # target...
     # as-is by the other (one copy on disk), and a source change rebuilds only the top layers.
     buildah bud --quiet --layers --isolation chroot --force-rm --target "$target" \
       "${args[@]}" --volume "$wheels:/wheels:ro" --label "$IMAGES_LABEL=$hash" \
-      --tag "$name" --tag "$(image_alias "$target")" --file "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" >/dev/null ||
+      --tag "$name" --file "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" >/dev/null ||
       die "buildah bud --target $target failed (see above)"
     log "$target: built $name in $((SECONDS - t0))s, $(buildah_size "$name")"
   done
@@ -208,7 +207,7 @@ build_docker() {  # target...
       continue
     fi
     docker build --target "$target" "${args[@]}" --label "$IMAGES_LABEL=$hash" \
-      -t "$name" -t "$(image_alias "$target")" -f "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" ||
+      -t "$name" -f "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" ||
       die "docker build --target $target failed (see above)"
     log "$target: built $name in $((SECONDS - t0))s, $(human "$(docker image inspect --format '{{.Size}}' "$name")")"
   done
@@ -217,8 +216,8 @@ build_docker() {  # target...
 # ---------------------------------------------------------------- containerd
 
 # images_import SOCKET [target...]: put the built images into the containerd listening on SOCKET
-# (namespace $MODELLOOP_CONTAINERD_NAMESPACE, default k8s.io), under their names and the
-# modelloop/<name>:dev alias. Skips an image containerd already has with the same image ID.
+# (namespace $MODELLOOP_CONTAINERD_NAMESPACE, default k8s.io), under their names. Skips an image
+# containerd already has with the same image ID.
 images_import() {
   local address=${1:?images_import: containerd socket address}
   shift
@@ -230,12 +229,11 @@ images_import() {
   local ctr_=(ctr --address "$address" --namespace "$ns") unpack=()
   [ -n "${MODELLOOP_CONTAINERD_SNAPSHOTTER:-}" ] && unpack=(--snapshotter "$MODELLOOP_CONTAINERD_SNAPSHOTTER")
   "${ctr_[@]}" version >/dev/null 2>&1 || die "no containerd answers at $address"
-  local target name ref alias id t0
+  local target name ref id t0
   for target in "${targets[@]}"; do
     t0=$SECONDS
     name=$(image_name "$target")
     ref=$(normalize "$name")
-    alias=$(normalize "$(image_alias "$target")")
     if [ "$builder" = docker ]; then
       id=$(docker image inspect --format '{{.Id}}' "$name" 2>/dev/null) || die "$name is not built (make images)"
     else
@@ -254,7 +252,6 @@ images_import() {
       "${ctr_[@]}" images label "$ref" "$IMAGES_ID_LABEL=$id" >/dev/null
       log "$target: imported $ref into containerd at $address in $((SECONDS - t0))s"
     fi
-    "${ctr_[@]}" images tag --force "$ref" "$alias" >/dev/null
   done
 }
 
