@@ -45,10 +45,12 @@ IMAGES_BASE=localhost/modelloop/python:3.11-bookworm
 IMAGES_SUITE=bookworm
 IMAGES_LABEL=dev.modelloop.build-hash
 IMAGES_ID_LABEL=dev.modelloop.image-id
-# The wheels are for the base's interpreter: CPython 3.11 on glibc 2.36 (bookworm), x86_64.
+# The wheels are for the base's interpreter: CPython 3.11 on glibc 2.36 (bookworm), this machine's
+# architecture (mmdebstrap makes the base for it). pip needs every manylinux tag spelled out.
+IMAGES_ARCH=$(uname -m)
 IMAGES_PIP_TARGET=(--python-version 3.11 --implementation cp --abi cp311 --only-binary=:all:)
-for y in $(seq 36 -1 5); do IMAGES_PIP_TARGET+=(--platform "manylinux_2_${y}_x86_64"); done
-IMAGES_PIP_TARGET+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+for y in $(seq 36 -1 5); do IMAGES_PIP_TARGET+=(--platform "manylinux_2_${y}_$IMAGES_ARCH"); done
+for legacy in 2014 2010 1; do IMAGES_PIP_TARGET+=(--platform "manylinux${legacy}_$IMAGES_ARCH"); done
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() {
@@ -134,6 +136,20 @@ build_base() {  # the Debian base, made with mmdebstrap once (rebuilt when its r
   log "base $IMAGES_BASE: built in $((SECONDS - t0))s, $(buildah_size "$IMAGES_BASE")"
 }
 
+host_pip() {  # pip on this machine: the project's virtualenv's, python3's, or one in a virtualenv made for it
+  if [ -x "$IMAGES_ROOT/.venv/bin/python" ] && "$IMAGES_ROOT/.venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    "$IMAGES_ROOT/.venv/bin/python" -m pip "$@"
+  elif python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip "$@"
+  else
+    if [ ! -x "$IMAGES_CACHE/pip/bin/pip" ]; then
+      log "no pip on this machine: making a virtualenv for it in $IMAGES_CACHE/pip"
+      python3 -m venv "$IMAGES_CACHE/pip" || die "python3 -m venv failed: apt-get install python3-venv"
+    fi
+    "$IMAGES_CACHE/pip/bin/python" -m pip "$@"
+  fi
+}
+
 wheelhouse() {  # prints the wheelhouse directory for the current pins, downloading what it lacks
   local reqs=$IMAGES_TMP/requirements key dir t0=$SECONDS
   python3 "$IMAGES_ROOT/hack/image-requirements.py" "$IMAGES_ROOT/pyproject.toml" "$reqs"
@@ -152,7 +168,7 @@ wheelhouse() {  # prints the wheelhouse directory for the current pins, download
     sort -rn | head -1 | cut -d' ' -f2-)
   if [ -n "$previous" ]; then cp -al "$previous"/*.whl "$dir"/ 2>/dev/null || true; fi
   log "wheelhouse $dir: pip download of the pinned requirements (first time: ~3 GB, torch bundles CUDA)"
-  python3 -m pip download --quiet --progress-bar off --disable-pip-version-check "${IMAGES_PIP_TARGET[@]}" \
+  host_pip download --quiet --progress-bar off --disable-pip-version-check "${IMAGES_PIP_TARGET[@]}" \
     --dest "$dir" -r "$reqs/all.txt" >&2 || die "pip download failed (see above); the wheelhouse is $dir"
   cp "$reqs/all.txt" "$dir/requirements.txt"
   touch "$dir/.complete"
@@ -163,8 +179,6 @@ wheelhouse() {  # prints the wheelhouse directory for the current pins, download
 }
 
 build_buildah() {  # target...
-  buildah_preflight
-  mkdir -p "$IMAGES_CACHE"
   build_base
   local wheels base_id
   wheels=$(wheelhouse)
@@ -320,6 +334,7 @@ main() {
   [ ${#targets[@]} = 0 ] && targets=("${IMAGES_ALL[@]}")
   local builder
   builder=$(pick_builder)
+  [ "$builder" = buildah ] && [ "$command" != import ] && buildah_preflight
   mkdir -p "$IMAGES_CACHE"
   IMAGES_TMP=$(mktemp -d "$IMAGES_CACHE/tmp.XXXXXX")
   trap 'rm -rf "$IMAGES_TMP"' EXIT
