@@ -256,9 +256,8 @@ images_import() {
     if "${ctr_[@]}" images ls "name==$ref" | grep -q "$IMAGES_ID_LABEL=$id"; then
       log "$target: containerd at $address already has $ref ($id)"
     else
-      # Uncompressed: gzip'ing gigabytes of CUDA libraries only to unpack them again costs minutes.
-      if [ "$builder" = docker ]; then
-        docker save "$name" | "${ctr_[@]}" images import "${unpack[@]}" - >/dev/null
+      if [ "$builder" = docker ]; then  # docker save: uncompressed layers, all of them
+        docker save "$name" | "${ctr_[@]}" images import --base-name "${ref%:*}" "${unpack[@]}" - >/dev/null
       else
         buildah_to_containerd "$name" "$ref" "${unpack[@]}"
       fi
