@@ -154,7 +154,15 @@ wheelhouse() {  # prints the wheelhouse directory for the current pins, download
   local reqs=$IMAGES_TMP/requirements key dir t0=$SECONDS
   python3 "$IMAGES_ROOT/hack/image-requirements.py" "$IMAGES_ROOT/pyproject.toml" "$reqs"
   cat "$reqs"/{build,operator,trainer,server}.txt | LC_ALL=C sort -u >"$reqs/all.txt"
-  key=$( (cat "$reqs/all.txt" && printf '%s\n' "${IMAGES_PIP_TARGET[@]}") | sha256sum | cut -c1-16)
+  # TORCH_INDEX_URL: torch (and what it needs) from that index, the rest from PyPI.
+  local torch_index=${TORCH_INDEX_URL:-}
+  if [ -n "$torch_index" ]; then
+    grep -vxF -f "$reqs/torch.txt" "$reqs/all.txt" >"$reqs/pypi.txt" || true
+  else
+    cp "$reqs/all.txt" "$reqs/pypi.txt"
+  fi
+  key=$( (cat "$reqs/all.txt" && printf '%s\n' "${IMAGES_PIP_TARGET[@]}" ${torch_index:+"torch-index=$torch_index"}) |
+    sha256sum | cut -c1-16)
   dir=$IMAGES_CACHE/wheelhouse/$key
   if [ -e "$dir/.complete" ]; then
     log "wheelhouse $dir: up to date"
@@ -169,7 +177,12 @@ wheelhouse() {  # prints the wheelhouse directory for the current pins, download
   if [ -n "$previous" ]; then cp -al "$previous"/*.whl "$dir"/ 2>/dev/null || true; fi
   log "wheelhouse $dir: pip download of the pinned requirements (first time: ~3 GB, torch bundles CUDA)"
   host_pip download --quiet --progress-bar off --disable-pip-version-check "${IMAGES_PIP_TARGET[@]}" \
-    --dest "$dir" -r "$reqs/all.txt" >&2 || die "pip download failed (see above); the wheelhouse is $dir"
+    --dest "$dir" -r "$reqs/pypi.txt" >&2 || die "pip download failed (see above); the wheelhouse is $dir"
+  if [ -n "$torch_index" ]; then
+    host_pip download --quiet --progress-bar off --disable-pip-version-check "${IMAGES_PIP_TARGET[@]}" \
+      --index-url "$torch_index" --dest "$dir" -r "$reqs/torch.txt" >&2 ||
+      die "pip download of torch from $torch_index failed (see above)"
+  fi
   cp "$reqs/all.txt" "$dir/requirements.txt"
   touch "$dir/.complete"
   # Older wheelhouses are superseded; their files live on as hard links where still needed.
