@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -12,42 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_server_support import start_server
 
 from modelloop.api import constants as c
-from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
 BIN = Path(sys.executable).parent
 JSON = {"Content-Type": "application/json"}
 GOOD = [float(i % 17) for i in range(64)]
-
-
-def start_server(tmp: Path, host: str = "127.0.0.1", **env: str) -> tuple[ManagedProcess, str, Path]:
-    model_dir = tmp / "models"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for n in (1, 2):
-        write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, "digits", f"v{n}", n)
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
-    proc = ManagedProcess(
-        "server",
-        [BIN / "modelloop-server"],
-        tmp / "server.log",
-        env={
-            **base,
-            c.ENV_MODEL: "digits",
-            "MODELLOOP_MODEL_DIR": str(model_dir),
-            "MODELLOOP_BIND_HOST": host,
-            "MODELLOOP_PORT": str(port),
-            "MODELLOOP_MAX_BATCH": "8",
-            "MODELLOOP_MAX_BODY_BYTES": "65536",
-            **env,
-        },
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 120, "server ready", proc)
-    return proc, url, model_dir
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ the sidecar, the refusal becomes a ``ModelTooLarge`` Event on the Pod and is not
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -17,14 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server_support import Cluster, Replica, publish_versions
+from test_server_support import Cluster, Replica, publish_versions, start_server
 
 from modelloop.api import constants as c
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
-from modelloop_dev.processes import ManagedProcess, free_port, wait_for
-from modelloop_server.synthetic import write_local_version
-from modelloop_trainer.examples.digits import DigitsPlugin
+from modelloop_dev.processes import wait_for
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -50,30 +47,10 @@ def refusals(base: str) -> float:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     """A real server process over v1 and v2 on disk, limited by a fake cgroup; (url, model dir, cgroup root)."""
-    model_dir = tmp_path / "models"
-    for n in (1, 2):
-        write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, "digits", f"v{n}", n)
-    (model_dir / ".current").write_text("v1\n")
     cgroup = tmp_path / "cgroup"
     set_cgroup(cgroup, LIMIT, 10 * MiB)
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
-    proc = ManagedProcess(
-        "server",
-        [BIN / "modelloop-server"],
-        tmp_path / "server.log",
-        env={
-            **base,
-            c.ENV_MODEL: "digits",
-            "MODELLOOP_MODEL_DIR": str(model_dir),
-            "MODELLOOP_BIND_HOST": "127.0.0.1",
-            "MODELLOOP_PORT": str(port),
-            "MODELLOOP_CGROUP_ROOT": str(cgroup),
-        },
-    ).start()
-    url = f"http://127.0.0.1:{port}"
+    proc, url, model_dir = start_server(tmp_path, current="v1", MODELLOOP_CGROUP_ROOT=str(cgroup))
     try:
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 120, "server ready", proc)
         yield url, model_dir, cgroup
     finally:
         proc.stop()

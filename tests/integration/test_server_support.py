@@ -26,7 +26,7 @@ from modelloop.api.artifacts import artifact_uri
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
-from modelloop_server.synthetic import publish_synthetic
+from modelloop_server.synthetic import publish_synthetic, write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,3 +226,35 @@ class Replica:
             if metric == name and have == want:
                 return float(value)
         return 0.0
+
+
+def start_server(
+    tmp: Path, host: str = "127.0.0.1", current: str | None = None, **env: str
+) -> tuple[ManagedProcess, str, Path]:
+    """A real ``modelloop-server`` over synthetic v1 and v2 on disk (``current`` loaded at start), no sidecar."""
+    model_dir = tmp / "models"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for n in (1, 2):
+        write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, "digits", f"v{n}", n)
+    if current is not None:
+        (model_dir / ".current").write_text(f"{current}\n")
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
+    proc = ManagedProcess(
+        "server",
+        [BIN / "modelloop-server"],
+        tmp / "server.log",
+        env={
+            **base,
+            c.ENV_MODEL: "digits",
+            "MODELLOOP_MODEL_DIR": str(model_dir),
+            "MODELLOOP_BIND_HOST": host,
+            "MODELLOOP_PORT": str(port),
+            "MODELLOOP_MAX_BATCH": "8",
+            "MODELLOOP_MAX_BODY_BYTES": "65536",
+            **env,
+        },
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 120, "server ready", proc)
+    return proc, url, model_dir
