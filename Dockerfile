@@ -32,7 +32,18 @@ RUN python3 /src/image-requirements.py /src/pyproject.toml /requirements
 
 # What every image shares: a virtualenv on PATH and a runtime environment that writes nothing outside /tmp.
 FROM ${PYTHON_IMAGE} AS python
-RUN python3 -m venv /opt/modelloop
+# prune-console-scripts.py: after the modelloop wheel is installed, removes the console scripts of
+# modules the image does not carry (modelloop-devnode, the trainer's and server's in the operator
+# image, ...), so that each image lists only what it can run.
+RUN python3 -m venv /opt/modelloop \
+ && printf '%s\n' \
+      'import importlib.metadata, pathlib, sys' \
+      'for ep in importlib.metadata.distribution("modelloop").entry_points.select(group="console_scripts"):' \
+      '    try:' \
+      '        ep.load()' \
+      '    except ImportError:' \
+      '        pathlib.Path(sys.prefix, "bin", ep.name).unlink()' \
+    > /opt/modelloop/prune-console-scripts.py
 ENV PATH=/opt/modelloop/bin:$PATH \
     HOME=/tmp \
     TMPDIR=/tmp \
@@ -57,18 +68,9 @@ ARG PIP_ARGS=
 COPY --from=requirements /requirements/operator.txt /opt/modelloop/requirements/
 RUN pip install $PIP_ARGS -r /opt/modelloop/requirements/operator.txt
 COPY --from=operator-wheel /dist/ /tmp/dist/
-# The console scripts of modules an image does not carry (modelloop-devnode, the trainer's and the
-# server's in the operator image, ...) are removed, so each image lists only what it can run.
 RUN pip install --no-deps /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
- && printf '%s\n' \
-      'import importlib.metadata, pathlib, sys' \
-      'for ep in importlib.metadata.distribution("modelloop").entry_points.select(group="console_scripts"):' \
-      '    try:' \
-      '        ep.load()' \
-      '    except ImportError:' \
-      '        pathlib.Path(sys.prefix, "bin", ep.name).unlink()' \
-    | python3 - \
+ && python3 /opt/modelloop/prune-console-scripts.py \
  && modelloop-operator --help >/dev/null
 # The same uid the chart's securityContext names; no shell access needed at runtime.
 USER 65532:65532
@@ -108,14 +110,7 @@ RUN pip install $PIP_ARGS -r /opt/modelloop/requirements/trainer.txt
 COPY --from=trainer-wheel /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
- && printf '%s\n' \
-      'import importlib.metadata, pathlib, sys' \
-      'for ep in importlib.metadata.distribution("modelloop").entry_points.select(group="console_scripts"):' \
-      '    try:' \
-      '        ep.load()' \
-      '    except ImportError:' \
-      '        pathlib.Path(sys.prefix, "bin", ep.name).unlink()' \
-    | python3 - \
+ && python3 /opt/modelloop/prune-console-scripts.py \
  && python3 -c "import modelloop_trainer.train, modelloop_trainer.verify" \
  && modelloop-trainer --help >/dev/null
 # Everything that writes goes under /tmp, which the Job mounts as an emptyDir (the trainer downloads
@@ -149,14 +144,7 @@ RUN pip install $PIP_ARGS -r /opt/modelloop/requirements/server.txt
 COPY --from=server-wheel /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
- && printf '%s\n' \
-      'import importlib.metadata, pathlib, sys' \
-      'for ep in importlib.metadata.distribution("modelloop").entry_points.select(group="console_scripts"):' \
-      '    try:' \
-      '        ep.load()' \
-      '    except ImportError:' \
-      '        pathlib.Path(sys.prefix, "bin", ep.name).unlink()' \
-    | python3 - \
+ && python3 /opt/modelloop/prune-console-scripts.py \
  && python3 -c "import modelloop_server.app, modelloop_server.sidecar"
 ENV MODELLOOP_MODEL_DIR=/models
 USER 65532:65532
