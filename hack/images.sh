@@ -4,7 +4,7 @@
 #
 #   hack/images.sh [build] [--builder auto|buildah|docker] [--address SOCKET] [operator|trainer|server ...]
 #   hack/images.sh import --address SOCKET [operator|trainer|server ...]   # import what is built, build nothing
-#   hack/images.sh prune                                                  # drop buildah's stale layer cache
+#   hack/images.sh prune                                                  # drop earlier builds' layers
 #
 # Without Docker (the default where no Docker daemon answers) it builds with buildah, as root, with
 # nothing from a container registry:
@@ -196,7 +196,7 @@ build_buildah() {  # target...
   local wheels base_id
   wheels=$(wheelhouse)
   base_id=$(buildah_id "$IMAGES_BASE")
-  local target name hash t0 args
+  local target name hash t0 args built=0
   for target in "$@"; do
     t0=$SECONDS
     name=$(image_name "$target")
@@ -215,7 +215,21 @@ build_buildah() {  # target...
       --tag "$name" --file "$IMAGES_ROOT/Dockerfile" "$IMAGES_ROOT" >/dev/null ||
       die "buildah bud --target $target failed (see above)"
     log "$target: built $name in $((SECONDS - t0))s, $(buildah_size "$name")"
+    built=1
   done
+  if [ $built = 1 ]; then prune_stale; fi
+}
+
+prune_stale() {  # removes the big leftovers of earlier builds (hack/image-prune.py says which), keeps the cache
+  local ids
+  mapfile -t ids < <(python3 "$IMAGES_ROOT/hack/image-prune.py" "$(buildah info --format '{{.store.GraphRoot}}')" \
+    "$(buildah info --format '{{.store.GraphDriverName}}')" "$IMAGES_BASE")
+  [ ${#ids[@]} = 0 ] && return 0
+  if buildah rmi "${ids[@]}" >/dev/null; then
+    log "removed ${#ids[@]} leftover images of earlier builds (their torch and dependency layers)"
+  else
+    log "warning: could not remove some leftover images of earlier builds (see above)"
+  fi
 }
 
 # ---------------------------------------------------------------- docker
@@ -364,8 +378,7 @@ main() {
       images_import "$address" "${targets[@]}"
       ;;
     prune)
-      # Removes the intermediate images of --layers; the next build rebuilds the torch layers.
-      buildah rmi --prune
+      prune_stale
       ;;
   esac
 }
