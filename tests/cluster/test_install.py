@@ -17,6 +17,7 @@ from the state the previous one left):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -137,11 +138,9 @@ def report(installed: Installed, pytestconfig: pytest.Config) -> Iterator[dict[s
     figures: dict[str, Any] = {"install_s": round(installed.install_s, 1), **timings}
     yield figures
     line = "cluster figures: " + json.dumps(figures, default=str)
-    terminal = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        terminal.write_line(line)
-    else:
-        print(line)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(f"\n{line}")
 
 
 def check(installed: Installed, ok: bool, what: str) -> None:
