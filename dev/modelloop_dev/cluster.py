@@ -117,7 +117,6 @@ class Cluster:
             self.stop()
             raise
         self.timings["cluster"] = time.monotonic() - t0
-        (NODE_DIR / "workdir").write_text(str(self.workdir))
         return self
 
     def stop(self) -> None:
