@@ -17,7 +17,9 @@ Failure handling, for whoever reads the Events at night: a corrupt or missing ar
 (Event ``ArtifactRejected`` naming the file) and the old model keeps serving; it is retried only
 when the desired version changes or after a long backoff (someone may re-upload it). A version the
 server refuses because it would not fit in the container's memory limit gets Event
-``ModelTooLarge`` with the server's message (sizes, limit, what to change) and the same retry rule. MinIO or the
+``ModelTooLarge`` with the server's message (sizes, limit, what to change) and the same retry rule;
+so does one that would overflow the model volume's emptyDir ``sizeLimit`` (Event
+``ModelVolumeTooSmall``, refused before downloading: the kubelet would evict every replica at once). MinIO or the
 API server being down is retried with backoff; a full disk cleans up the partial download. A
 candidate that fails verification gets a Warning Event ``CandidatePrefetchFailed`` and nothing
 else changes: serving is untouched, and the promotion (if it comes) tries the download again.
@@ -30,6 +32,7 @@ import errno
 import json
 import logging
 import random
+import shutil
 import signal
 import threading
 import time
@@ -50,8 +53,9 @@ from modelloop.api.artifacts import ArtifactError, check_version, parse_artifact
 from modelloop.clients.artifactstore import fetch_version
 from modelloop.clients.objectstore import ObjectStore, StoreConfig
 
+from .diskroom import REASON_NO_ROOM, VolumeLimit, disk_usage, room_decision, volume_limit
 from .memory import REASON_TOO_LARGE
-from .modeldir import clean_temp_dirs, prune, verify_local
+from .modeldir import clean_temp_dirs, prune, verify_local, versions_on_disk
 from .settings import SettingsError, SidecarSettings
 
 log = logging.getLogger("modelloop_sidecar")
@@ -189,6 +193,14 @@ class TooLarge(Rejected):
     """
 
 
+class NoRoom(Rejected):
+    """The version would overflow the model volume's sizeLimit (the kubelet would evict the Pod).
+
+    Refused before downloading it, retried like a rejected artifact: the Deployment's sizeLimit
+    must change, which restarts the Pod anyway.
+    """
+
+
 class Transient(Exception):
     """Something that heals (MinIO, the API server or the model server unreachable); retry with backoff."""
 
@@ -261,6 +273,7 @@ class Sidecar:
         self.prefetch_wake = threading.Event()
         self._events_lock = threading.Lock()
         self._last_event: dict[tuple[str, str], tuple[str, int]] = {}
+        self._volume_limit: tuple[VolumeLimit | None] | None = None
 
     # --- watch ------------------------------------------------------------------------------
 
@@ -386,9 +399,18 @@ class Sidecar:
         bucket, _ = parse_artifact_uri(d.artifact_uri)
         started = time.monotonic()
         try:
-            fetch_version(self._store(bucket), self.s.model, d.version, dest, expected_digest=d.digest)
+            fetch_version(
+                self._store(bucket),
+                self.s.model,
+                d.version,
+                dest,
+                expected_digest=d.digest,
+                admit=lambda manifest: self.make_room(d, sum(f.size for f in manifest.files)),
+            )
         except ArtifactError as e:
             raise Rejected(str(e)) from e
+        except NoRoom:
+            raise
         except OSError as e:
             clean_temp_dirs(self.s.model_dir, d.version)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -406,6 +428,44 @@ class Sidecar:
         )  # fmt: skip
         self._verified.add(d)
         return dest
+
+    def volume_limit(self) -> VolumeLimit | None:
+        """The model volume's sizeLimit, read once from this Pod's spec.
+
+        Through an empty merge patch (a no-op that returns the Pod): the Role grants ``patch`` on
+        Pods already, and ``get`` would let the sidecar read every Pod in the namespace.
+        """
+        if self._volume_limit is None:
+            try:
+                pod = self.core.patch_namespaced_pod(self.s.pod_name, self.s.namespace, {}, _request_timeout=(5, 30))
+            except Exception as e:  # noqa: BLE001 — ApiException or a connection error: heals, retry
+                raise Transient(f"cannot read Pod {self.s.namespace}/{self.s.pod_name} for its volumes: {e}") from None
+            spec = self.api.sanitize_for_serialization(pod)  # type: ignore[no-untyped-call]
+            found = volume_limit(spec, self.s.model_dir.resolve())
+            self._volume_limit = (found,)
+            if found is not None:
+                log.info("model volume '%s' has sizeLimit %s", found.volume, found.declared)
+        return self._volume_limit[0]
+
+    def make_room(self, d: Desired, need: int) -> None:
+        """Refuse ``d`` before downloading it if it cannot fit under the volume's sizeLimit; drop spare copies if that helps."""
+        limit = self.volume_limit()
+        if limit is None:
+            return
+        with self._disk_lock:
+            keep = {self.served.version} if self.served is not None else set()
+            keep |= self.downloads.versions() - {d.version}
+            on_disk = versions_on_disk(self.s.model_dir)
+            droppable = [(v, disk_usage(self.s.model_dir / v)) for v in on_disk if v not in keep]
+            decision = room_decision(
+                d.version, need, limit, disk_usage(self.s.model_dir), droppable, sorted(keep & set(on_disk))
+            )
+            if not decision.fits:
+                raise NoRoom(decision.message)
+            for v in decision.drop:
+                shutil.rmtree(self.s.model_dir / v, ignore_errors=True)
+        if decision.drop:
+            log.info("removed %s from the model volume to make room for %s", ", ".join(decision.drop), d.version)
 
     def reload_server(self, d: Desired, path: Path) -> dict[str, Any]:
         req = urllib.request.Request(
@@ -605,7 +665,8 @@ class Sidecar:
                 msg = f"refused {self.pending.version}: {e}; still serving {still}"
                 log.error("%s (retry in %.0fs or when the desired version changes)", msg, retry_at - time.monotonic())
                 if rejected != self.pending:
-                    self.event(REASON_TOO_LARGE if isinstance(e, TooLarge) else REASON_REJECTED, msg)
+                    reason = REASON_TOO_LARGE if isinstance(e, TooLarge) else REASON_REJECTED
+                    self.event(REASON_NO_ROOM if isinstance(e, NoRoom) else reason, msg)
                 rejected = self.pending
             except Transient as e:
                 attempts += 1

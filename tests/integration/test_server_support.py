@@ -90,13 +90,24 @@ class Cluster:
         since = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.patch_status({"desired": {**self.ref(version, digest), "since": since, "reason": reason}})
 
-    def create_pod(self, name: str) -> None:
-        """The Pod object the sidecar annotates; no node runs it (the processes run here)."""
+    def create_pod(self, name: str, model_dir: Path | None = None, size_limit: str | None = None) -> None:
+        """The Pod object the sidecar annotates; no node runs it (the processes run here).
+
+        With ``size_limit``, its sidecar mounts ``model_dir`` (the local path the processes use)
+        from an emptyDir of that sizeLimit, which is what the sidecar reads from its Pod spec.
+        """
+        containers: list[dict[str, Any]] = [{"name": "server", "image": "modelloop/server:dev"}]
+        volumes: list[dict[str, Any]] = []
+        if size_limit is not None:
+            assert model_dir is not None
+            mount = {"name": "models", "mountPath": str(model_dir)}
+            containers.append({"name": "sidecar", "image": "modelloop/server:dev", "volumeMounts": [mount]})
+            volumes.append({"name": "models", "emptyDir": {"sizeLimit": size_limit}})
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/name": MODEL}},
-            "spec": {"containers": [{"name": "server", "image": "modelloop/server:dev"}]},
+            "spec": {"containers": containers, "volumes": volumes},
         }
         self.core.create_namespaced_pod(self.ns, body)
 
@@ -108,9 +119,11 @@ class Cluster:
         """Whether the pod's sidecar has reported ``digest`` as served."""
         return self.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digest
 
-    def start_replica(self, workdir: Path, pod: str, version: str, digest: str) -> Replica:
+    def start_replica(
+        self, workdir: Path, pod: str, version: str, digest: str, size_limit: str | None = None
+    ) -> Replica:
         """A Pod object plus its server + sidecar, returned once the sidecar reports ``version`` served."""
-        self.create_pod(pod)
+        self.create_pod(pod, replica_model_dir(workdir, pod), size_limit)
         replica = Replica(workdir, pod, self.ns, self.minio.env(self.bucket), self.serving_kubeconfig(workdir))
         self.set_desired(version, digest)
         replica.start()
@@ -155,6 +168,10 @@ class Cluster:
         return path
 
 
+def replica_model_dir(workdir: Path, pod: str) -> Path:
+    return workdir / pod / "models"
+
+
 class Replica:
     """A serving Pod's two containers as local processes sharing a model directory."""
 
@@ -163,7 +180,7 @@ class Replica:
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.model_dir = workdir / pod / "models"
+        self.model_dir = replica_model_dir(workdir, pod)
         self.model_dir.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_", "KUBECONFIG"))}
         common = {

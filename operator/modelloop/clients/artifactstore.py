@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -84,11 +85,13 @@ def fetch_version(
     dest: Path,
     expected_digest: str | None = None,
     only: set[str] | None = None,
+    admit: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download a version into ``dest`` atomically: a temp dir beside it, verified, then renamed.
 
     ``dest`` either appears complete and verified or not at all. ``only`` limits the download to
-    some files (e.g. just the weights); each is still checked against the manifest.
+    some files (e.g. just the weights); each is still checked against the manifest. ``admit`` sees
+    the checked manifest before any file is fetched and may raise to stop (e.g. no room for it).
     """
     manifest, digest, raw = _read_manifest(store, model, version)
     if expected_digest and digest != expected_digest:
@@ -96,6 +99,8 @@ def fetch_version(
             f"s3://{store.bucket}/{version_prefix(model, version)}{MANIFEST_FILE}: digest {digest} differs from "
             f"the expected {expected_digest}; the version was rewritten after promotion, refusing it"
         )
+    if admit is not None:
+        admit(manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
