@@ -27,7 +27,6 @@ REASON_NO_ROOM = "ModelVolumeTooSmall"
 """The sidecar's Event reason when a version would overflow the model volume's sizeLimit."""
 
 
-
 @dataclass(frozen=True)
 class VolumeLimit:
     """The ``sizeLimit`` of the emptyDir mounted at the model dir, as declared and in bytes."""
