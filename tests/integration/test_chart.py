@@ -3,17 +3,22 @@ would check, and have the real API server accept every rendered object (server-s
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from modelloop.api.constants import GROUP, RETRAINPOLICY_PLURAL, VERSION
 from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/modelloop"
@@ -30,6 +35,10 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set=alerts.enabled=true",
         "--set=metrics.serviceMonitor.enabled=true",
         "--set=alerts.runbookBaseURL=https://wiki.example.com/modelloop/runbooks",
+        "--set=policyGuard.enabled=true",
+        "--set=policyGuard.allowedImagePrefixes={ghcr.io/modelloop/}",
+        "--set=policyGuard.allowedServiceAccounts={trainer}",
+        "--set=policyGuard.allowedStorageEndpoints={minio.digits.svc:9000}",
     ],
     "single-replica": ["--set=replicaCount=1", "--set=dashboard.enabled=false", "--set=aggregateToDefaultRoles=false"],
     "standalone": ["--set=replicaCount=1", "--set=leaderElection.enabled=false"],
@@ -313,3 +322,71 @@ def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namesp
         assert not can(verb, resource), f"the operator should not {verb} {resource}"
     other = control_plane.kubectl("auth", "can-i", "list", "pods", "-n", "default", "--as", operator, check=False)
     assert other.stdout.strip() == "no", "a namespaced install must not reach other namespaces"
+
+
+@pytest.mark.integration
+def test_policy_guard_refuses_what_the_allowlists_do_not_name(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, tools_bin: Path
+) -> None:
+    """The optional ValidatingAdmissionPolicy, as the API server enforces it, in one namespace only."""
+    control_plane.kubectl("label", "namespace", namespace, f"guard-test={namespace}")
+    docs = render(
+        tools_bin,
+        namespace,
+        "--set=policyGuard.enabled=true",
+        "--set=policyGuard.allowedImagePrefixes={registry.example.com/ml/,ghcr.io/modelloop/}",
+        "--set=policyGuard.allowedServiceAccounts={trainer}",
+        "--set=policyGuard.allowedStorageEndpoints={minio.ml.svc:9000}",
+        f"--set=policyGuard.namespaceSelector.matchLabels.guard-test={namespace}",
+    )
+    guard = [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert [d["kind"] for d in guard] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": guard})
+    control_plane.kubectl("apply", "-f", "-", input=listing)
+    custom = client.CustomObjectsApi(api)
+
+    def create(name: str, **changes: Any) -> str:
+        """'' when the API server would accept the policy (a dry run: nothing is stored), else its message."""
+        spec = copy.deepcopy(GUARDED_SPEC)
+        for path, value in changes.items():
+            node = spec
+            *parents, leaf = path.split("__")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RetrainPolicy", "metadata": {"name": name}, "spec": spec}
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, RETRAINPOLICY_PLURAL, body, dry_run="All")
+        except ApiException as e:
+            return str(json.loads(e.body).get("message", e.body))
+        return ""
+
+    try:
+        # The policy takes effect once the API server has compiled it: wait for the first refusal.
+        first = wait_until(lambda: create("probe", training__image="docker.io/evil/miner:1") or None, 30)
+        assert "spec.training.image docker.io/evil/miner:1 is not from an allowed registry" in first, first
+        assert "registry.example.com/ml/, ghcr.io/modelloop/" in first
+        assert "not allowed" in create("sa", training__serviceAccountName="admin")
+        assert "spec.storage.endpoint evil.example.com:443 is not allowed" in create(
+            "endpoint", storage__endpoint="evil.example.com:443"
+        )
+        assert create("ok", training__image="registry.example.com/ml/trainer:2") == ""
+        assert create("ok-sa", training__serviceAccountName="trainer") == ""
+    finally:
+        for d in reversed(guard):
+            control_plane.kubectl("delete", d["kind"], d["metadata"]["name"], "--wait=true", check=False)
+
+
+GUARDED_SPEC: dict[str, Any] = {
+    "model": "digits",
+    "storage": {"endpoint": "minio.ml.svc:9000", "bucket": "models", "trainerCredentials": {"secretName": "s3"}},
+    "dataset": {"path": "datasets/digits"},
+    "training": {"image": "ghcr.io/modelloop/trainer:0.1.0"},
+    "serving": {"deployment": "digits"},
+}
+
+
+def wait_until(probe: Callable[[], str | None], timeout: float) -> str:
+    found: list[str] = []
+    wait_for(lambda: bool(found.append(probe() or "") or found[-1]), timeout, "the admission policy to refuse")
+    return found[-1]
