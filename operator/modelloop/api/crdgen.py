@@ -267,7 +267,8 @@ KINDS: Final = (
             PrinterColumn("Version", "string", ".spec.version", "Version, in training order."),
             PrinterColumn("Phase", "string", ".status.phase", "Where the version is in its life cycle."),
             PrinterColumn("Progress", "string", ".status.progress.summary", "Training epoch n/m."),
-            PrinterColumn("Accuracy", "number", ".status.metrics.holdoutAccuracy", "Holdout accuracy."),
+            # A string written to 3 decimals: a number column prints every digit (0.9108635097493036).
+            PrinterColumn("Accuracy", "string", ".status.metrics.summary", "Holdout accuracy, 3 decimals."),
             PrinterColumn("Parent", "string", ".spec.parentVersion", "Version fine-tuned from.", 1),
             PrinterColumn("Policy", "string", ".spec.policy", "Owning RetrainPolicy.", 1),
             PrinterColumn("Message", "string", ".status.message", "Why the phase is what it is.", 1),
@@ -300,8 +301,10 @@ def crd(kind: Kind) -> Schema:
         "description": kind.description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": f"{GROUP}/{VERSION}"},
+            "kind": {"type": "string", "description": kind.kind},
+            # No description: the API server forbids anything but name/generateName rules here, and
+            # publishes ObjectMeta's own documentation for kubectl explain.
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
