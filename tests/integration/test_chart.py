@@ -521,3 +521,17 @@ def test_promtool_proves_the_alert_overrides(tools_bin: Path, tmp_path: Path) ->
     for argv in (["check", "rules", "rendered-rules.yaml"], ["test", "rules", "overrides_test.yaml"]):
         result = subprocess.run([promtool, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_no_object_is_a_helm_hook(tools_bin: Path, values: list[str]) -> None:
+    """Hooks are left behind by `helm uninstall` and re-created by Argo CD on every sync (issue 18)."""
+    hooks = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in render(tools_bin, "modelloop", *values)
+        if any(k.startswith("helm.sh/hook") for k in (d["metadata"].get("annotations") or {}))
+    ]
+    assert not hooks
+    assert not list((CHART / "templates").glob("*hook*")) and "helm.sh/hook" not in "".join(
+        p.read_text() for p in (CHART / "templates").iterdir()
+    )
