@@ -380,6 +380,10 @@ Annotations on a RetrainPolicy (the operator never edits them; what it did is ke
 `modelloop.dev/retrain-now=<any new value>` starts a training now;
 `modelloop.dev/rollback-to=<vN|previous>` serves that version again.
 
+`kubectl get mv` lists by name, so `digits-v10` comes before `digits-v9`;
+`kubectl get mv --sort-by=.metadata.creationTimestamp` lists versions in training order. The ACCURACY
+column is `status.metrics.summary`, the holdout accuracy to 3 decimals (`tests/integration/test_printer_columns.py`).
+
 """
 
 
