@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,10 +44,28 @@ VALUE_SETS: dict[str, list[str]] = {
     ],
     "single-replica": ["--set=replicaCount=1", "--set=dashboard.enabled=false", "--set=aggregateToDefaultRoles=false"],
     "standalone": ["--set=replicaCount=1", "--set=leaderElection.enabled=false"],
+    # Every value added for platform teams, overridden at once.
+    "overrides": [
+        "--set=fullnameOverride=ml-operator",
+        "--set=nameOverride=ml",
+        "--set=extraArgs={--verbose}",
+        '--set-json=extraEnv=[{"name":"MODELLOOP_WORKERS","value":"16"},{"name":"MODELLOOP_POLICY_RESYNC",'
+        '"valueFrom":{"configMapKeyRef":{"name":"modelloop-tuning","key":"resync","optional":true}}}]',
+        "--set=metrics.serviceMonitor.enabled=true",
+        "--set=servingMetrics.podMonitor.enabled=true",
+        "--set=servingMetrics.podMonitor.namespaces={serving-a}",
+        "--set=alerts.enabled=true",
+        "--set=alerts.recordingRules=false",
+        "--set=alerts.additionalRuleLabels.team=ml-platform",
+        '--set-json=alerts.rules={"ModelloopOperatorDown":{"disabled":true},"ModelloopLiveAccuracyLow":'
+        '{"threshold":0.9,"severity":"warning","for":"1h","labels":{"channel":"ml-oncall"}},'
+        '"ModelloopServingLatencyHigh":{"threshold":0.25},"ModelloopFeedbackBacklog":{"threshold":5000}}',
+    ],
 }
+PROMTOOL_OVERRIDES = ROOT / "tests/promtool/overrides"
 
 # Just enough of the Prometheus Operator's CRDs for the API server to accept (and so validate the
-# envelope of) ServiceMonitor and PrometheusRule objects; their spec is not checked.
+# envelope of) ServiceMonitor, PodMonitor and PrometheusRule objects; their spec is not checked.
 MONITORING_CRDS: list[dict[str, Any]] = [
     {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -70,7 +90,11 @@ MONITORING_CRDS: list[dict[str, Any]] = [
             ],
         },
     }
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules"))
+    for kind, plural in (
+        ("ServiceMonitor", "servicemonitors"),
+        ("PodMonitor", "podmonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    )
 ]
 
 
@@ -124,6 +148,16 @@ def test_schema_rejects_unknown_and_invalid_values(tools_bin: Path) -> None:
         ("--set=metrics.port=8081", "/metrics/port"),
         ("--set=peering.name=modelloop", "additional properties 'peering' not allowed"),
         ("--set=leaderElection.leaseName=Not_A_Name", "/leaderElection/leaseName"),
+        ("--set=fullnameOverride=Not_A_Name", "/fullnameOverride"),
+        ("--set=extraEnv[0].name=POD_NAME", "/extraEnv/0/name"),
+        ("--set=extraArgs[0]=", "/extraArgs/0"),
+        (
+            "--set=alerts.rules.ModelloopNoSuchAlert.disabled=true",
+            "additional properties 'ModelloopNoSuchAlert' not allowed",
+        ),
+        ("--set=alerts.rules.ModelloopNoLeader.severity=page", "/alerts/rules/ModelloopNoLeader/severity"),
+        ("--set=alerts.rules.ModelloopNoLeader.for=soon", "/alerts/rules/ModelloopNoLeader/for"),
+        ("--set=servingMetrics.podMonitor.path=metrics", "/servingMetrics/podMonitor/path"),
     ):
         result = subprocess.run(
             [str(tools_bin / "helm"), "template", "x", str(CHART), "--kube-version", KUBE_VERSION, bad],
@@ -221,10 +255,16 @@ def test_prometheus_rule_carries_the_tested_alerts(tools_bin: Path) -> None:
     (rule,) = by_kind(docs, "PrometheusRule")
     source = yaml.safe_load((CHART / "files/alerts.yaml").read_text())
     rendered = rule["spec"]["groups"]
-    assert [r["alert"] for g in rendered for r in g["rules"]] == [
-        r["alert"] for g in source["groups"] for r in g["rules"]
-    ]
-    for g in rendered:
+    recording = yaml.safe_load((CHART / "files/recording-rules.yaml").read_text())["groups"]
+    # Without overrides the rules are the tested file's, rule for rule (only the runbook prefix differs).
+    shipped = json.loads(
+        json.dumps(source["groups"]).replace(
+            "https://github.com/modelloop/modelloop/blob/main/docs/runbooks.md",
+            "https://wiki.example.com/modelloop/runbooks",
+        )
+    )
+    assert rendered == shipped + recording
+    for g in rendered[: len(shipped)]:
         for r in g["rules"]:
             assert r["annotations"]["runbook_url"].startswith("https://wiki.example.com/modelloop/runbooks#")
             assert "{{ $labels." in r["annotations"]["summary"] or "{{" not in r["annotations"]["summary"]
@@ -390,3 +430,185 @@ def wait_until(probe: Callable[[], str | None], timeout: float) -> str:
     found: list[str] = []
     wait_for(lambda: bool(found.append(probe() or "") or found[-1]), timeout, "the admission policy to refuse")
     return found[-1]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_object_names_its_component(tools_bin: Path, values: list[str]) -> None:
+    docs = [d for d in render(tools_bin, "modelloop", *values) if d["kind"] != "CustomResourceDefinition"]
+    unlabelled = [f"{d['kind']}/{d['metadata']['name']}" for d in docs if not component(d)]
+    assert not unlabelled, f"no app.kubernetes.io/component label: {unlabelled}"
+    components = {(d["kind"], component(d)) for d in docs}
+    assert ("Deployment", "operator") in components and ("Service", "operator") in components
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    # The selector is immutable: the component label must not have been added to it.
+    assert "app.kubernetes.io/component" not in deploy["spec"]["selector"]["matchLabels"]
+    for crd in by_kind(render(tools_bin, "modelloop", *values), "CustomResourceDefinition"):
+        assert component(crd) == "crd", crd["metadata"]["name"]
+
+
+def component(doc: dict[str, Any]) -> str | None:
+    labels: dict[str, str] = doc["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/component")
+
+
+def test_name_overrides_rename_every_object_and_keep_the_selectors_matching(tools_bin: Path) -> None:
+    default = render(tools_bin, "modelloop")
+    docs = render(tools_bin, "modelloop", *VALUE_SETS["overrides"])
+    assert len(docs) > len(default)  # the monitoring objects come on top
+    named = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+    assert all(d["metadata"]["name"].startswith("ml-operator") for d in named), [d["metadata"]["name"] for d in named]
+    for d in named:
+        assert d["metadata"]["labels"]["app.kubernetes.io/name"] == "ml", d["metadata"]["name"]
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["serviceAccountName"] == "ml-operator"
+    (service,) = by_kind(docs, "Service")
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # The Service is no longer called *modelloop-operator*, which the operator alerts match on job.
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (relabel,) = endpoint["relabelings"]
+    assert relabel["targetLabel"] == "job" and "modelloop-operator" in relabel["replacement"]
+    (default_monitor,) = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["everything-on"]), "ServiceMonitor")
+    assert "relabelings" not in default_monitor["spec"]["endpoints"][0]
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert binding["subjects"][0]["name"] == "ml-operator"
+        assert binding["roleRef"]["name"].startswith("ml-operator")
+
+
+def test_extra_env_and_args_reach_the_operator(tools_bin: Path) -> None:
+    (deploy,) = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["overrides"]), "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["--all-namespaces", "--lease-name=modelloop", "--verbose"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MODELLOOP_WORKERS"] == {"name": "MODELLOOP_WORKERS", "value": "16"}
+    assert env["MODELLOOP_POLICY_RESYNC"]["valueFrom"]["configMapKeyRef"]["key"] == "resync"
+    assert {"MODELLOOP_METRICS_PORT", "POD_NAME", "POD_NAMESPACE"} <= env.keys()
+    # The names the values comments and docs/install.md promise are the ones the operator reads.
+    operator_source = "".join(p.read_text() for p in (ROOT / "operator/modelloop/handlers").glob("*.py"))
+    documented = set(re.findall(r"MODELLOOP_[A-Z_]+", (CHART / "values.yaml").read_text()))
+    assert {"MODELLOOP_WORKERS", "MODELLOOP_POLICY_RESYNC"} <= documented
+    for name in documented - {"MODELLOOP_METRICS_PORT", "MODELLOOP_LIVENESS"}:
+        assert f'"{name}"' in operator_source, f"values.yaml documents {name}, which the operator does not read"
+
+
+def test_pod_monitor_selects_the_example_serving_pods(tools_bin: Path) -> None:
+    (monitor,) = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["overrides"]), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["serving-a"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    example = [d for d in yaml.safe_load_all((ROOT / "examples/serving-deployment.yaml").read_text()) if d]
+    (serving,) = [d for d in example if d["kind"] == "Deployment"]
+    pod = serving["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"]: p for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert endpoint["port"] in ports, f"the example's containers have no port named {endpoint['port']}"
+    assert endpoint["path"] == pod["metadata"]["annotations"]["prometheus.io/path"]
+    namespaced = render(tools_bin, "ops", "--set=servingMetrics.podMonitor.enabled=true", "--set=watchNamespaces={a,b}")
+    (monitor,) = by_kind(namespaced, "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+    (monitor,) = by_kind(render(tools_bin, "ops", "--set=servingMetrics.podMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+
+
+def rendered_alerts(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (rule,) = by_kind(docs, "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+
+
+def source_alerts() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load((CHART / "files/alerts.yaml").read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+def test_alert_overrides(tools_bin: Path) -> None:
+    source = source_alerts()
+    alerts = rendered_alerts(render(tools_bin, "modelloop", *VALUE_SETS["overrides"]))
+    assert "ModelloopOperatorDown" not in alerts
+    assert alerts.keys() == source.keys() - {"ModelloopOperatorDown"}
+    for name, rule in alerts.items():
+        assert rule["labels"]["team"] == "ml-platform", name
+    low = alerts["ModelloopLiveAccuracyLow"]
+    assert low["labels"] == {"severity": "warning", "team": "ml-platform", "channel": "ml-oncall"}
+    assert low["for"] == "1h"
+    assert low["expr"] == source["ModelloopLiveAccuracyLow"]["expr"].replace("< 0.85", "< 0.9")
+    assert "less than 90% of the time" in low["annotations"]["description"]
+    latency = alerts["ModelloopServingLatencyHigh"]
+    assert latency["expr"].strip().endswith("> 0.25") and latency["for"] == "10m"
+    assert "above 250ms" in latency["annotations"]["description"]
+    backlog = alerts["ModelloopFeedbackBacklog"]
+    assert "> 5000" in backlog["expr"] and "more than 5000 feedback records" in backlog["annotations"]["description"]
+    untouched = alerts["ModelloopNoLeader"]
+    assert untouched["expr"] == source["ModelloopNoLeader"]["expr"] and untouched["for"] == "5m"
+    rule = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["overrides"]), "PrometheusRule")[0]
+    assert not [g for g in rule["spec"]["groups"] if g["name"] == "modelloop.recording"]
+    defaults = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["everything-on"]), "PrometheusRule")[0]
+    (recording,) = [g for g in defaults["spec"]["groups"] if g["name"] == "modelloop.recording"]
+    assert all("record" in r for r in recording["rules"])
+
+
+def test_every_threshold_override_changes_its_alert(tools_bin: Path) -> None:
+    """The thresholds the template knows (modelloop.alertThresholds) still match files/alerts.yaml."""
+    helpers = (CHART / "templates/_helpers.tpl").read_text()
+    block = helpers.split('{{- define "modelloop.alertThresholds" -}}', 1)[1].split("{{- end -}}", 1)[0]
+    thresholds: dict[str, dict[str, str]] = yaml.safe_load(block)
+    source = source_alerts()
+    assert thresholds.keys() <= source.keys()
+    overrides = {name: {"threshold": 1234.5} for name in thresholds}
+    alerts = rendered_alerts(
+        render(tools_bin, "modelloop", "--set=alerts.enabled=true", f"--set-json=alerts.rules={json.dumps(overrides)}")
+    )
+    for name, t in thresholds.items():
+        assert source[name]["expr"].count(t["expr"]) == 1, f"{name}: {t['expr']!r} is not once in its expr"
+        op = t["expr"].split()[0]
+        assert alerts[name]["expr"] == source[name]["expr"].replace(t["expr"], f"{op} 1234.5"), name
+        if "text" in t:
+            assert t["text"] in source[name]["annotations"]["description"], name
+            assert t["text"] not in alerts[name]["annotations"]["description"], name
+
+
+def test_threshold_on_an_alert_without_one_is_refused(tools_bin: Path) -> None:
+    argv = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set=alerts.enabled=true"]
+    result = subprocess.run(
+        [str(tools_bin / "helm"), *argv, "--set=alerts.rules.ModelloopNoLeader.threshold=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "alerts.rules.ModelloopNoLeader.threshold: ModelloopNoLeader has no threshold to override" in result.stderr
+
+
+def test_schema_lists_every_alert(tools_bin: Path) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    names = schema["properties"]["alerts"]["properties"]["rules"]["properties"]
+    assert sorted(names) == sorted(source_alerts())
+
+
+def test_promtool_proves_the_alert_overrides(tools_bin: Path, tmp_path: Path) -> None:
+    """tests/promtool/overrides: the rule file the chart renders with those values, run through promtool."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not on PATH (Debian package prometheus)"
+    docs = render(tools_bin, "modelloop", "-f", str(PROMTOOL_OVERRIDES / "values.yaml"))
+    (rule,) = by_kind(docs, "PrometheusRule")
+    (tmp_path / "rendered-rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    shutil.copy(PROMTOOL_OVERRIDES / "overrides_test.yaml", tmp_path)
+    for argv in (["check", "rules", "rendered-rules.yaml"], ["test", "rules", "overrides_test.yaml"]):
+        result = subprocess.run([promtool, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_no_object_is_a_helm_hook(tools_bin: Path, values: list[str]) -> None:
+    """Hooks are left behind by `helm uninstall` and re-created by Argo CD on every sync (issue 18)."""
+    hooks = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in render(tools_bin, "modelloop", *values)
+        if any(k.startswith("helm.sh/hook") for k in (d["metadata"].get("annotations") or {}))
+    ]
+    assert not hooks
+    assert not list((CHART / "templates").glob("*hook*")) and "helm.sh/hook" not in "".join(
+        p.read_text() for p in (CHART / "templates").iterdir()
+    )

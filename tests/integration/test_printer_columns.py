@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,9 @@ import pytest
 from kubernetes import client
 
 from modelloop.api.constants import GROUP, MODELVERSION_PLURAL, RETRAINPOLICY_PLURAL, VERSION
+from modelloop.api.modelversion import ModelVersionStatus
 from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +49,15 @@ VERSION_OBJ = {
     "metadata": {"name": "digits-v4"},
     "spec": {"model": "digits", "version": "v4", "parentVersion": "v3", "policy": "digits"},
 }
-VERSION_STATUS = {
-    "phase": "Verifying",
-    "message": "verification job running",
-    "progress": {"epoch": 20, "epochs": 20, "summary": "epoch 20/20"},
-    "metrics": {"holdoutAccuracy": 0.9375},
-}
+# As the operator writes it: through the model, which derives metrics.summary from holdoutAccuracy.
+VERSION_STATUS = ModelVersionStatus.model_validate(
+    {
+        "phase": "Verifying",
+        "message": "verification job running",
+        "progress": {"epoch": 20, "epochs": 20, "summary": "epoch 20/20"},
+        "metrics": {"holdoutAccuracy": 0.9108635097493036},
+    }
+).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def create_with_status(api: client.ApiClient, namespace: str, plural: str, obj: dict[str, Any], status: Any) -> None:
@@ -103,7 +110,7 @@ def test_policy_and_version_columns_show_the_status(
         "VERSION": "v4",
         "PHASE": "Verifying",
         "PROGRESS": "epoch 20/20",
-        "ACCURACY": 0.9375,
+        "ACCURACY": "0.911",
     }
     (version_wide,) = table(api, namespace, MODELVERSION_PLURAL, wide=True)
     assert (version_wide["PARENT"], version_wide["POLICY"]) == ("v3", "digits")
@@ -118,7 +125,7 @@ def test_policy_and_version_columns_show_the_status(
     assert rp_row.split()[:7] == ["retrainpolicy.modelloop.dev/digits", "digits", "v3", "v4", "1/2", "42", "True"]
     mv_header, mv_row = blocks["modelversion.modelloop.dev/digits-v4"][:2]
     assert mv_header.split()[:3] == ["NAME", "MODEL", "VERSION"]
-    assert "epoch 20/20" in mv_row
+    assert "epoch 20/20" in mv_row and "0.911" in mv_row.split() and "0.9108" not in mv_row
     by_short_name = control_plane.kubectl("get", "mv", "digits-v4", "-n", namespace, cache).stdout.split()
     assert by_short_name[:11] == [
         "NAME",
@@ -134,3 +141,32 @@ def test_policy_and_version_columns_show_the_status(
         "Verifying",
     ]
     assert "epoch 20/20" in control_plane.kubectl("get", "mv", "-n", namespace, cache).stdout
+
+
+def test_versions_list_in_training_order_by_creation_time(
+    api: client.ApiClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    """Names sort as text (digits-v10 before digits-v9); ``--sort-by=.metadata.creationTimestamp``, the
+    order docs/api.md tells people to use, is training order. The AGE column shows the same."""
+    custom = client.CustomObjectsApi(api)
+    for n in (9, 10, 11):
+        obj = {
+            **VERSION_OBJ,
+            "metadata": {"name": f"digits-v{n}"},
+            "spec": {**VERSION_OBJ["spec"], "version": f"v{n}", "parentVersion": f"v{n - 1}"},
+        }
+        created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, MODELVERSION_PLURAL, obj)
+        # creationTimestamp has whole seconds: let the next one fall in a later second.
+        stamp = datetime.fromisoformat(created["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        wait_for(functools.partial(_reached, stamp + timedelta(seconds=1)), 5, "the next second")
+
+    def names(*args: str) -> list[str]:
+        out = control_plane.kubectl("get", "mv", "-n", namespace, "--no-headers", *args).stdout
+        return [line.split()[0] for line in out.splitlines()]
+
+    assert names() == ["digits-v10", "digits-v11", "digits-v9"]
+    assert names("--sort-by=.metadata.creationTimestamp") == ["digits-v9", "digits-v10", "digits-v11"]
+
+
+def _reached(moment: datetime) -> bool:
+    return datetime.now(UTC) >= moment

@@ -15,6 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts/modelloop/files/alerts.yaml"
+RECORDING = ROOT / "charts/modelloop/files/recording-rules.yaml"
 PROMTOOL_TESTS = sorted((ROOT / "tests/promtool").glob("*_test.yaml"))
 RUNBOOKS = ROOT / "docs/runbooks.md"
 RUNBOOK_PREFIX = "https://github.com/modelloop/modelloop/blob/main/docs/runbooks.md#"
@@ -33,8 +34,21 @@ def _alerts() -> list[dict[str, Any]]:
 
 
 def test_promtool_check_rules() -> None:
-    result = subprocess.run([_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_promtool(), "check", "rules", str(ALERTS), str(RECORDING)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_recording_rule_is_tested() -> None:
+    records = {r["record"] for g in yaml.safe_load(RECORDING.read_text())["groups"] for r in g["rules"]}
+    tested = {
+        case["expr"]
+        for path in PROMTOOL_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("promql_expr_test", [])
+    }
+    assert records <= tested, f"no promql_expr_test for {sorted(records - tested)}"
 
 
 def test_promtool_unit_tests() -> None:
@@ -89,3 +103,26 @@ def test_every_alert_is_actionable(rule: dict[str, Any]) -> None:
         if line.startswith("#")
     }
     assert anchor in headings, f"docs/runbooks.md has no heading for {rule['alert']}"
+
+
+def _runbook_sections() -> dict[str, str]:
+    sections: dict[str, str] = {}
+    name = None
+    for line in RUNBOOKS.read_text().splitlines():
+        if line.startswith("## "):
+            name = line.removeprefix("## ").strip()
+            sections[name] = ""
+        elif name is not None:
+            sections[name] += line + "\n"
+    return sections
+
+
+@pytest.mark.parametrize("rule", _alerts(), ids=lambda r: r["alert"])
+def test_severity_is_the_runbooks(rule: dict[str, Any]) -> None:
+    """Each runbook section states the severity; critical (a page) only where answers fail or are wrong."""
+    section = _runbook_sections()[rule["alert"]]
+    stated = re.search(r"\*\*Severity: (\w+)\.\*\*", section)
+    assert stated, f"docs/runbooks.md#{rule['alert'].lower()} does not state a severity"
+    assert stated.group(1) == rule["labels"]["severity"], f"{rule['alert']}: runbook says {stated.group(1)}"
+    paging = {"ModelloopServingErrorRateHigh", "ModelloopLiveAccuracyLow"}
+    assert (rule["labels"]["severity"] == "critical") == (rule["alert"] in paging), rule["alert"]

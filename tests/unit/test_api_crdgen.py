@@ -146,7 +146,12 @@ def test_free_form_maps_preserve_unknown_fields_and_string_maps_stay_typed() -> 
 
 
 def test_datetimes_enums_and_list_maps() -> None:
-    assert at(openapi(RP), "status.rollout.startedAt") == {"format": "date-time", "nullable": True, "type": "string"}
+    assert at(openapi(RP), "status.rollout.startedAt") == {
+        "format": "date-time",
+        "nullable": True,
+        "type": "string",
+        "description": "When the serving pods were told to load the desired version.",
+    }
     phase = at(openapi(MV), "status.phase")
     assert phase["enum"] == [
         "Pending",
@@ -242,7 +247,10 @@ def test_crd_metadata_names_and_subresources() -> None:
     for kind, short in ((RP, "rp"), (MV, "mv")):
         doc = crd(kind)
         assert doc["metadata"]["name"] == f"{kind.plural}.modelloop.dev"
-        assert doc["metadata"]["labels"] == {"app.kubernetes.io/part-of": "modelloop"}
+        assert doc["metadata"]["labels"] == {
+            "app.kubernetes.io/part-of": "modelloop",
+            "app.kubernetes.io/component": "crd",
+        }
         names = doc["spec"]["names"]
         assert (names["shortNames"], names["categories"], doc["spec"]["scope"]) == (
             [short],
@@ -279,7 +287,7 @@ def test_printer_columns() -> None:
         ("VERSION", ".spec.version"),
         ("PHASE", ".status.phase"),
         ("PROGRESS", ".status.progress.summary"),
-        ("ACCURACY", ".status.metrics.holdoutAccuracy"),
+        ("ACCURACY", ".status.metrics.summary"),
         ("AGE", ".metadata.creationTimestamp"),
     ]
     assert all(prio in (0, 1) for kind in KINDS for *_, prio in columns(kind))

@@ -1,8 +1,19 @@
+{{/* The chart's name, or nameOverride: the app.kubernetes.io/name label. */}}
+{{- define "modelloop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object's name: fullnameOverride, or <release>-<name> (just <release> when it already contains the name). */}}
 {{- define "modelloop.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "modelloop.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -13,8 +24,14 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* Labels of one object of a component: call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "modelloop.componentLabels" -}}
+{{ include "modelloop.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
 {{- define "modelloop.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "modelloop.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -52,4 +69,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/*
+Alerts whose threshold `alerts.rules.<alert>.threshold` replaces: `expr` is the comparison as it
+stands, once, in files/alerts.yaml (tests/integration/test_chart.py checks); `text` is where the
+description says the number, rewritten in `unit` (percent: 0.85 -> 85%, ms: 0.5 -> 500ms).
+*/}}
+{{- define "modelloop.alertThresholds" -}}
+ModelloopReconcileErrors: {expr: "> 0.05"}
+ModelloopTrainingFailing: {expr: ">= 3"}
+ModelloopVerificationRejecting: {expr: ">= 3"}
+ModelloopModelStale: {expr: "> 1000"}
+ModelloopLiveAccuracyLow: {expr: "< 0.85", text: "less than 85%", prefix: "less than ", unit: percent}
+ModelloopServingErrorRateHigh: {expr: "> 0.05", text: "More than 5%", prefix: "More than ", unit: percent}
+ModelloopServingLatencyHigh: {expr: "> 0.5", text: "above 500ms", prefix: "above ", unit: ms}
+ModelloopFeedbackBacklog: {expr: "> 1000", text: "more than 1000 feedback", prefix: "more than ", suffix: " feedback"}
 {{- end -}}

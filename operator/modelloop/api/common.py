@@ -22,15 +22,25 @@ class Condition(ApiModel):
     """The Kubernetes condition schema (metav1.Condition)."""
 
     type: str = Field(
+        description="Condition type, e.g. Ready, Training, Verified; one entry per type.",
         min_length=1,
         max_length=316,
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
     )
-    status: ConditionStatus
-    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime = Field(alias="lastTransitionTime")
-    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason for the status, stable enough to alert or script on.",
+    )
+    message: str = Field(default="", max_length=32768, description="What happened and what to do, for people.")
+    last_transition_time: datetime = Field(
+        alias="lastTransitionTime", description="When status last changed (not when the condition was last checked)."
+    )
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", ge=0, description="metadata.generation the condition was set for."
+    )
 
 
 MAX_CONDITIONS = 32
@@ -46,4 +56,4 @@ class SecretKeyRef(ApiModel):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Secret in the policy's namespace.",
     )
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_serializer, model_validator
 
 from .artifacts import FeedbackSnapshot
 from .cel import rule, validations
@@ -87,62 +87,145 @@ class ModelVersionSpec(ApiModel):
 
 
 class TrainingProgress(ApiModel):
-    epoch: int = Field(default=0, ge=0)
-    epochs: int = Field(default=0, ge=0)
-    loss: float | None = None
-    validation_accuracy: float | None = Field(default=None, alias="validationAccuracy")
+    """How far the training Job is, as the trainer last reported it."""
+
+    epoch: int = Field(default=0, ge=0, description="Epochs completed.")
+    epochs: int = Field(default=0, ge=0, description="Epochs the training runs in all.")
+    loss: float | None = Field(default=None, description="Training loss of the last completed epoch.")
+    validation_accuracy: float | None = Field(
+        default=None, alias="validationAccuracy", description="Validation accuracy (0-1) after the last epoch."
+    )
     summary: str = Field(default="", description="'epoch n/m', for the printer column.")
 
 
 class VersionMetrics(ApiModel):
-    validation_accuracy: float | None = Field(default=None, alias="validationAccuracy", ge=0, le=1)
-    holdout_accuracy: float | None = Field(default=None, alias="holdoutAccuracy", ge=0, le=1)
-    baseline_holdout_accuracy: float | None = Field(default=None, alias="baselineHoldoutAccuracy", ge=0, le=1)
-    macro_f1: float | None = Field(default=None, alias="macroF1", ge=0, le=1)
-    per_class_accuracy: dict[str, float] = Field(default_factory=dict, alias="perClassAccuracy")
-    latency_p95_ms: float | None = Field(default=None, alias="latencyP95Ms")
-    peak_memory_mi_b: float | None = Field(default=None, alias="peakMemoryMiB")
-    throughput_rps: float | None = Field(default=None, alias="throughputRps")
+    """What the verification Job measured: the numbers the gates judged."""
+
+    validation_accuracy: float | None = Field(
+        default=None, alias="validationAccuracy", ge=0, le=1, description="Accuracy (0-1) on the validation split."
+    )
+    holdout_accuracy: float | None = Field(
+        default=None,
+        alias="holdoutAccuracy",
+        ge=0,
+        le=1,
+        description="Accuracy (0-1) on the holdout set the active version was scored on too.",
+    )
+    baseline_holdout_accuracy: float | None = Field(
+        default=None,
+        alias="baselineHoldoutAccuracy",
+        ge=0,
+        le=1,
+        description="The then-active version's holdout accuracy (0-1), measured in the same Job; null when none was active.",
+    )
+    macro_f1: float | None = Field(
+        default=None, alias="macroF1", ge=0, le=1, description="Macro-averaged F1 (0-1) on the holdout set."
+    )
+    per_class_accuracy: dict[str, float] = Field(
+        default_factory=dict, alias="perClassAccuracy", description="Holdout accuracy (0-1) per class name."
+    )
+    latency_p95_ms: float | None = Field(
+        default=None, alias="latencyP95Ms", description="95th percentile of single-request latency in the probe, ms."
+    )
+    peak_memory_mi_b: float | None = Field(
+        default=None, alias="peakMemoryMiB", description="Peak memory of the loaded model in the probe, MiB."
+    )
+    throughput_rps: float | None = Field(
+        default=None, alias="throughputRps", description="Requests per second the probe sustained."
+    )
+    summary: str = Field(
+        default="", description="holdoutAccuracy to 3 decimals (e.g. 0.911), for the printer column; derived."
+    )
+
+    def _shown(self) -> str:
+        return "" if self.holdout_accuracy is None else f"{self.holdout_accuracy:.3f}"
+
+    @model_validator(mode="after")
+    def _derive_summary(self) -> VersionMetrics:
+        """Derived from holdoutAccuracy when read and each time the status is written (below), so the
+        two never disagree and no writer has to remember it: a printer column cannot round a number."""
+        self.summary = self._shown()
+        return self
+
+    @field_serializer("summary")
+    def _summary(self, _: str) -> str:
+        return self._shown()
 
 
 class GateResult(ApiModel):
-    name: str
-    passed: bool
-    value: float | None = None
-    threshold: float | None = None
-    message: str = ""
+    """One verification gate's verdict."""
+
+    name: str = Field(
+        description="The gate, as named in the policy's spec.verification.gates (e.g. minHoldoutAccuracy)."
+    )
+    passed: bool = Field(description="Whether the version passed this gate.")
+    value: float | None = Field(default=None, description="What was measured; null when it could not be.")
+    threshold: float | None = Field(default=None, description="What the gate required.")
+    message: str = Field(default="", description="The verdict in words, e.g. 'holdoutAccuracy 0.84 < 0.88'.")
 
 
 class ArtifactRef(ApiModel):
-    uri: str
-    manifest_digest: str = Field(alias="manifestDigest", pattern=r"^sha256:[0-9a-f]{64}$")
+    """Where the trained version lives."""
+
+    uri: str = Field(description="s3://<bucket>/<model>/<version>/, the prefix holding the version's files.")
+    manifest_digest: str = Field(
+        alias="manifestDigest",
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of manifest.json; the sidecar loads nothing whose manifest differs.",
+    )
 
 
 class ModelVersionStatus(ApiModel):
     """Phase, training progress, metrics, each gate's result, the artifact and the Jobs that made it."""
 
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="metadata.generation this status reflects."
+    )
     phase: Phase = Field(
         default=Phase.PENDING,
         description="Where the version is: Pending → Training → Verifying → Verified → Promoting → Active → Superseded, or Rejected / Failed / RolledBack.",
     )
     message: str = Field(default="", description="Why the phase is what it is, for people.")
-    progress: TrainingProgress = Field(default_factory=TrainingProgress)
-    metrics: VersionMetrics = Field(default_factory=VersionMetrics)
+    progress: TrainingProgress = Field(
+        default_factory=TrainingProgress, description="Training progress, as the trainer last reported it."
+    )
+    metrics: VersionMetrics = Field(
+        default_factory=VersionMetrics, description="What verification measured; empty until it has run."
+    )
     gates: list[GateResult] = Field(
         default_factory=list, max_length=MAX_GATES, description="Each verification gate: value, threshold, passed."
     )
     artifact: ArtifactRef | None = Field(
         default=None, description="Where the trained version lives and its manifest digest."
     )
-    training_job: str | None = Field(default=None, alias="trainingJob")
-    verification_job: str | None = Field(default=None, alias="verificationJob")
-    training_attempts: int = Field(default=0, alias="trainingAttempts", ge=0)
-    start_time: datetime | None = Field(default=None, alias="startTime")
-    training_completion_time: datetime | None = Field(default=None, alias="trainingCompletionTime")
-    completion_time: datetime | None = Field(default=None, alias="completionTime")
-    promoted_at: datetime | None = Field(default=None, alias="promotedAt")
+    training_job: str | None = Field(
+        default=None, alias="trainingJob", description="The training Job's name (kubectl logs job/<name>)."
+    )
+    verification_job: str | None = Field(
+        default=None, alias="verificationJob", description="The verification Job's name (kubectl logs job/<name>)."
+    )
+    training_attempts: int = Field(
+        default=0,
+        alias="trainingAttempts",
+        ge=0,
+        description="Training Jobs started for this version (retries included).",
+    )
+    start_time: datetime | None = Field(default=None, alias="startTime", description="When training started.")
+    training_completion_time: datetime | None = Field(
+        default=None, alias="trainingCompletionTime", description="When training finished and the manifest was found."
+    )
+    completion_time: datetime | None = Field(
+        default=None,
+        alias="completionTime",
+        description="When verification decided (Verified or Rejected) or it failed.",
+    )
+    promoted_at: datetime | None = Field(
+        default=None, alias="promotedAt", description="When every serving replica first served this version."
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=CONDITIONS_LIST_MAP
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Trained, Verified and Ready (the summary), Kubernetes-style.",
     )
     kopf: dict[str, Any] | None = Field(default=None, description="kopf's own bookkeeping.")

@@ -538,7 +538,7 @@ class DesiredVersion(ApiModel):
         pattern=r"^sha256:[0-9a-f]{64}$",
         description="sha256 of the version's manifest.json; pods report it when serving.",
     )
-    since: datetime | None = None
+    since: datetime | None = Field(default=None, description="When this version became the desired one.")
     reason: str | None = Field(default=None, description="Promotion, Rollback or AutoRollback.")
 
 
@@ -563,8 +563,12 @@ class RolloutStatus(ApiModel):
     updated: int = Field(default=0, ge=0, description="Replicas serving the desired digest.")
     total: int = Field(default=0, ge=0, description="Replicas of the serving Deployment.")
     summary: str = Field(default="", description="updated/total, for the printer column.")
-    started_at: datetime | None = Field(default=None, alias="startedAt")
-    completed_at: datetime | None = Field(default=None, alias="completedAt")
+    started_at: datetime | None = Field(
+        default=None, alias="startedAt", description="When the serving pods were told to load the desired version."
+    )
+    completed_at: datetime | None = Field(
+        default=None, alias="completedAt", description="When every replica served it; null while rolling out."
+    )
 
 
 class FeedbackStatus(ApiModel):
@@ -583,23 +587,31 @@ class FeedbackStatus(ApiModel):
         ge=0,
         description="Reviews (confirmations and corrections) since the last training.",
     )
-    last_counted_at: datetime | None = Field(default=None, alias="lastCountedAt")
+    last_counted_at: datetime | None = Field(
+        default=None, alias="lastCountedAt", description="When the operator last listed new feedback in the bucket."
+    )
 
 
 class LiveAccuracy(ApiModel):
     """Accuracy of the active version as measured by reviews."""
 
-    version: str | None = None
-    reviews: int = Field(default=0, ge=0)
-    correct: int = Field(default=0, ge=0)
-    accuracy: float | None = Field(default=None, ge=0, le=1)
+    version: str | None = Field(default=None, description="The version measured (the active one).")
+    reviews: int = Field(default=0, ge=0, description="Reviewed predictions of that version since its promotion.")
+    correct: int = Field(default=0, ge=0, description="Of those, the ones reviewers confirmed.")
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="correct / reviews (0-1); autoRollback compares it with its floor."
+    )
 
 
 class HandledRequests(ApiModel):
     """Annotation values already acted on, so each is handled once (metadata is never edited)."""
 
-    retrain_now: str | None = Field(default=None, alias="retrainNow")
-    rollback_to: str | None = Field(default=None, alias="rollbackTo")
+    retrain_now: str | None = Field(
+        default=None, alias="retrainNow", description="Last modelloop.dev/retrain-now value acted on."
+    )
+    rollback_to: str | None = Field(
+        default=None, alias="rollbackTo", description="Last modelloop.dev/rollback-to value acted on (or refused)."
+    )
 
 
 class RetrainPolicyStatus(ApiModel):
@@ -636,9 +648,14 @@ class RetrainPolicyStatus(ApiModel):
         alias="lastTrainingTime",
         description="When the last training started (minInterval counts from here).",
     )
-    last_schedule_time: datetime | None = Field(default=None, alias="lastScheduleTime")
+    last_schedule_time: datetime | None = Field(
+        default=None, alias="lastScheduleTime", description="Last cron fire time of triggers.schedule handled."
+    )
     handled: HandledRequests = Field(default_factory=HandledRequests, description="Annotation values already acted on.")
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=CONDITIONS_LIST_MAP
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Ready (the summary), Training, FeedbackReadable, RolloutComplete, RolledBack, Kubernetes-style.",
     )
     kopf: dict[str, Any] | None = Field(default=None, description="kopf's own bookkeeping.")

@@ -1,7 +1,9 @@
 -- Argo CD health check for modelloop.dev/RetrainPolicy.
 -- A policy is Healthy when its active version is fully rolled out, Progressing while the
--- operator has not reported yet or a rollout is under way, Degraded when the rollout stalled
--- or the operator reports Ready=False for a reason other than work in progress, Suspended
+-- operator has not reported yet, a version is training or a rollout is under way, Degraded when
+-- the rollout stalled, the operator reports Ready=False for a reason other than "no version yet",
+-- the bucket is unreadable (FeedbackReadable=False), or no version serves and none is training
+-- (the first version failed or was rejected: nothing will happen until someone acts), Suspended
 -- when spec.suspend is set (running trainings still finish).
 local hs = {}
 local function condition(status, ctype)
@@ -40,6 +42,12 @@ if ready ~= nil and ready.status == "False" and ready.reason ~= "NoActiveVersion
   hs.message = ready.message or ready.reason or "Not ready"
   return hs
 end
+local storage = condition(status, "FeedbackReadable")
+if storage ~= nil and storage.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "Storage unreadable: " .. (storage.message or storage.reason or "FeedbackReadable is False")
+  return hs
+end
 local rollout = status.rollout
 if status.desired ~= nil and rollout ~= nil and (rollout.total or 0) > 0 and (rollout.updated or 0) < rollout.total then
   hs.status = "Progressing"
@@ -50,6 +58,13 @@ if status.activeVersion == nil then
   hs.status = "Progressing"
   if status.trainingVersion ~= nil then
     hs.message = "Training the first version " .. status.trainingVersion
+  elseif status.desired ~= nil then
+    hs.message = "Promoting the first version " .. status.desired.version .. ": waiting for serving replicas"
+  elseif status.latestVersion ~= nil and status.desired == nil and status.candidate == nil then
+    hs.status = "Degraded"
+    hs.message = "No version serves and none is training: " .. status.latestVersion ..
+      " failed or was rejected (kubectl describe mv " .. obj.metadata.name .. "-" .. status.latestVersion ..
+      "); fix the cause, then retrain now"
   else
     hs.message = "No active version yet"
   end
