@@ -53,6 +53,8 @@ def _policy(api: client.ApiClient, minio: MinioServer, bucket: str, ns: str) -> 
             "dataset": {"path": "datasets/digits"},
             "training": {"image": "modelloop-trainer:dev"},
             "serving": {"deployment": "web"},
+            # These tests reject versions by hand and count what follows; retries are tested in test_operator_loop.
+            "retry": {"maxAttempts": 1},
         },
     }
     custom = client.CustomObjectsApi(api)
