@@ -35,6 +35,7 @@ def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     config.load_kube_config(str(control_plane.kubeconfig))
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False
+    settings.posting.level = logging.CRITICAL  # kopf.warn ignores `enabled` (only the level filters it)
     token = settings_var.set(settings)
     with control_plane.api_client() as api:
         yield api
