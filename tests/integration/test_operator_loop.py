@@ -44,6 +44,7 @@ from operator_harness import (
 
 from modelloop.api import constants as c
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
+from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import free_port, wait_for
@@ -251,6 +252,11 @@ def _conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
     return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
 
 
+def _event_counts(api: client.ApiClient, ns: str, *reasons: str) -> list[int]:
+    posted = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items]
+    return [posted.count(r) for r in reasons]
+
+
 def _hyperparameters(api: client.ApiClient, ns: str, job: str) -> dict[str, Any]:
     """What the trainer of ``job`` is told (MODELLOOP_HYPERPARAMETERS)."""
     raw = job_env(api, ns, job, c.ENV_HYPERPARAMETERS)
@@ -288,7 +294,10 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
     assert (
         v2["trigger"].startswith("Retry: attempt 2/2 after v1 was Failed") and "BackoffLimitExceeded" in v2["trigger"]
     )
-    assert _conditions(api, ns)["RetriesExhausted"]["reason"] == "Retrying"
+    wait_for(
+        lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("reason") == "Retrying",
+        60, "RetriesExhausted=False while attempt 2 runs", operator.proc,
+    )  # fmt: skip
 
     _fail_job(api, ns, "digits-v2-train")
     wait_for(
@@ -298,9 +307,10 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
     assert "attempt 2 of 2" in _conditions(api, ns)["RetriesExhausted"]["message"]
     assert get_policy(api, ns)["status"].get("activeVersion") is None
     assert sorted(versions(api, ns)) == ["v1", "v2"], "after maxAttempts nothing more is trained"
-    reasons = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items]
-    assert (reasons.count("TrainingFailed"), reasons.count("TrainingRetried"), reasons.count("RetriesExhausted")) == (
-        2, 1, 1,
+    # Events are posted asynchronously, after the writes they describe.
+    wait_for(
+        lambda: _event_counts(api, ns, "TrainingFailed", "TrainingRetried", "RetriesExhausted") == [2, 1, 1],
+        30, "one Event per failure, per retry and for the exhaustion",
     )  # fmt: skip
 
 
@@ -380,6 +390,28 @@ def test_a_rejected_training_is_retried_with_the_declared_schedule_and_stops_aft
         op.proc.stop()
 
 
+def _trained_and_promoted(
+    api: client.ApiClient,
+    ns: str,
+    store: ObjectStore,
+    op: Operator,
+    tmp_path: Path,
+    version: str,
+    holdout: float,
+    baseline: str | None,
+    base_acc: float | None,
+) -> str:
+    """Plays trainer and verifier for ``version`` until the operator names it desired; its digest."""
+    wait_for(lambda: job_exists(api, ns, f"digits-{version}-train"), 90, f"{version} training Job", op.proc)
+    digest = fake_training(store, version, baseline, tmp_path)
+    complete_job(api, ns, f"digits-{version}-train")
+    wait_for(lambda: job_exists(api, ns, f"digits-{version}-verify"), 60, f"{version} verification Job", op.proc)
+    write_verification(store, version, digest, holdout, baseline, base_acc)
+    complete_job(api, ns, f"digits-{version}-verify")
+    wait_for(lambda: desired_version(api, ns) == version, 60, f"desired {version}", op.proc)
+    return digest
+
+
 def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a_restart(
     control_plane: ControlPlane,
     minio: MinioServer,
@@ -398,14 +430,7 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
     op = Operator(control_plane, ns, tmp_path / "operator.log", metrics_port=free_port()).start()
 
     def trained_and_verified(version: str, holdout: float, baseline: str | None, base_acc: float | None) -> str:
-        wait_for(lambda: job_exists(api, ns, f"digits-{version}-train"), 90, f"{version} training Job", op.proc)
-        digest = fake_training(store, version, baseline, tmp_path)
-        complete_job(api, ns, f"digits-{version}-train")
-        wait_for(lambda: job_exists(api, ns, f"digits-{version}-verify"), 60, f"{version} verification Job", op.proc)
-        write_verification(store, version, digest, holdout, baseline, base_acc)
-        complete_job(api, ns, f"digits-{version}-verify")
-        wait_for(lambda: desired_version(api, ns) == version, 60, f"desired {version}", op.proc)
-        return digest
+        return _trained_and_promoted(api, ns, store, op, tmp_path, version, holdout, baseline, base_acc)
 
     def active_info(version: str, digest: str) -> float | None:
         return op.metric("modelloop_active_version_info", namespace=ns, policy=POLICY, version=version, digest=digest)
@@ -427,13 +452,16 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
         digest2 = trained_and_verified("v2", 0.95, "v1", 0.93)
         annotate_pod(api, ns, serving_pods(api, ns)[0].metadata.name, digest2)
         wait_for(
-            lambda: _conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled",
+            lambda: (
+                _conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled"
+                and policy_status(api, ns)["rollout"]["summary"] == "1/2"
+            ),
             60, "the rollout of v2 stalled at 1/2", op.proc,
         )  # fmt: skip
-        assert policy_status(api, ns)["rollout"]["summary"] == "1/2"
 
         annotate_policy(api, ns, c.ANNOTATION_ROLLBACK_TO, "previous")  # the runbook's step 4
-        wait_for(lambda: phase(api, ns, "v2") == "RolledBack", 60, "v2 abandoned", op.proc)
+        wait_for(lambda: desired_version(api, ns) == "v1", 60, "desired back to v1", op.proc)
+        assert phase(api, ns, "v2") == "RolledBack", "marked before the status write that abandons it"
         st = policy_status(api, ns)
         assert (st["activeVersion"], st["desired"]["version"], st["desired"]["reason"]) == ("v1", "v1", "Rollback")
         assert st["desired"]["manifestDigest"] == digest1, "the sidecars are told to load v1 again"
@@ -452,7 +480,78 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
         assert (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Superseded", "RolledBack")
         wait_for(lambda: active_info("v3", digest3) == 1, 30, "v3 exported as active", op.proc)
         assert active_info("v1", digest1) is None, "the retired version's series is removed"
-        reasons = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items]
-        assert (reasons.count("RolledBack"), reasons.count("Promoted")) == (1, 2)
+        wait_for(lambda: _event_counts(api, ns, "RolledBack", "Promoted") == [1, 2], 30, "the Events, once each")
+    finally:
+        op.proc.stop()
+
+
+def test_automatic_rollback_abandons_a_stalled_promotion_and_retires_the_live_accuracy_series(
+    control_plane: ControlPlane,
+    minio: MinioServer,
+    namespace: str,
+    bucket: str,
+    api: client.ApiClient,
+    tmp_path: Path,
+) -> None:
+    """Issue 16: automatic rollback acts while a rollout is stalled (it used to wait for the rollout to
+    finish, which a stalled one never does); the rolled-back version's live-accuracy series goes away."""
+    ns = namespace
+    store = minio.store(bucket)
+    create_fixtures(api, minio, ns)
+    body = policy_body(
+        minio,
+        bucket,
+        serving={"deployment": DEPLOYMENT, "rolloutTimeout": "2s"},
+        autoRollback={"enabled": True, "minReviews": 3, "minLiveAccuracy": 0.8},
+        # reviews here judge v2; they must not start a training on their own
+        triggers={"checkIntervalSeconds": 5, "feedback": {"minSamples": 1000, "minInterval": "0s"}},
+    )
+    client.CustomObjectsApi(api).create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, body)
+    op = Operator(control_plane, ns, tmp_path / "operator.log", metrics_port=free_port()).start()
+
+    def live(version: str) -> float | None:
+        return op.metric("modelloop_live_accuracy", namespace=ns, policy=POLICY, version=version)
+
+    try:
+        digest1 = _trained_and_promoted(api, ns, store, op, tmp_path, "v1", 0.93, None, None)
+        wait_for(lambda: len(serving_pods(api, ns)) == 2, 60, "web pods")
+        annotate_serving_pods(api, ns, digest1)
+        wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v1", 60, "v1 active", op.proc)
+        annotate_policy(api, ns, c.ANNOTATION_RETRAIN_NOW, "1")
+        digest2 = _trained_and_promoted(api, ns, store, op, tmp_path, "v2", 0.95, "v1", 0.93)
+        annotate_serving_pods(api, ns, digest2)
+        wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v2", 60, "v2 active", op.proc)
+
+        # v3's rollout stalls at 0/2 ...
+        annotate_policy(api, ns, c.ANNOTATION_RETRAIN_NOW, "2")
+        _trained_and_promoted(api, ns, store, op, tmp_path, "v3", 0.96, "v2", 0.95)
+        wait_for(
+            lambda: _conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled",
+            60, "the rollout of v3 stalled", op.proc,
+        )  # fmt: skip
+        # ... while reviewers find the active v2 wrong 3 times out of 3 (floor 0.8 over >= 3 reviews).
+        now = datetime.now(UTC)
+        recs = [
+            FeedbackRecord(id=f"r{i}", version="v2", input=[0.0], predicted=1, label=2, reviewed_at=now)
+            for i in range(3)
+        ]
+        store.put_bytes(batch_key(MODEL), encode_batch(recs))
+        wait_for(lambda: desired_version(api, ns) == "v1", 60, "automatic rollback to v1 during the stall", op.proc)
+        st = policy_status(api, ns)
+        assert (st["desired"]["reason"], st["activeVersion"]) == ("AutoRollback", "v2")
+        assert phase(api, ns, "v3") == "RolledBack", "the abandoned promotion is never picked again"
+        rolled = _conditions(api, ns)["RolledBack"]
+        assert (rolled["status"], rolled["reason"]) == ("Unknown", "AutoRollback")
+        assert "abandoning the rollout of v3" in rolled["message"]
+        assert live("v2") == 0.0
+
+        annotate_serving_pods(api, ns, digest1)
+        wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v1", 60, "v1 active again", op.proc)
+        assert (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Active", "RolledBack")
+        wait_for(lambda: live("v2") is None, 30, "v2's live-accuracy series removed once it is retired", op.proc)
+        assert op.metric("modelloop_rollbacks_total", namespace=ns, policy=POLICY, reason="auto") == 1
+        wait_for(
+            lambda: _event_counts(api, ns, "AutoRollingBack", "AutoRolledBack") == [1, 1], 30, "the Events, once each"
+        )
     finally:
         op.proc.stop()
