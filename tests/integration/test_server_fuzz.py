@@ -34,7 +34,7 @@ from modelloop_trainer.examples.digits import DigitsPlugin
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("MODELLOOP_FUZZ_EXAMPLES", "1000"))  # 15-25 s on a busy 2-core machine
+EXAMPLES = int(os.environ.get("MODELLOOP_FUZZ_EXAMPLES", "700"))  # 10-25 s on a busy 2-core machine
 PUBLIC = ["/v1/predict", "/v1/feedback", "/healthz", "/readyz", "/metrics"]
 FEATURES = 64
 
