@@ -14,6 +14,7 @@ import pytest
 from test_server_support import control, reload, start_server
 
 from modelloop.api import constants as c
+from modelloop_server.control import ControlClient
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -149,3 +150,21 @@ def test_deeply_nested_bodies_get_a_400_naming_the_depth_not_a_500(server: tuple
     r = httpx.post(f"{url}/v1/predict", content=brackets_in_strings, headers=JSON, timeout=30)
     assert r.status_code == 422 and "unknown field(s) x" in r.json()["error"], "brackets in strings do not nest"
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_the_control_socket_works_on_a_path_longer_than_a_socket_address_holds(tmp_path: Path) -> None:
+    """A Pod's emptyDir on the development node, or a deep temp dir, can pass the 108 bytes of sockaddr_un."""
+    deep = tmp_path / ("volumes-" + "x" * 80) / ("models-" + "y" * 40) / "control.sock"
+    assert len(str(deep)) > 108
+    proc, url, model_dir = start_server(tmp_path, MODELLOOP_CONTROL_SOCKET=str(deep))
+    try:
+        status, raw = ControlClient(deep).request("GET", "/readyz", timeout=10)
+        assert status == 200 and json.loads(raw)["version"] == "v2"
+        body = json.dumps({"version": "v1", "path": str(model_dir / "v1")}).encode()
+        status, raw = ControlClient(deep).request("POST", "/v1/reload", body, timeout=60)
+        assert status == 200 and json.loads(raw)["previous"] == "v2", raw
+        assert httpx.post(f"{url}/v1/predict", json={"input": GOOD}).json()["version"] == "v1"
+        assert not (model_dir / ".control.sock").exists(), "the setting moved the socket"
+    finally:
+        proc.stop()
+    assert not deep.exists(), "the server removes its socket when it stops"
