@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 from .cel import immutable, rule, validations
 from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
 from .constants import DEFAULT_PLUGIN
+from .syntax import CRON_FIELDS, CRON_SHAPE, FIVE_FIELDS, IMAGE_REFERENCE, cron_field_pattern
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -21,8 +22,6 @@ DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 BUCKET_PATH = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*/?$"
 VERSION_REF = r"^v[1-9][0-9]*$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-# Five cron fields (minute hour day-of-month month day-of-week) or a macro, as croniter and CronJob take them.
-CRON = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9*/,?A-Za-z#-]+( +[0-9*/,?A-Za-z#-]+){4})$"
 GPU = "nvidia.com/gpu"
 
 # Bounded so the API server can cost the CEL rules that read them.
@@ -130,13 +129,23 @@ class TriggerSpec(ApiModel):
     schedule: str | None = Field(
         default=None,
         max_length=128,
-        description="Cron expression (5 fields, UTC); retrains on schedule if any feedback is pending.",
+        description="Cron expression (5 fields, UTC, or @daily/@weekly/...); retrains on schedule if any feedback is"
+        " pending. The API server checks each field's range (minute 0-59, hour 0-23, day 1-31, month 1-12,"
+        " weekday 0-7) and refuses a step of 0.",
         json_schema_extra=validations(
             rule(
-                f"self.matches('{CRON}')",
+                f"self.matches('{CRON_SHAPE}')",
                 message_expression="'schedule ' + self + ' is not a 5-field cron expression"
                 ' (minute hour day-of-month month day-of-week, e.g. "0 3 * * 1") or @daily/@weekly/...\'',
-            )
+            ),
+            *(
+                rule(
+                    f"!self.matches('{FIVE_FIELDS}') || self.matches('{cron_field_pattern(i)}')",
+                    message_expression=f"'schedule \"' + self + '\": the {f.name} field ({f.ordinal}) takes {f.allowed},"
+                    " as N, N-M or *, optionally /STEP, comma-separated'",
+                )
+                for i, f in enumerate(CRON_FIELDS)
+            ),
         ),
     )
     check_interval_seconds: int = Field(
@@ -291,7 +300,18 @@ class TrainingSpec(ApiModel):
     )
 
     image: str = Field(
-        min_length=1, max_length=512, description="Trainer image; runs `command + [train|verify] + args`."
+        min_length=1,
+        max_length=512,
+        description="Trainer image (also runs verification), an OCI reference such as ghcr.io/team/trainer:1.2;"
+        " runs `command + [train|verify] + args`.",
+        json_schema_extra=validations(
+            rule(
+                f"self.matches('{IMAGE_REFERENCE}')",
+                message_expression="'image ' + self + ' is not an image reference: expected"
+                " [registry[:port]/]path[:tag][@sha256:digest] with a lowercase path,"
+                " e.g. ghcr.io/team/trainer:1.2'",
+            )
+        ),
     )
     image_pull_policy: str = Field(
         default="IfNotPresent",
