@@ -32,6 +32,7 @@ from modelloop.clients.objectstore import ObjectStore
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
+from modelloop.decide.errors import ErrorVerdict, InvalidSpec, Stage, classify, unusable_spec
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.rollback import RollbackDecision, decide_auto_rollback, decide_rollback_request
@@ -39,6 +40,7 @@ from modelloop.decide.rollout import PodView, decide_rollout
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
 from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
 
+from .failures import failure_of, report_failure
 from .stores import store_for
 
 _active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
@@ -73,9 +75,12 @@ def reconcile_policy(
     conds = [x.model_dump(by_alias=True, mode="json") for x in old.conditions]
     try:
         spec = RetrainPolicySpec.model_validate(body["spec"])
-    except ValidationError as e:
-        msg = f"spec is invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
-        conds = set_condition(conds, "Ready", "False", "InvalidSpec", msg, now, generation)
+        if (problem := unusable_spec(spec)) is not None:
+            raise InvalidSpec(problem)
+    except (ValidationError, InvalidSpec) as e:
+        verdict = classify(failure_of(e, Stage.SPEC), 1, 0, 0)
+        conds = report_failure(body, conds, "Ready", verdict, now, generation, logger)
+        new.observed_generation = generation  # judged: nothing more to do until the spec changes
         return _diff(old, new, conds)
     annotations = meta.get("annotations") or {}
     labels = (namespace, name)
@@ -94,11 +99,14 @@ def reconcile_policy(
 
     # Feedback: count only what is new since the cursor.
     store: ObjectStore | None = None
+    unreadable: ErrorVerdict | None = None
     due = old.feedback.last_counted_at is None or now - old.feedback.last_counted_at >= timedelta(
         seconds=spec.triggers.check_interval_seconds
     )
+    stage = Stage.CREDENTIALS
     try:
         store = store_for(namespace, spec)
+        stage = Stage.STORAGE
         if due:
             _count_feedback(store, spec, new, now)
         conds = set_condition(
@@ -110,12 +118,16 @@ def reconcile_policy(
             now,
             generation,
         )
-    except Exception as e:  # noqa: BLE001 - any storage failure must become a condition, not a crash
-        msg = f"cannot read feedback from {spec.storage.endpoint}/{spec.storage.bucket}: {type(e).__name__}: {e}"
-        prev = get_condition(conds, "FeedbackReadable")
-        if prev is None or prev["status"] != "False":
-            logger.warning("%s (will retry at the next feedback check)", msg)
-        conds = set_condition(conds, "FeedbackReadable", "False", "StorageUnreachable", msg[:1000], now, generation)
+    except Exception as e:  # noqa: BLE001 - any storage failure must become a condition and an Event, not a crash
+        creds = spec.storage.trainer_credentials.secret_name
+        subject = (
+            f"Secret {namespace}/{creds}"
+            if stage is Stage.CREDENTIALS
+            else f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} at {spec.storage.endpoint}"
+        )
+        every = float(spec.triggers.check_interval_seconds)  # the next full pass reads again
+        unreadable = classify(failure_of(e, stage, subject), 1, every, every)
+        conds = report_failure(body, conds, "FeedbackReadable", unreadable, now, generation, logger)
         store = None
 
     # Rollout of the desired version, or the next change of what is desired.
@@ -229,7 +241,9 @@ def reconcile_policy(
         )
 
     # Summary.
-    if new.active_version is None:
+    if new.active_version is None and unreadable is not None:
+        conds = set_condition(conds, "Ready", "False", unreadable.reason, unreadable.message, now, generation)
+    elif new.active_version is None:
         conds = set_condition(
             conds, "Ready", "False", "NoActiveVersion", "no version has been promoted yet", now, generation
         )
