@@ -118,6 +118,14 @@ class FeedbackTrigger(ApiModel):
         pattern=DURATION,
         description="Minimum time between two trainings started by feedback, e.g. 168h.",
     )
+    late_arrival_window: str = Field(
+        default="6h",
+        alias="lateArrivalWindow",
+        pattern=DURATION,
+        description="How long after its key's time a feedback batch may be uploaded (a serving pod's spool"
+        " draining after an object-store outage) and still be counted; each check lists this much of the"
+        " bucket's feedback. Later batches are still trained on, just not counted toward the trigger.",
+    )
 
 
 class TriggerSpec(ApiModel):
@@ -587,10 +595,43 @@ class RolloutStatus(ApiModel):
     completed_at: datetime | None = Field(default=None, alias="completedAt")
 
 
-class FeedbackStatus(ApiModel):
-    """Feedback counted since the last training."""
+class QuarantinedObject(ApiModel):
+    """A feedback object that is not counted (nor trained on): malformed or oversized."""
 
-    cursor: str = Field(default="", description="Last feedback object counted.")
+    key: str = Field(max_length=1024, description="Object key in the bucket.")
+    reason: str = Field(max_length=1024, description="Why it is not counted.")
+    at: datetime | None = Field(default=None, description="When the operator found it.")
+
+
+MAX_QUARANTINED = 20
+
+
+class FeedbackStatus(ApiModel):
+    """Feedback counted since the last training, and what the counting has seen (see modelloop.decide.feedback)."""
+
+    cursor: str = Field(
+        default="", description="Highest feedback key counted: the feedback bound of the next training."
+    )
+    seen_through: datetime | None = Field(
+        default=None,
+        alias="seenThrough",
+        description="Every feedback object uploaded by then (the object store's clock) has been counted or quarantined.",
+    )
+    recent_keys: list[str] = Field(
+        default_factory=list,
+        alias="recentKeys",
+        max_length=5000,
+        description="Keys counted that were uploaded after seenThrough, so they are not counted twice.",
+    )
+    quarantined: list[QuarantinedObject] = Field(
+        default_factory=list,
+        max_length=MAX_QUARANTINED,
+        description=f"The last {MAX_QUARANTINED} feedback objects skipped as malformed or oversized;"
+        " fix or delete them (they are not read again).",
+    )
+    quarantined_total: int = Field(
+        default=0, alias="quarantinedTotal", ge=0, description="Feedback objects skipped since the policy was created."
+    )
     pending_corrections: int = Field(
         default=0,
         alias="pendingCorrections",

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -221,6 +222,18 @@ class ObjectStore:
         for o in objs:
             if o.object_name is not None:
                 yield o.object_name
+
+    def list_objects(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int, datetime]]:
+        """(key, size, last modified by the store's clock) under ``prefix`` in key order, after ``start_after``."""
+        objs = self.retry(
+            prefix,
+            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start_after)),
+        )
+        return [
+            (o.object_name, o.size or 0, o.last_modified)
+            for o in objs
+            if o.object_name is not None and o.last_modified is not None
+        ]
 
     def remove_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""

@@ -36,7 +36,9 @@ from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
 from modelloop.decide.conditions import parse_rfc3339
+from modelloop.decide.durations import parse_duration
 from modelloop.decide.errors import ErrorVerdict, classify, unusable_spec
+from modelloop.decide.feedback import CountingState, ListedObject, listing_start, to_process
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 from .clock import utc_now
@@ -243,13 +245,14 @@ class PolicyLoop:
         store = cached_store_for(self.namespace, spec)
         if store is None:
             return Feedback.UNREADABLE  # no client yet: the full pass builds one (reading the Secret)
+        fb = status.feedback
+        state = CountingState(fb.cursor, fb.seen_through, frozenset(fb.recent_keys))
+        start = listing_start(spec.model, state, parse_duration(spec.triggers.feedback.late_arrival_window))
         try:
-            for key in store.list_keys(feedback_prefix(spec.model), start_after=status.feedback.cursor or None):
-                if key.endswith(".jsonl"):
-                    return Feedback.NEW
+            listing = [ListedObject(*o) for o in store.list_objects(feedback_prefix(spec.model), start)]
         except Exception:  # noqa: BLE001 - the full pass reads again and reports the failure as a condition
             return Feedback.UNREADABLE
-        return Feedback.NONE
+        return Feedback.NEW if to_process(listing, state) else Feedback.NONE
 
     def _interval(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus) -> float:
         if status.desired is not None and status.desired.version != status.active_version:

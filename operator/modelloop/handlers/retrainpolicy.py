@@ -9,6 +9,7 @@ operator remembers is in status, so a restarted operator continues where it stop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,18 +22,28 @@ from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_prefi
 from modelloop.api.feedback import decode_batch
 from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import (
+    MAX_QUARANTINED,
     DesiredVersion,
     LiveAccuracy,
+    QuarantinedObject,
     RetrainPolicySpec,
     RetrainPolicyStatus,
     RolloutStatus,
 )
 from modelloop.clients import kube
-from modelloop.clients.objectstore import ObjectStore
+from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.errors import ErrorVerdict, InvalidSpec, Stage, classify, unusable_spec
+from modelloop.decide.feedback import (
+    CountingState,
+    ListedObject,
+    after_listing,
+    listing_start,
+    quarantine_reason,
+    to_process,
+)
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.rollback import RollbackDecision, decide_auto_rollback, decide_rollback_request
@@ -108,16 +119,21 @@ def reconcile_policy(
         store = store_for(namespace, spec)
         stage = Stage.STORAGE
         if due:
-            _count_feedback(store, spec, new, now)
-        conds = set_condition(
-            conds,
-            "FeedbackReadable",
-            "True",
-            "Readable",
-            f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} is readable",
-            now,
-            generation,
-        )
+
+            def quarantined(q: QuarantinedObject) -> None:
+                metrics.FEEDBACK_QUARANTINED.labels(*labels).inc()
+                message = (
+                    f"s3://{spec.storage.bucket}/{q.key} is not counted nor trained on: {q.reason}; fix or delete it"
+                )
+                kopf.warn(body, reason="FeedbackQuarantined", message=message)
+                logger.warning(message)
+
+            _count_feedback(store, spec, new, now, quarantined)
+        readable = f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} is readable"
+        if new.feedback.quarantined:
+            last = new.feedback.quarantined[-1]
+            readable += f"; {new.feedback.quarantined_total} object(s) quarantined (not counted), latest {last.key}: {last.reason}"
+        conds = set_condition(conds, "FeedbackReadable", "True", "Readable", readable[:1000], now, generation)
     except Exception as e:  # noqa: BLE001 - any storage failure must become a condition and an Event, not a crash
         creds = spec.storage.trainer_credentials.secret_name
         subject = (
@@ -275,13 +291,45 @@ def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[s
     return {k: v for k, v in out.items() if before.get(k) != v}
 
 
-def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPolicyStatus, now: datetime) -> None:
+def _count_feedback(
+    store: ObjectStore,
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    now: datetime,
+    quarantined: Callable[[QuarantinedObject], None],
+) -> None:
+    """Counts the batches not counted yet (``modelloop.decide.feedback``); one that cannot be read as
+    feedback is quarantined, not retried: it must not stop the count. ``new.feedback`` moves on per
+    batch, so a pass interrupted by the store keeps what it counted."""
     fb = new.feedback
     live = new.live_accuracy
-    for key in store.list_keys(feedback_prefix(spec.model), start_after=fb.cursor or None):
-        if not key.endswith(".jsonl"):
-            continue
-        for rec in decode_batch(store.get_bytes(key)):
+    state = CountingState(fb.cursor, fb.seen_through, frozenset(fb.recent_keys))
+    window = parse_duration(spec.triggers.feedback.late_arrival_window)
+    listing = [
+        ListedObject(key, size, modified)
+        for key, size, modified in store.list_objects(
+            feedback_prefix(spec.model), listing_start(spec.model, state, window)
+        )
+    ]
+    done: list[str] = []
+    for obj in to_process(listing, state):
+        reason = quarantine_reason(obj)
+        records = []
+        if reason is None:
+            try:
+                records = decode_batch(store.get_bytes(obj.key))
+            except NotFound:
+                pass  # deleted since the listing: nothing to count
+            except ValueError as e:  # pydantic's ValidationError: not JSON lines of feedback records
+                first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+                where = ".".join(str(p) for p in first["loc"])
+                reason = f"malformed: {where + ': ' if where else ''}{first['msg']}"[:1000]
+        if reason is not None:
+            q = QuarantinedObject(key=obj.key, reason=reason, at=now)
+            fb.quarantined = [*fb.quarantined, q][-MAX_QUARANTINED:]
+            fb.quarantined_total += 1
+            quarantined(q)
+        for rec in records:
             fb.pending_reviews += 1
             if rec.is_correction:
                 fb.pending_corrections += 1
@@ -292,7 +340,12 @@ def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPol
             ):
                 live.reviews += 1
                 live.correct += 0 if rec.is_correction else 1
-        fb.cursor = key
+        done.append(obj.key)
+        fb.cursor = max(fb.cursor, obj.key)
+        if fb.seen_through is not None:
+            fb.recent_keys.append(obj.key)
+    after = after_listing(listing, state, done)
+    fb.cursor, fb.seen_through, fb.recent_keys = after.cursor, after.seen_through, sorted(after.recent)
     live.accuracy = (live.correct / live.reviews) if live.reviews else None
     fb.last_counted_at = now
 
