@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -149,3 +150,10 @@ def test_failure_of_keeps_codes_and_statuses() -> None:
     spec = failure_of(InvalidSpec("schedule '61 * * * *'"))
     assert spec.stage is Stage.SPEC and "61 * * * *" in spec.detail
     assert failure_of(KeyError("manifestDigest")).stage is Stage.INTERNAL
+
+
+def test_a_lookup_that_timed_out_reads_as_a_name_that_does_not_resolve() -> None:
+    failure = failure_of(socket.gaierror("minio.example did not resolve within 5s"), Stage.STORAGE, S3)
+    verdict = classify(failure, 1, BASE, CAP)
+    assert (verdict.reason, failure.error) == ("StorageUnreachable", "NameResolutionError")
+    assert "does not resolve" in verdict.message and "within 5s" in verdict.message

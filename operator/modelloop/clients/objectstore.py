@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,6 +77,37 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)) and not isinstance(
         err, (FileNotFoundError, IsADirectoryError, PermissionError)
     )
+
+
+def check_resolvable(
+    endpoint: str,
+    timeout: float,
+    getaddrinfo: Callable[[str, int], object] = lambda host, port: socket.getaddrinfo(host, port),
+) -> None:
+    """Raises :class:`socket.gaierror` unless ``endpoint``'s host resolves within ``timeout`` seconds.
+
+    A resolver that answers slowly (a cluster DNS forwarding to an unreachable upstream, tried once
+    per search domain) makes every S3 call wait for it, so a policy with a mistyped endpoint stayed
+    without status for minutes; this bounds that wait. The lookup cannot be cancelled: it finishes
+    in a daemon thread that nobody waits for.
+    """
+    host, _, port = endpoint.rpartition(":") if endpoint.rpartition(":")[2].isdigit() else (endpoint, "", "")
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            getaddrinfo(host, int(port or 443))
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome.append(e)
+
+    worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise socket.gaierror(f"{host} did not resolve within {timeout:.0f}s (DNS timed out)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 class ObjectStore:

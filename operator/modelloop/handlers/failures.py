@@ -101,9 +101,16 @@ def report_failure(
     """``condition`` set False with the verdict; a Warning Event and a log line when the reason is new.
 
     Events go out on transitions, not on every failed pass: the condition carries the latest retry.
+    A permanent error's message has no retry in it, so a different one (the spec was edited and is
+    still wrong, differently) is a transition too.
     """
     prev = get_condition(conditions, condition)
-    if prev is None or prev.get("status") != "False" or prev.get("reason") != verdict.reason:
+    if (
+        prev is None
+        or prev.get("status") != "False"
+        or prev.get("reason") != verdict.reason
+        or (verdict.permanent and prev.get("message") != verdict.message)
+    ):
         kopf.warn(body, reason=verdict.reason, message=verdict.message)
         logger.warning("%s: %s", verdict.reason, verdict.message)
     return set_condition(conditions, condition, "False", verdict.reason, verdict.message, now, generation)

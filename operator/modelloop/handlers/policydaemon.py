@@ -35,6 +35,7 @@ from modelloop.api.artifacts import feedback_prefix
 from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
+from modelloop.clients.objectstore import check_resolvable
 from modelloop.decide.conditions import parse_rfc3339
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.errors import ErrorVerdict, classify, unusable_spec
@@ -43,7 +44,7 @@ from modelloop.decide.wake import Feedback, full_pass_reason
 
 from .clock import utc_now
 from .failures import failure_of, report_failure
-from .retrainpolicy import phases_of, reconcile_policy
+from .retrainpolicy import RESOLVE_TIMEOUT, phases_of, reconcile_policy
 from .stores import cached_store_for
 
 BUSY_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "2"))
@@ -249,6 +250,7 @@ class PolicyLoop:
         state = CountingState(fb.cursor, fb.seen_through, frozenset(fb.recent_keys))
         start = listing_start(spec.model, state, parse_duration(spec.triggers.feedback.late_arrival_window))
         try:
+            check_resolvable(spec.storage.endpoint, RESOLVE_TIMEOUT)
             listing = [ListedObject(*o) for o in store.list_objects(feedback_prefix(spec.model), start)]
         except Exception:  # noqa: BLE001 - the full pass reads again and reports the failure as a condition
             return Feedback.UNREADABLE

@@ -31,7 +31,7 @@ from modelloop.api.retrainpolicy import (
     RolloutStatus,
 )
 from modelloop.clients import kube
-from modelloop.clients.objectstore import NotFound, ObjectStore
+from modelloop.clients.objectstore import NotFound, ObjectStore, check_resolvable
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
@@ -54,6 +54,8 @@ from modelloop.decide.versions import in_flight, modelversion_name, next_version
 from .failures import failure_of, report_failure
 from .stores import store_for
 
+RESOLVE_TIMEOUT = 5.0
+"""Seconds the storage endpoint's host may take to resolve before the pass reports it unreachable."""
 _active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
 
 
@@ -118,6 +120,7 @@ def reconcile_policy(
     try:
         store = store_for(namespace, spec)
         stage = Stage.STORAGE
+        check_resolvable(spec.storage.endpoint, RESOLVE_TIMEOUT)
         if due:
 
             def quarantined(q: QuarantinedObject) -> None:
