@@ -110,7 +110,7 @@ def reconcile_policy(
             lost.version,
         )
 
-    # Feedback: count only what is new since the cursor.
+    # Feedback: count what was not counted yet (new batches, and batches uploaded late).
     store: ObjectStore | None = None
     unreadable: ErrorVerdict | None = None
     due = old.feedback.last_counted_at is None or now - old.feedback.last_counted_at >= timedelta(
