@@ -44,6 +44,7 @@ from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, s
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
+from .oip import routes as oip_routes
 from .settings import ServerSettings, SettingsError
 
 log = logging.getLogger("modelloop_server")
@@ -483,6 +484,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *oip_routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
