@@ -243,6 +243,16 @@ def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes,
     if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
         raise OIPError(400, f"{where}.shape must be a non-empty list of non-negative integers, got {shape!r}")
     rows, feature = shape[0], tuple(shape[1:])
+    flat = math.prod(plugin.input_shape)
+    if datatype == "BYTES" and feature:
+        raise OIPError(400, f"{where}.shape: BYTES input takes shape [N] (one encoded item per row), got {shape}")
+    if datatype == "FP32" and feature not in (plugin.input_shape, (flat,)):
+        also = f" (or [-1, {flat}])" if len(plugin.input_shape) > 1 else ""
+        raise OIPError(
+            400,
+            f"{where}.shape {_shape_text(shape)} does not fit the model: it takes "
+            f"{_shape_text([-1, *plugin.input_shape])}{also}; the first dimension is the batch",
+        )
     if rows == 0:
         raise OIPError(400, f"{where}.shape: the batch dimension is 0; send at least one row")
     if rows > max_batch:
@@ -262,17 +272,8 @@ def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes,
         chunk = tail[at : at + size]
     used = size or 0
     if datatype == "BYTES":
-        if feature:
-            raise OIPError(400, f"{where}.shape: BYTES input takes shape [N] (one encoded item per row), got {shape}")
         items: list[Any] = _decode_bytes(plugin, _bytes_elements(tensor, chunk, rows, where), where)
     else:
-        flat = math.prod(plugin.input_shape)
-        if feature not in (plugin.input_shape, (flat,)):
-            raise OIPError(
-                400,
-                f"{where}.shape {_shape_text(shape)} does not fit the model: it takes "
-                f"{_shape_text([-1, *plugin.input_shape])} (or [-1, {flat}]); the first dimension is the batch",
-            )
         count = rows * flat
         if chunk is not None:
             if len(chunk) != 4 * count:
