@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import torch
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -155,6 +154,8 @@ def _flatten_numbers(data: Any, where: str) -> list[float | int]:
     """The numbers of a flat or nested JSON list, row-major; booleans, strings and nulls refused."""
     if not isinstance(data, list):
         raise OIPError(400, f"{where} must be a list of numbers, got {type(data).__name__}")
+    if all(type(v) is float or type(v) is int for v in data):  # the common flat case, at C speed
+        return data
     out: list[float | int] = []
     stack: list[Any] = [iter(data)]
     while stack:
@@ -281,16 +282,14 @@ def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes,
                     400, f"{where}.parameters.binary_data_size is {len(chunk)} bytes; shape {_shape_text(shape)} "
                     f"of FP32 needs {4 * count} (4 bytes x {count} elements)",
                 )  # fmt: skip
-            arr = np.frombuffer(chunk, dtype="<f4")
+            items = list(np.frombuffer(chunk, dtype="<f4").reshape(rows, flat))
         else:
             values = _flatten_numbers(tensor["data"], f"{where}.data")
             if len(values) != count:
                 raise OIPError(
                     400, f"{where}.data has {len(values)} elements but {where}.shape {_shape_text(shape)} needs {count}"
                 )
-            with np.errstate(over="ignore"):  # past float32's range becomes inf, refused by preprocess
-                arr = np.asarray(values, dtype=np.float32)
-        items = list(arr.reshape(rows, flat))
+            items = [values[i * flat : (i + 1) * flat] for i in range(rows)]
     try:
         return plugin.preprocess(items), used
     except InputError as e:
@@ -357,39 +356,46 @@ def _bytes_binary(values: Sequence[str]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
 
 
+def _encode(datatype: str, values: np.ndarray | list[str], binary: bool) -> tuple[Any, bytes | None]:
+    """(JSON data, None) or (None, raw little-endian bytes) of one output tensor."""
+    if isinstance(values, list):
+        return (None, _bytes_binary(values)) if binary else (values, None)
+    if binary:
+        return None, values.astype("<f4" if datatype == "FP32" else "<i8", copy=False).tobytes()
+    return values.reshape(-1).tolist(), None
+
+
 def render_outputs(
     probs: Tensor, class_names: Sequence[str], wanted: Sequence[RequestedOutput]
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Output tensors in OIP form, plus the binary chunks in the same order for those asked as binary."""
-    n = probs.shape[0]
-    idx = probs.max(dim=1).indices  # as /v1/predict picks it: ties resolve the same way
+    """Output tensors in OIP form, plus the binary chunks in the same order for those asked as binary.
+
+    The predicted class is numpy's argmax, which, like ``/v1/predict``'s ``torch.max``, takes the
+    first of tied maxima; each output is encoded only in the form that was asked for.
+    """
+    p = probs.numpy()
+    n, classes = p.shape
+    idx = p.argmax(axis=1)
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for o in wanted:
+        values: np.ndarray | list[str]
         if o.classification:
-            k = min(o.classification, probs.shape[1])
-            top_p, top_i = torch.topk(probs, k, dim=1)
-            values = [
-                f"{p:f}:{i}:{class_names[i]}"
-                for prow, irow in zip(top_p.tolist(), top_i.tolist(), strict=True)
-                for p, i in zip(prow, irow, strict=True)
-            ]
-            datatype, shape, data, binary = "BYTES", [n, k], values, _bytes_binary(values)
+            k = min(o.classification, classes)
+            top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+            values = [f"{p[r, i]:f}:{i}:{class_names[i]}" for r in range(n) for i in top[r].tolist()]
+            datatype, shape = "BYTES", [n, k]
         elif o.name == PROBABILITIES:
-            datatype, shape = "FP32", [n, probs.shape[1]]
-            data = probs.reshape(-1).tolist()
-            binary = probs.contiguous().numpy().astype("<f4", copy=False).tobytes()
+            values, datatype, shape = p, "FP32", [n, classes]
         elif o.name == PREDICTED:
-            datatype, shape = "INT64", [n]
-            data = idx.tolist()
-            binary = idx.numpy().astype("<i8", copy=False).tobytes()
+            values, datatype, shape = idx, "INT64", [n]
         else:
-            names = [class_names[k] for k in idx.tolist()]
-            datatype, shape, data, binary = "BYTES", [n], names, _bytes_binary(names)
+            values, datatype, shape = [class_names[k] for k in idx.tolist()], "BYTES", [n]
         t: dict[str, Any] = {"name": o.name, "datatype": datatype, "shape": shape}
-        if o.binary:
-            t["parameters"] = {"binary_data_size": len(binary)}
-            chunks.append(binary)
+        data, raw = _encode(datatype, values, o.binary)
+        if raw is not None:
+            t["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
         else:
             t["data"] = data
         tensors.append(t)
