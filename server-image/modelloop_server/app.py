@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,36 +37,43 @@ from modelloop.api.feedback import FeedbackRecord
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
-from .batching import InferenceBatcher
-from .feedback import BacklogFull, FeedbackBuffer
+from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
+from .bodylimits import nesting_depth
+from .control import bind_control_socket
+from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
 from .oip import routes as oip_routes
-from .settings import ServerSettings, SettingsError
+from .settings import DEFAULT_MAX_JSON_DEPTH, ServerSettings, SettingsError
 
 log = logging.getLogger("modelloop_server")
 
-SPOOL_DIR = ".feedback-spool"
+SPOOL_RETRY_AFTER_SECONDS = 30
 _EXAMPLE = '{"input": [...]} or {"inputs": [[...], ...]}'
 
 
 class Problem(Exception):
     """A request we refuse, with the status and the message the client sees."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, with the checks a public endpoint needs before parsing anything."""
+async def read_json(request: Request, limit: int, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+    """The body as JSON, with the checks a public endpoint needs before parsing anything.
+
+    Size and nesting depth are checked on the raw bytes, before the parser or any recursive
+    validation sees the body: no body can make the server run out of stack or memory.
+    """
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         got = f"{media!r}" if media else "no Content-Type"
@@ -85,6 +91,12 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise Problem(400, f"empty request body: send a JSON object like {_EXAMPLE}")
+    depth = nesting_depth(raw)
+    if depth > max_depth:
+        raise Problem(
+            400,
+            f"request body nests arrays/objects {depth} levels deep; the limit is {max_depth} (MODELLOOP_MAX_JSON_DEPTH)",
+        )
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -148,6 +160,7 @@ class Serving:
     batcher: InferenceBatcher
     load_pool: ThreadPoolExecutor
     flush_pool: ThreadPoolExecutor
+    spool_pool: ThreadPoolExecutor
     flush_wakeup: asyncio.Event
 
     def publish(self, model: LoadedModel) -> None:
@@ -181,13 +194,18 @@ async def predict(request: Request) -> Response:
     model = s.holder.current  # read once: this request finishes on this model whatever swaps meanwhile
     version = model.version if model else NO_VERSION
     try:
-        x, batched = parse_inputs(await read_json(request, s.settings.max_body_bytes), s.plugin, s.settings.max_batch)
+        parsed = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
+        x, batched = parse_inputs(parsed, s.plugin, s.settings.max_batch)
         if model is None:
             raise Problem(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
-        probs = await s.batcher.probabilities(model, x)
+        try:
+            probs = await s.batcher.probabilities(model, x)
+        except Overloaded as e:
+            s.metrics.shed.inc()
+            raise Problem(429, str(e), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     except Problem as p:
         s.metrics.requests.labels(str(p.status), version).inc()
-        headers = {"X-Request-Id": request_id}
+        headers = {"X-Request-Id": request_id, **p.headers}
         return json_response({"error": p.message, "requestId": request_id}, p.status, headers)
     assert model is not None
     answers = _answer(probs, s.plugin.class_names)
@@ -241,34 +259,23 @@ async def feedback(request: Request) -> Response:
     try:
         if s.feedback.store is None:
             raise Problem(503, f"feedback storage is not configured on this server (set {c.ENV_BUCKET} and the S3 env)")
-        record = parse_feedback(await read_json(request, s.settings.max_body_bytes), s.plugin)
+        body = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
+        record = parse_feedback(body, s.plugin)
+        loop = asyncio.get_running_loop()
         try:
-            if s.feedback.add(record):
+            # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
+            if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
                 s.flush_wakeup.set()
-        except BacklogFull as e:
-            raise Problem(503, str(e)) from None
+        except (BacklogFull, SpoolUnavailable) as e:
+            raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
     except Problem as p:
-        return json_response({"error": p.message}, p.status)
+        return json_response({"error": p.message}, p.status, p.headers)
     return json_response({"id": record.id, "correction": record.is_correction}, 202)
 
 
-def _reload_allowed(request: Request, bind_host: str) -> bool:
-    """Only the sidecar (same Pod: loopback, or the Pod's own address) may swap models."""
-    host = request.client.host if request.client else ""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    own = {bind_host, os.environ.get("POD_IP", "")} - {"", "0.0.0.0", "::"}
-    return addr.is_loopback or host in own
-
-
 async def reload(request: Request) -> Response:
+    """Served on the control socket only (see :mod:`modelloop_server.control`): the public port has no such route."""
     s: Serving = request.app.state.serving
-    if not _reload_allowed(request, s.settings.bind_host):
-        who = request.client.host if request.client else "unknown"
-        log.warning("refused POST /v1/reload from %s: only the Pod's own sidecar may reload", who)
-        return json_response({"error": f"reload is accepted only from inside the Pod, not from {who}"}, 403)
     try:
         body = await read_json(request, 64 << 10)
         if (
@@ -419,16 +426,20 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             feedback=FeedbackBuffer(
                 settings.model,
                 store,
-                settings.model_dir / SPOOL_DIR,
+                settings.spool_dir,
                 m,
                 settings.feedback_batch_records,
                 settings.feedback_flush_seconds,
                 settings.feedback_max_backlog,
+                max_bytes=settings.feedback_max_spool_bytes,
             ),
             infer_pool=infer_pool,
-            batcher=InferenceBatcher(infer_pool, threads, settings.inference_batch_rows, m.batch_rows.observe),
+            batcher=InferenceBatcher(
+                infer_pool, threads, settings.inference_batch_rows, m.batch_rows.observe, settings.max_queued_rows
+            ),
             load_pool=ThreadPoolExecutor(1, thread_name_prefix="load", initializer=_one_torch_thread),
             flush_pool=ThreadPoolExecutor(1, thread_name_prefix="feedback"),
+            spool_pool=ThreadPoolExecutor(1, thread_name_prefix="spool"),
             flush_wakeup=asyncio.Event(),
         )
         app.state.serving = s
@@ -454,10 +465,13 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )
         else:
             log.info("no version in %s yet; not ready until the sidecar delivers one", settings.model_dir)
+        control_app.state.serving = s
+        control = await _start_control(control_app, settings.control_path)
         flusher = asyncio.create_task(_flusher(s))
         try:
             yield
         finally:
+            await control.stop()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -474,19 +488,74 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
             s.batcher.close()
-            for pool in (s.infer_pool, s.load_pool, s.flush_pool):
+            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool):
                 pool.shutdown(wait=True)
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
         Route("/v1/feedback", feedback, methods=["POST"]),
-        Route("/v1/reload", reload, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *oip_routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    control_app = create_control_app()
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.control_app = control_app
+    return app
+
+
+def create_control_app() -> Starlette:
+    """The routes of the control socket: what the Pod's own sidecar needs, and nothing the world may call."""
+    routes = [
+        Route("/v1/reload", reload, methods=["POST"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+class _ControlServer(uvicorn.Server):
+    """The control listener runs inside the public server's loop; the public server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _RunningControl:
+    server: _ControlServer
+    task: asyncio.Task[None]
+    path: Path
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+async def _start_control(app: Starlette, path: Path) -> _RunningControl:
+    """Listen on the control socket for as long as the public app's lifespan runs."""
+    try:
+        sock = bind_control_socket(path)
+    except OSError as e:
+        raise RuntimeError(
+            f"cannot listen on the control socket {path} ({e}); the sidecar could not reach this server. "
+            "Check that MODELLOOP_CONTROL_SOCKET is on a writable volume shared with the sidecar"
+        ) from None
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None, http="h11")
+    server = _ControlServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"the control listener on {path} stopped during start-up")
+        await asyncio.sleep(0.01)
+    log.info("control endpoints (/v1/reload for the sidecar) on unix socket %s, not on the public port", path)
+    return _RunningControl(server, task, path)
 
 
 def main() -> None:

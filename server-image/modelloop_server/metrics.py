@@ -68,6 +68,12 @@ class ServerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.shed = Counter(
+            "modelloop_server_shed_requests",
+            "Prediction requests refused with 429 because the inference queue was full (MODELLOOP_MAX_QUEUED_ROWS); "
+            "any rate above zero means the replicas cannot keep up: scale out or lower the offered load.",
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "modelloop_server_inference_batch_rows",
             "Rows per forward pass. Requests that queue while the inference threads are busy share a pass, "
@@ -96,5 +102,11 @@ class ServerMetrics:
         self.feedback_backlog = Gauge(
             "modelloop_server_feedback_backlog_records",
             "Feedback records accepted but not yet stored in the object store.",
+            registry=r,
+        )
+        self.feedback_backlog_bytes = Gauge(
+            "modelloop_server_feedback_backlog_bytes",
+            "Bytes of accepted feedback not yet stored in the object store (what the spool holds); at "
+            "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES new reviews are refused with 503.",
             registry=r,
         )

@@ -39,8 +39,11 @@ from torch import Tensor
 
 from modelloop_trainer.plugin import InputError, ModelPlugin
 
+from .batching import RETRY_AFTER_SECONDS, Overloaded
+from .bodylimits import nesting_depth
 from .metrics import NO_VERSION
 from .model import LoadedModel
+from .settings import DEFAULT_MAX_JSON_DEPTH
 
 if TYPE_CHECKING:
     from .app import Serving
@@ -125,7 +128,7 @@ def model_metadata(plugin: ModelPlugin, name: str, model: LoadedModel | None) ->
     }
 
 
-def _split_body(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
+def _split_body(raw: bytes, header_length: str | None, max_depth: int) -> tuple[Any, bytes]:
     """(parsed JSON header, binary tail) of an infer body, with or without the binary extension."""
     if header_length is None:
         head, tail = raw, b""
@@ -141,6 +144,12 @@ def _split_body(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
         head, tail = raw[:n], raw[n:]
     if not head.strip():
         raise OIPError(400, 'empty request body: send {"inputs": [{"name": "input", "datatype": "FP32", ...}]}')
+    depth = nesting_depth(head)
+    if depth > max_depth:
+        raise OIPError(
+            400,
+            f"request body nests arrays/objects {depth} levels deep; the limit is {max_depth} (MODELLOOP_MAX_JSON_DEPTH)",
+        )
     try:
         return orjson.loads(head), tail
     except orjson.JSONDecodeError as e:
@@ -326,9 +335,14 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[RequestedOutput, ...]:
     return tuple(out)
 
 
-def parse_infer(raw: bytes, header_length: str | None, plugin: ModelPlugin, max_batch: int) -> InferRequest:
-    """An OIP infer body (JSON, or JSON header + binary tensors) as the model's input, or an OIPError."""
-    body, tail = _split_body(raw, header_length)
+def parse_infer(
+    raw: bytes, header_length: str | None, plugin: ModelPlugin, max_batch: int, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> InferRequest:
+    """An OIP infer body (JSON, or JSON header + binary tensors) as the model's input, or an OIPError.
+
+    The JSON's nesting depth is measured on the raw bytes before parsing, as for ``/v1/predict``.
+    """
+    body, tail = _split_body(raw, header_length, max_depth)
     if not isinstance(body, dict):
         raise OIPError(400, f"request body must be a JSON object with inputs, got a JSON {type(body).__name__}")
     unknown = sorted(set(body) - {"id", "parameters", "inputs", "outputs"})
@@ -476,10 +490,16 @@ async def infer(request: Request) -> Response:
     try:
         model = _check_model(s, request)
         raw = await _read_body(request, s.settings.max_body_bytes)
-        req = parse_infer(raw, request.headers.get(HEADER_LENGTH), s.plugin, s.settings.max_batch)
+        req = parse_infer(
+            raw, request.headers.get(HEADER_LENGTH), s.plugin, s.settings.max_batch, s.settings.max_json_depth
+        )
         if model is None:
             raise OIPError(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
-        probs = await s.batcher.probabilities(model, req.x)
+        try:
+            probs = await s.batcher.probabilities(model, req.x)
+        except Overloaded as e:
+            s.metrics.shed.inc()
+            raise OIPError(429, str(e), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     except OIPError as e:
         s.metrics.requests.labels(str(e.status), version).inc()
         return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})

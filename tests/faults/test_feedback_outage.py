@@ -24,8 +24,8 @@ from modelloop.api.feedback import FeedbackRecord, decode_batch
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
-from modelloop_server.app import SPOOL_DIR
 from modelloop_server.feedback import OPEN_JOURNAL
+from modelloop_server.settings import DEFAULT_SPOOL_DIR_NAME as SPOOL_DIR
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 

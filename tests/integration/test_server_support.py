@@ -26,6 +26,7 @@ from modelloop.api.artifacts import artifact_uri
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
+from modelloop_server.control import DEFAULT_SOCKET_NAME, ControlClient
 from modelloop_server.synthetic import publish_synthetic, write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -33,6 +34,18 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
 PLUGIN = c.DEFAULT_PLUGIN
 BIN = Path(sys.executable).parent
+
+
+def control(model_dir: Path, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    """A request on the server's control socket (the sidecar's channel), as an httpx response for the asserts."""
+    data = None if body is None else json.dumps(body).encode()
+    status, raw = ControlClient(model_dir / DEFAULT_SOCKET_NAME).request(method, path, data, timeout=60)
+    return httpx.Response(status, content=raw)
+
+
+def reload(model_dir: Path, version: str, path: Path | str | None = None) -> httpx.Response:
+    """``POST /v1/reload`` as the sidecar sends it: over the control socket in the model dir."""
+    return control(model_dir, "POST", "/v1/reload", {"version": version, "path": str(path or model_dir / version)})
 
 
 def publish_versions(minio: MinioServer, bucket: str, versions: list[str]) -> dict[str, str]:
@@ -207,7 +220,6 @@ class Replica:
                 "MODELLOOP_POLICY": POLICY,
                 "POD_NAME": pod,
                 "POD_NAMESPACE": namespace,
-                "MODELLOOP_SERVER_URL": self.base,
                 "MODELLOOP_RETRY_BASE_SECONDS": "0.2",
                 "MODELLOOP_RETRY_MAX_SECONDS": "2",
             },

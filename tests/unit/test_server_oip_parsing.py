@@ -9,6 +9,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from modelloop_server.oip import OIPError, RequestedOutput, model_metadata, parse_infer, render_outputs
@@ -140,3 +142,52 @@ def test_metadata_without_a_loaded_model_lists_no_version() -> None:
     assert meta["versions"] == []
     assert meta["inputs"][0]["shape"] == [-1, 64]
     assert meta["parameters"]["class_names"][9] == "9"
+
+
+_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=5)
+_json = st.recursive(_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4))
+_tensor = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.just("input") | _json,
+        "datatype": st.sampled_from(["FP32", "BYTES", "INT64"]) | _json,
+        "shape": st.lists(st.integers(-2, 70), max_size=3) | _json,
+        "data": st.lists(st.floats(0, 16), max_size=130) | _json,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-1, 300) | _json}),
+    },
+)
+_outputs = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["probabilities", "predicted", "label", "x"]) | _json},
+        optional={"parameters": st.fixed_dictionaries({}, optional={"binary_data": _json, "classification": _json})},
+    ),
+    max_size=3,
+)
+_bodies = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": _json,
+            "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": _json}) | _json,
+            "inputs": st.lists(_tensor, max_size=2) | _json,
+            "outputs": _outputs | _json,
+        },
+    )
+    | _json
+)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(_bodies, st.binary(max_size=300), st.none() | st.sampled_from(["", "x", "0", "-1", "exact"]))
+def test_any_body_and_framing_is_parsed_or_refused_with_a_4xx(body: object, tail: bytes, header: str | None) -> None:
+    """Whatever the JSON, binary tail and header length, the result is a request or an OIPError 4xx, never a crash."""
+    head = json.dumps(body).encode()
+    if header == "exact":
+        header = str(len(head))
+    try:
+        req = parse_infer(head + (tail if header else b""), header, PLUGIN, 8)
+    except OIPError as e:
+        assert 400 <= e.status < 500 and e.message
+        return
+    tensors, chunks = render_outputs(torch.softmax(torch.randn(req.x.shape[0], 10), 1), PLUGIN.class_names, req.outputs)
+    assert len(tensors) == len(req.outputs) and len(chunks) <= len(tensors)
