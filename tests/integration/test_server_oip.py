@@ -8,10 +8,13 @@ names or binary framing drifted from the protocol, it would fail here. Answers a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import struct
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -270,3 +273,31 @@ def test_binary_framing_is_what_the_extension_says(server: str) -> None:
     np.testing.assert_array_equal(probs, np.array(expected["probabilities"], dtype=np.float32))
     (length,) = struct.unpack_from("<I", r.content, n + 48)
     assert r.content[n + 52 : n + 52 + length].decode() == expected["className"]
+
+
+def test_a_full_queue_sheds_oip_requests_with_429(tmp_path: Path) -> None:
+    """OIP infer shares /v1/predict's inference queue and its bound: bursts past it get 429 + Retry-After."""
+    proc, url, _ = start_server(tmp_path, MODELLOOP_INFERENCE_THREADS="1", MODELLOOP_MAX_QUEUED_ROWS="8")
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [8, 64], "data": inputs(8).tolist()}]}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            return await asyncio.gather(*(http.post(INFER, json=body) for _ in range(48)))
+
+    try:
+        shed: list[httpx.Response] = []
+        total = 0
+        deadline = time.monotonic() + 60
+        while not shed and time.monotonic() < deadline:
+            answers = asyncio.run(burst())
+            assert {r.status_code for r in answers} <= {200, 429}, {r.status_code: r.text for r in answers}
+            assert any(r.status_code == 200 for r in answers), "a request that finds the queue empty is taken"
+            shed = [r for r in answers if r.status_code == 429]
+            total += len(shed)
+        assert shed, "48 concurrent 8-row requests never filled an 8-row queue in 60 s"
+        assert shed[0].headers["retry-after"] == "1"
+        assert "the server is overloaded" in shed[0].json()["error"]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert f"modelloop_server_shed_requests_total {float(total)}" in metrics, "each shed OIP request is counted"
+    finally:
+        proc.stop()
