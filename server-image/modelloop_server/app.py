@@ -46,7 +46,8 @@ from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetri
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
 from .oip import routes as oip_routes
-from .settings import DEFAULT_MAX_JSON_DEPTH, ServerSettings, SettingsError
+from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
+from .settings import DEFAULT_MAX_JSON_DEPTH, ENV_REVIEW_AUTH, ServerSettings, SettingsError
 
 log = logging.getLogger("modelloop_server")
 
@@ -162,6 +163,8 @@ class Serving:
     flush_pool: ThreadPoolExecutor
     spool_pool: ThreadPoolExecutor
     flush_wakeup: asyncio.Event
+    reviews: ReviewGate
+    auth_pool: ThreadPoolExecutor
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -219,7 +222,10 @@ async def predict(request: Request) -> Response:
     return json_response(body, 200, _headers(model, request_id))
 
 
-def parse_feedback(body: Any, plugin: ModelPlugin) -> FeedbackRecord:
+REFUSAL_REASONS = {401: "unauthenticated", 403: "forbidden", 429: "rate_limited"}
+
+
+def parse_feedback(body: Any, plugin: ModelPlugin, reviewer: str | None = None) -> FeedbackRecord:
     if not isinstance(body, dict):
         raise Problem(422, "feedback must be a JSON object with input, predicted, label, version (requestId optional)")
     allowed = {"requestId", "input", "predicted", "label", "version"}
@@ -251,6 +257,7 @@ def parse_feedback(body: Any, plugin: ModelPlugin) -> FeedbackRecord:
         predicted=body["predicted"],
         label=body["label"],
         reviewed_at=datetime.now(UTC),
+        reviewer=reviewer,
     )
 
 
@@ -259,9 +266,14 @@ async def feedback(request: Request) -> Response:
     try:
         if s.feedback.store is None:
             raise Problem(503, f"feedback storage is not configured on this server (set {c.ENV_BUCKET} and the S3 env)")
-        body = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
-        record = parse_feedback(body, s.plugin)
         loop = asyncio.get_running_loop()
+        try:
+            reviewer = await loop.run_in_executor(s.auth_pool, s.reviews.reviewer, request.headers.get("authorization"))
+        except ReviewRefused as e:
+            s.metrics.feedback_refused.labels(REFUSAL_REASONS.get(e.status, "auth_unavailable")).inc()
+            raise Problem(e.status, e.message, e.headers) from None
+        body = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
+        record = parse_feedback(body, s.plugin, reviewer)
         try:
             # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
             if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
@@ -441,8 +453,19 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             flush_pool=ThreadPoolExecutor(1, thread_name_prefix="feedback"),
             spool_pool=ThreadPoolExecutor(1, thread_name_prefix="spool"),
             flush_wakeup=asyncio.Event(),
+            reviews=ReviewGate(
+                settings.review_auth,
+                settings.review_path,
+                RateLimiter(settings.review_rate_per_minute / 60.0, settings.review_burst),
+            ),
+            auth_pool=ThreadPoolExecutor(4, thread_name_prefix="review-auth"),
         )
         app.state.serving = s
+        if settings.review_auth == MODE_OFF:
+            log.warning(
+                "%s=off: POST /v1/feedback accepts reviews from anyone who can reach this port, recorded as '%s'",
+                ENV_REVIEW_AUTH, ANONYMOUS,
+            )  # fmt: skip
         if store is None:
             log.warning("no object store configured (%s unset): POST /v1/feedback answers 503", c.ENV_BUCKET)
         s.feedback.restore_spool()
@@ -488,7 +511,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
             s.batcher.close()
-            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool):
+            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool):
                 pool.shutdown(wait=True)
 
     routes = [

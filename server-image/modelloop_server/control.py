@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import TypeVar
 
 DEFAULT_SOCKET_NAME = ".control.sock"
+REVIEW_AUTH_SOCKET_NAME = ".review-auth.sock"
+"""The other direction: the sidecar answers the server's "who is this reviewer?" here."""
+REVIEW_AUTH_PATH = "/v1/review-auth"
 SOCKET_MODE = 0o660
 _MAX_SUN_PATH = 100  # sockaddr_un holds 108 bytes on Linux; stay clear of the edge
 

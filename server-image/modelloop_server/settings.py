@@ -15,7 +15,7 @@ from pathlib import Path
 from modelloop.api import constants as c
 from modelloop.api.artifacts import check_model_name
 
-from .control import DEFAULT_SOCKET_NAME
+from .control import DEFAULT_SOCKET_NAME, REVIEW_AUTH_SOCKET_NAME
 from .memory import DEFAULT_CGROUP_ROOT, DEFAULT_OVERHEAD_FACTOR, DEFAULT_RESERVE_BYTES
 
 ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
@@ -28,6 +28,9 @@ ENV_CGROUP_ROOT = "MODELLOOP_CGROUP_ROOT"
 ENV_MEMORY_OVERHEAD_FACTOR = "MODELLOOP_MEMORY_OVERHEAD_FACTOR"
 ENV_MEMORY_RESERVE_BYTES = "MODELLOOP_MEMORY_RESERVE_BYTES"
 ENV_CONTROL_SOCKET = "MODELLOOP_CONTROL_SOCKET"
+ENV_REVIEW_AUTH = "MODELLOOP_REVIEW_AUTH"
+ENV_REVIEW_AUTH_SOCKET = "MODELLOOP_REVIEW_AUTH_SOCKET"
+ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
 DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
@@ -95,6 +98,25 @@ def _control_socket(env: Mapping[str, str], model_dir: Path) -> Path:
     return path
 
 
+def _review_socket(env: Mapping[str, str], model_dir: Path) -> Path:
+    raw = env.get(ENV_REVIEW_AUTH_SOCKET, "")
+    path = Path(raw) if raw else model_dir / REVIEW_AUTH_SOCKET_NAME
+    if not path.is_absolute():
+        raise SettingsError(
+            f"{ENV_REVIEW_AUTH_SOCKET}={raw!r} must be an absolute path on a volume shared by both containers"
+        )
+    return path
+
+
+def _review_mode(env: Mapping[str, str]) -> str:
+    raw = env.get(ENV_REVIEW_AUTH, "") or "sidecar"
+    if raw not in ("sidecar", "off"):
+        raise SettingsError(
+            f"{ENV_REVIEW_AUTH}={raw!r} must be 'sidecar' (the default: reviews need a bearer token) or 'off'"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     model: str
@@ -115,6 +137,10 @@ class ServerSettings:
     feedback_max_spool_bytes: int = 256 << 20  # accepted, not yet stored reviews; beyond it feedback answers 503
     feedback_spool_dir: Path | None = None  # None: <model_dir>/.feedback-spool (lost with the Pod's emptyDir)
     control_socket: Path | None = None  # None: <model_dir>/.control.sock
+    review_auth: str = "sidecar"  # reviews need a bearer token the sidecar accepts; "off": anyone may review
+    review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
+    review_rate_per_minute: float = 1200.0  # per reviewer, sustained
+    review_burst: int = 200  # per reviewer, at once
     keep_versions: int = 3
     cgroup_root: Path = DEFAULT_CGROUP_ROOT  # where the container's memory limit is read; tests point it at a fake
     memory_overhead_factor: float = DEFAULT_OVERHEAD_FACTOR  # load estimate: weights file size x this + reserve
@@ -127,6 +153,10 @@ class ServerSettings:
     @property
     def control_path(self) -> Path:
         return self.control_socket or self.model_dir / DEFAULT_SOCKET_NAME
+
+    @property
+    def review_path(self) -> Path:
+        return self.review_socket or self.model_dir / REVIEW_AUTH_SOCKET_NAME
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
@@ -151,6 +181,10 @@ class ServerSettings:
             feedback_max_spool_bytes=_int(e, "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES", 256 << 20, 64 << 10),
             feedback_spool_dir=Path(spool) if spool else None,
             control_socket=_control_socket(e, model_dir),
+            review_auth=_review_mode(e),
+            review_socket=_review_socket(e, model_dir),
+            review_rate_per_minute=_float(e, "MODELLOOP_REVIEW_RATE_PER_MINUTE", 1200.0),
+            review_burst=_int(e, "MODELLOOP_REVIEW_BURST", 200, 1),
             cgroup_root=Path(e.get(ENV_CGROUP_ROOT) or DEFAULT_CGROUP_ROOT),
             memory_overhead_factor=_factor(e, ENV_MEMORY_OVERHEAD_FACTOR, DEFAULT_OVERHEAD_FACTOR),
             memory_reserve_bytes=_int(e, ENV_MEMORY_RESERVE_BYTES, DEFAULT_RESERVE_BYTES),
@@ -165,6 +199,8 @@ class SidecarSettings:
     pod_name: str
     model_dir: Path
     control_socket: Path
+    review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
+    reviewer_tokens_dir: Path | None = None  # static reviewer tokens, one file per reviewer (a Secret volume)
     keep_versions: int = 3
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
@@ -180,6 +216,8 @@ class SidecarSettings:
             pod_name=_required(e, ENV_POD_NAME),
             model_dir=model_dir,
             control_socket=_control_socket(e, model_dir),
+            review_socket=_review_socket(e, model_dir),
+            reviewer_tokens_dir=Path(e[ENV_REVIEWER_TOKENS_DIR]) if e.get(ENV_REVIEWER_TOKENS_DIR) else None,
             keep_versions=_int(e, "MODELLOOP_KEEP_VERSIONS", 3, 2),
             retry_base_seconds=_float(e, "MODELLOOP_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_float(e, "MODELLOOP_RETRY_MAX_SECONDS", 60.0),

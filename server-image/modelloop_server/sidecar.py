@@ -56,10 +56,11 @@ from modelloop.api.artifacts import ArtifactError, ManifestInvalid, check_versio
 from modelloop.clients.artifactstore import fetch_version
 from modelloop.clients.objectstore import ObjectStore, StoreConfig
 
-from .control import ControlClient
+from .control import REVIEW_AUTH_SOCKET_NAME, ControlClient
 from .diskroom import REASON_NO_ROOM, VolumeLimit, disk_usage, room_decision, volume_limit
 from .memory import REASON_TOO_LARGE
 from .modeldir import clean_temp_dirs, prune, verify_local, versions_on_disk
+from .reviewauth import AUDIENCE, SUBRESOURCE, ReviewAuthorizer, StaticTokens, serve_review_auth
 from .settings import SettingsError, SidecarSettings
 
 log = logging.getLogger("modelloop_sidecar")
@@ -726,11 +727,23 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    static = StaticTokens.from_dir(settings.reviewer_tokens_dir)
+    review_socket = settings.review_socket or settings.model_dir / REVIEW_AUTH_SOCKET_NAME
+    authorizer = ReviewAuthorizer(sidecar.api, settings.namespace, settings.policy, static)
+    reviews = serve_review_auth(review_socket, authorizer)
+    log.info(
+        "answering the server's review-auth requests on %s (TokenReview audience %s, create %s/%s on %s; "
+        "%d static reviewer tokens)",
+        review_socket, AUDIENCE, c.RETRAINPOLICY_PLURAL, SUBRESOURCE, settings.policy, len(static),
+    )  # fmt: skip
     log.info(
         "watching RetrainPolicy %s/%s for model %s; server control socket %s; model dir %s",
         settings.namespace, settings.policy, settings.model, settings.control_socket, settings.model_dir,
     )  # fmt: skip
-    sidecar.run()
+    try:
+        sidecar.run()
+    finally:
+        reviews.shutdown()
 
 
 if __name__ == "__main__":

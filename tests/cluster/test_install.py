@@ -202,7 +202,11 @@ def test_reviews_through_the_service_train_v2_while_the_leader_dies(
     tally: Tally | None = None
     try:
         t0 = time.monotonic()
-        reviewed = review([url], 200)
+        # As the README says: the example's review application, a token minted for audience modelloop.
+        token = installed.cluster.kubectl(
+            "-n", NAMESPACE, "create", "token", "digits-review-app", "--audience", c.REVIEW_AUDIENCE
+        ).stdout.strip()
+        reviewed = review([url], 200, token=token)
         assert reviewed.failed == 0, f"{reviewed.failed} reviews failed through the Service"
         assert reviewed.corrections >= 10, f"only {reviewed.corrections} corrections in 200 reviews"
         view.wait_phase("v2", {"Training"}, VERSION_TIMEOUT_S)

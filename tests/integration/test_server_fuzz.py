@@ -223,6 +223,7 @@ def client(tmp_path: Path, minio: MinioServer, bucket: str) -> Iterator[Client]:
         inference_threads=1,
         warmup_passes=1,
         feedback_flush_seconds=0.5,
+        review_auth="off",  # fuzz what a review carries; who may send one is tested in test_review_auth.py
     )
     app = create_app(server_settings, minio.store(bucket), DigitsPlugin())
     loop = asyncio.new_event_loop()

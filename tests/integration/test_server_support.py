@@ -133,11 +133,26 @@ class Cluster:
         return self.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digest
 
     def start_replica(
-        self, workdir: Path, pod: str, version: str, digest: str, size_limit: str | None = None
+        self,
+        workdir: Path,
+        pod: str,
+        version: str,
+        digest: str,
+        size_limit: str | None = None,
+        sidecar_env: dict[str, str] | None = None,
+        **server_env: str,
     ) -> Replica:
         """A Pod object plus its server + sidecar, returned once the sidecar reports ``version`` served."""
         self.create_pod(pod, replica_model_dir(workdir, pod), size_limit)
-        replica = Replica(workdir, pod, self.ns, self.minio.env(self.bucket), self.serving_kubeconfig(workdir))
+        replica = Replica(
+            workdir,
+            pod,
+            self.ns,
+            self.minio.env(self.bucket),
+            self.serving_kubeconfig(workdir),
+            sidecar_env,
+            **server_env,
+        )
         self.set_desired(version, digest)
         replica.start()
         try:
@@ -156,10 +171,13 @@ class Cluster:
     def serving_kubeconfig(self, workdir: Path) -> Path:
         """Apply the example's ServiceAccount/Role/RoleBinding here and return a kubeconfig with its token."""
         docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRoleBinding")]
         sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
         for d in rbac:
-            d["metadata"]["namespace"] = self.ns
+            if d["kind"] == "ClusterRoleBinding":
+                d["metadata"]["name"] = f"{self.ns}-{d['metadata']['name']}"
+            else:
+                d["metadata"]["namespace"] = self.ns
             for rule in d.get("rules") or []:
                 if rule.get("resourceNames"):
                     rule["resourceNames"] = [POLICY]
@@ -189,7 +207,14 @@ class Replica:
     """A serving Pod's two containers as local processes sharing a model directory."""
 
     def __init__(
-        self, workdir: Path, pod: str, namespace: str, s3_env: dict[str, str], kubeconfig: Path, **server_env: str
+        self,
+        workdir: Path,
+        pod: str,
+        namespace: str,
+        s3_env: dict[str, str],
+        kubeconfig: Path,
+        sidecar_env: dict[str, str] | None = None,
+        **server_env: str,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -222,6 +247,7 @@ class Replica:
                 "POD_NAMESPACE": namespace,
                 "MODELLOOP_RETRY_BASE_SECONDS": "0.2",
                 "MODELLOOP_RETRY_MAX_SECONDS": "2",
+                **(sidecar_env or {}),
             },
         )
 
@@ -281,6 +307,7 @@ def start_server(
             "MODELLOOP_PORT": str(port),
             "MODELLOOP_MAX_BATCH": "8",
             "MODELLOOP_MAX_BODY_BYTES": "65536",
+            "MODELLOOP_REVIEW_AUTH": "off",  # no sidecar to ask; reviews are authenticated in test_review_auth.py
             **env,
         },
     ).start()
