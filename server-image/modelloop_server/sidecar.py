@@ -578,13 +578,16 @@ class Sidecar:
         prefetch: the candidate is signed only once it passes its gates.
         """
         key = self.s.signing_public_key
+        if key is not None and not key.exists():
+            key = None  # an optional ConfigMap that is not there: the policy alone decides whether to require one
         if key is None and not self.signature_required:
             return
         where = f"{d.artifact_uri}{SIGNATURE_FILE}"
         if key is None:
             raise RejectedForGood(
                 "the policy requires a signature (spec.serving.signature) but this sidecar has no public key: "
-                "mount the key the policy names and set MODELLOOP_SIGNING_PUBLIC_KEY on the sidecar"
+                f"mount the key the policy names at {self.s.signing_public_key or 'a path'} and set "
+                "MODELLOOP_SIGNING_PUBLIC_KEY on the sidecar to it"
             )
         bucket, _ = parse_artifact_uri(d.artifact_uri)
         store = self._store(bucket)
