@@ -116,3 +116,23 @@ def test_unusable_keys_are_named(tmp_path: Path) -> None:
     (tmp_path / "junk.pub").write_text("junk")
     with pytest.raises(SigningKeyError, match=r"junk\.pub"):
         verify_digests(tmp_path / "junk.pub", b"{}")
+
+
+def test_the_stock_model_signing_verifier_accepts_the_bundle_over_a_downloaded_copy(tmp_path: Path) -> None:
+    """The bundle is the library's own format: ``model_signing verify key`` checks a copy by hand."""
+    import hashlib
+
+    from model_signing import verifying
+
+    priv, pub = _keys(tmp_path, "op")
+    copy = tmp_path / "v2"
+    (copy / "sub").mkdir(parents=True)
+    (copy / "model.safetensors").write_bytes(b"weights")
+    (copy / "sub" / "metrics.json").write_bytes(b"{}")
+    digests = {p.relative_to(copy).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.rglob("*.*")}
+    (copy / "model.sig").write_bytes(sign_digests(priv, "digits/v2", digests))
+    config = verifying.Config().use_elliptic_key_verifier(public_key=pub)
+    config.verify(copy, copy / "model.sig")
+    (copy / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        config.verify(copy, copy / "model.sig")
