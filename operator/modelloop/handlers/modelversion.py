@@ -366,13 +366,15 @@ def _sign(
             conds.set("Signed", "True", decision.reason, f"model.sig {new.artifact.signature_digest}")
             kopf.info(body, reason="Signed", message=f"signed {mv.version}: model.sig {new.artifact.signature_digest}")
             return True
+    if decision.reason == "NotRequired":
+        return True  # signing not set up at all: no condition, as before signing existed
     previous = next((x for x in conds.items if x.get("type") == "Signed"), None)
     conds.set("Signed", "False", decision.reason, decision.message)
+    if previous is None or previous.get("reason") != decision.reason:
+        kopf.warn(body, reason=decision.reason, message=decision.message)
+        logger.warning("version %s: %s", mv.version, decision.message)
     if decision.action == SignAction.SKIP:
         return True
     new.message = decision.message
     conds.set("Ready", "False", decision.reason, decision.message)
-    if previous is None or previous.get("reason") != decision.reason:
-        kopf.warn(body, reason=decision.reason, message=decision.message)
-        logger.warning("version %s: %s", mv.version, decision.message)
     return False
