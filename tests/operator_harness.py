@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import MANIFEST_FILE, VERIFICATION_FILE, Manifest, Progress, version_key, version_number
@@ -25,7 +26,7 @@ from modelloop.clients.artifactstore import publish_version
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
-from modelloop_dev.processes import ManagedProcess, wait_for
+from modelloop_dev.processes import ManagedProcess, http_get, wait_for
 
 POLICY = "digits"
 MODEL = "digits"
@@ -35,7 +36,7 @@ DEPLOYMENT = "web"
 class Operator:
     """``modelloop-operator --standalone`` for one namespace, with 1 s reconcile timers."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, log: Path, **env: str) -> None:
+    def __init__(self, cp: ControlPlane, namespace: str, log: Path, metrics_port: int = 0, **env: str) -> None:
         exe = Path(sys.executable).parent / "modelloop-operator"
         full_env = {
             **os.environ,
@@ -44,13 +45,23 @@ class Operator:
             "MODELLOOP_MODELVERSION_INTERVAL": "1",
             **env,
         }
-        argv = [exe, "--standalone", "--namespace", namespace, "--metrics-port", "0", "--liveness", ""]
+        argv = [exe, "--standalone", "--namespace", namespace, "--metrics-port", str(metrics_port), "--liveness", ""]
+        self.metrics_port = metrics_port
         self.proc = ManagedProcess("modelloop-operator", argv, log, env=full_env)
         self.kills = 0
 
     def start(self) -> Operator:
         self.proc.start()
         return self
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the operator's /metrics (started with ``metrics_port``), None when absent."""
+        text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics").decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return None
 
     def sigkill_and_restart(self) -> None:
         """A crash at an arbitrary instruction: no shutdown handler, no final status write."""
