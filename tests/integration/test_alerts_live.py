@@ -42,6 +42,12 @@ from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import free_port, wait_for
 from modelloop_dev.prometheus import ChartPrometheus
 
+T0=[0.0]
+def mark(x):
+    import time as _t
+    if not T0[0]: T0[0]=_t.monotonic()
+    print(f'@@ {_t.monotonic()-T0[0]:6.1f} {x}', flush=True)
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 STALLED, LIVE_LOW = "ModelloopRolloutStalled", "ModelloopLiveAccuracyLow"
@@ -191,7 +197,9 @@ def test_rollout_stalled_fires_on_a_stuck_replica_resolves_and_stays_quiet_acros
     make_loop: Callable[[int], Loop], prometheus: ChartPrometheus
 ) -> None:
     stalled_for = _seconds(ALERTS_FOR[STALLED])
+    mark("start")
     loop = make_loop(2)
+    mark("loop made")
     ns = loop.ns
     digest1 = loop.ship("v1", None)
     loop.wait_active("v1")
@@ -200,10 +208,11 @@ def test_rollout_stalled_fires_on_a_stuck_replica_resolves_and_stays_quiet_acros
         and len(loop.scraped_serving()) == 2,
         30, "Prometheus to scrape v1 active and both replicas serving it",
     )  # fmt: skip
-    assert prometheus.alert_state(STALLED, namespace=ns) is None
+    prometheus.wait_alert(STALLED, None, 15, "pending only while v1 rolled out", namespace=ns)
 
     # (b) An operator restart with everything healthy. While it is down its series are stale, so
     # the rule is pending; the restarted operator must export the active version again at once.
+    mark("v1 active+scraped")
     killed = time.time()
     loop.operator.sigkill_and_restart()
 
@@ -213,6 +222,7 @@ def test_rollout_stalled_fires_on_a_stuck_replica_resolves_and_stays_quiet_acros
 
     wait_for(settled, stalled_for + 60, "the stalled-rollout alert to settle after the operator restart")
     back_after = time.time() - killed
+    mark(f"settled {prometheus.alert_state(STALLED, namespace=ns)} {back_after}")
     assert prometheus.alert_state(STALLED, namespace=ns) is None, (
         f"{STALLED} fired after an operator restart with both replicas on the active version "
         f"(active version series after restart: {loop.scraped_active_digest()})"
@@ -260,14 +270,20 @@ def test_live_accuracy_fires_on_corrected_reviews_and_resolves_after_a_rollback(
     make_loop: Callable[[int], Loop], prometheus: ChartPrometheus
 ) -> None:
     live_for = _seconds(ALERTS_FOR[LIVE_LOW])
+    mark("start")
     loop = make_loop(1)
+    mark("loop made")
     ns = loop.ns
     (replica,) = loop.replicas.values()
     loop.ship("v1", None)
+    mark("v1 desired")
     loop.wait_active("v1")
+    mark("v1 active")
     loop.retrain("v2")
     loop.ship("v2", "v1")
+    mark("v2 desired")
     loop.wait_active("v2")
+    mark("v2 active")
 
     # Reviewers correct 8 of v2's 10 answers: live accuracy 0.2, below the alert's 0.85.
     for i in range(10):
@@ -284,8 +300,12 @@ def test_live_accuracy_fires_on_corrected_reviews_and_resolves_after_a_rollback(
         }
         assert httpx.post(f"{replica.base}/v1/feedback", json=review, timeout=30).status_code < 300
     pending_since = time.monotonic()
+    mark("reviews posted")
+    wait_for(lambda: prometheus.alert_state(LIVE_LOW, namespace=ns)=="pending", 60, "x")
+    mark("pending")
     prometheus.wait_alert(LIVE_LOW, "firing", live_for + 60, "8 of 10 reviews of v2 corrected", namespace=ns)
     assert time.monotonic() - pending_since >= live_for - 2, "the alert honours its for:"
+    mark("firing")
     (alert,) = prometheus.alerts(LIVE_LOW, namespace=ns)
     assert (alert["labels"]["policy"], alert["labels"]["version"]) == ("digits", "v2")
     assert float(alert["value"]) == pytest.approx(0.2)
