@@ -123,7 +123,8 @@ def test_feedback_to_hot_swap_gate_rejection_and_rollback(stack: LoopStack, mini
         assert (status, version) == (200, "v2")
 
     # 3. a gate rejects v3; v2 keeps serving
-    stack.patch_policy_spec({"verification": {"gates": {"minHoldoutAccuracy": 0.999}}})
+    # maxAttempts 1: no automatic retry of v3 (tests/integration/test_operator_loop.py proves retries)
+    stack.patch_policy_spec({"verification": {"gates": {"minHoldoutAccuracy": 0.999}}, "retry": {"maxAttempts": 1}})
     stack.annotate_policy(c.ANNOTATION_RETRAIN_NOW, "round-3")
     v3 = stack.wait_phase("v3", {"Rejected"}, VERSION_TIMEOUT_S)
     failed = [g for g in v3["status"]["gates"] if not g["passed"]]

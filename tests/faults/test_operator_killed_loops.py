@@ -266,6 +266,7 @@ def test_operator_sigkilled_at_random_points_across_20_loops(
         bucket,
         verification={"gates": {"minClassAccuracy": 0.9, "beatMargin": 0.002}},
         retention={"keepVersions": 2 * LOOPS},
+        retry={"maxAttempts": 1},  # every loop is one planned version; retries are tested in test_operator_loop
     )
     op = Operator(control_plane, ns, tmp_path / "operator.log").start()
     tripwire = Tripwire(control_plane, ns, op)

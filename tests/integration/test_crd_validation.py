@@ -245,6 +245,14 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
         "spec.retention.keepVersions",
         "greater than or equal to 2",
     ),
+    "retry-zero-attempts": (setting(retry__maxAttempts=0), "spec.retry.maxAttempts", "greater than or equal to 1"),
+    "retry-too-many": (setting(retry__maxAttempts=11), "spec.retry.maxAttempts", "less than or equal to 10"),
+    "retry-factor-zero": (
+        setting(retry__learningRateFactor=0),
+        "spec.retry.learningRateFactor",
+        "greater than 0",
+    ),
+    "retry-negative-epochs": (setting(retry__extraEpochs=-1), "spec.retry.extraEpochs", "greater than or equal to 0"),
     "rollout-timeout": (setting(serving__rolloutTimeout="soon"), "spec.serving.rolloutTimeout", "should match"),
     "suspend-not-bool": (setting(suspend="yes"), "spec.suspend", "must be of type boolean"),
     "typo-field": (setting(trigger={"feedback": {}}), "", 'unknown field "spec.trigger"'),
@@ -274,6 +282,8 @@ MV_CASES: dict[str, tuple[Edit, str, str]] = {
     "version-not-vN": (setting(version="2"), "spec.version", "should match"),
     "version-zero": (setting(version="v0", parentVersion=None), "spec.version", "should match"),
     "policy-missing": (lambda spec: drop(spec, "policy"), "spec.policy", "Required value"),
+    "retry-of-a-first-attempt": (setting(attempt=1, retryOf="v1"), "spec.retryOf", "it needs attempt >= 2"),
+    "attempt-zero": (setting(attempt=0), "spec.attempt", "greater than or equal to 1"),
 }
 
 

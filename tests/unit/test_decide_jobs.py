@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from modelloop.api import constants as c
-from modelloop.api.retrainpolicy import RetrainPolicySpec
+from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
 from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
 
 
@@ -67,6 +67,17 @@ def test_verification_job_names_the_active_version_and_gates() -> None:
     assert e[c.ENV_ACTIVE_VERSION] == "v2"
     assert json.loads(e[c.ENV_GATES])["minHoldoutAccuracy"] == 0.88
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][1] == "verify"
+
+
+def test_a_retry_trains_with_the_hyperparameters_its_version_records() -> None:
+    adjusted = Hyperparameters(learning_rate=5e-4, epochs=30)
+    for verb in ("train", "verify"):
+        job = build_job(
+            policy="p", spec=spec(), version="v4", verb=verb, parent_version="v2", active_version="v2",
+            feedback_through="", hyperparameters=adjusted,
+        )  # fmt: skip
+        got = json.loads(env(job)[c.ENV_HYPERPARAMETERS])
+        assert (got["learningRate"], got["epochs"]) == (5e-4, 30), verb
 
 
 def test_distributed_training_is_an_indexed_job_with_torchrun() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import AutoRollbackSpec, LiveAccuracy
-from modelloop.decide.rollback import decide_auto_rollback, decide_rollback_request
+from modelloop.decide.rollback import abandoned_version, decide_auto_rollback, decide_rollback_request
 
 PHASES = {
     "v1": Phase.SUPERSEDED,
@@ -82,14 +82,93 @@ AUTO_CASES = [
 
 @pytest.mark.parametrize(("spec", "live", "act", "reason"), [c[1:] for c in AUTO_CASES], ids=[c[0] for c in AUTO_CASES])
 def test_auto_rollback(spec: AutoRollbackSpec, live: LiveAccuracy, act: bool, reason: str) -> None:
-    d = decide_auto_rollback(spec, live, "v5", "v1", False)
+    d = decide_auto_rollback(spec, live, "v5", "v1", "v5", "Promotion")
     assert (d.act, d.reason) == (act, reason)
     if act:
         assert d.target == "v1" and "0.780" in d.message
 
 
-def test_auto_rollback_waits_for_rollout_and_needs_a_previous_version() -> None:
+def test_auto_rollback_needs_a_previous_version() -> None:
     bad = LiveAccuracy(version="v5", reviews=100, correct=0, accuracy=0.0)
-    assert not decide_auto_rollback(AUTO, bad, "v5", "v1", True).act
-    d = decide_auto_rollback(AUTO, bad, "v5", None, False)
+    d = decide_auto_rollback(AUTO, bad, "v5", None, "v5", "Promotion")
     assert (d.act, d.reason) == (False, "NoPreviousVersion")
+
+
+# Rollback in every state: active v5 (previous v1), something else may be rolling out.
+BAD = LiveAccuracy(version="v5", reviews=100, correct=10, accuracy=0.1)
+AUTO_STATES = [
+    # name, desired, desired reason, act, target, reason
+    ("settled", "v5", "Promotion", True, "v1", "AutoRollback"),
+    ("no desired recorded", None, None, True, "v1", "AutoRollback"),
+    ("promotion of v6 half-finished or stalled", "v6", "Promotion", True, "v1", "AutoRollback"),
+    ("rollback to v1 under way", "v1", "Rollback", False, None, "AlreadyRollingBack"),
+    ("manual rollback to v3 under way is not overridden", "v3", "Rollback", False, None, "AlreadyRollingBack"),
+    ("auto rollback under way", "v1", "AutoRollback", False, None, "AlreadyRollingBack"),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "desired_reason", "act", "target", "reason"),
+    [c[1:] for c in AUTO_STATES],
+    ids=[c[0] for c in AUTO_STATES],
+)
+def test_auto_rollback_in_every_rollout_state(
+    desired: str | None, desired_reason: str | None, act: bool, target: str | None, reason: str
+) -> None:
+    d = decide_auto_rollback(AUTO, BAD, "v5", "v1", desired, desired_reason)
+    assert (d.act, d.target, d.reason) == (act, target, reason), d.message
+    if act and desired not in (None, "v5"):
+        assert f"abandoning the rollout of {desired}" in d.message
+
+
+# The request during a rollout: active v5, previous v1, desired v6 (Promoting, stalled or half-way).
+ROLLOUT_PHASES = {**PHASES, "v6": Phase.PROMOTING}
+DURING_ROLLOUT = [
+    # name, request, desired, act, target, reason
+    ("previous means the active one: abandon the rollout", "previous", "v6", True, "v5", "Rollback"),
+    ("explicitly the active one", "v5", "v6", True, "v5", "Rollback"),
+    ("an older version", "v1", "v6", True, "v1", "Rollback"),
+    ("the version rolling out", "v6", "v6", False, None, "AlreadyServing"),
+    ("a rejected version, still refused", "v3", "v6", False, None, "InvalidRollbackTarget"),
+    ("rolling back to v1: previous returns to the active v5", "previous", "v1", True, "v5", "Rollback"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "desired", "act", "target", "reason"),
+    [c[1:] for c in DURING_ROLLOUT],
+    ids=[c[0] for c in DURING_ROLLOUT],
+)
+def test_rollback_request_during_a_rollout(
+    request_: str, desired: str, act: bool, target: str | None, reason: str
+) -> None:
+    d = decide_rollback_request(request_, None, "v5", "v1", desired, ROLLOUT_PHASES)
+    assert (d.act, d.target, d.reason) == (act, target, reason), d.message
+    assert d.handled == request_
+    if act:
+        assert f"abandoning the rollout of {desired}" in d.message
+
+
+def test_previous_during_the_first_rollout_is_refused() -> None:
+    d = decide_rollback_request("previous", None, None, None, "v1", {"v1": Phase.PROMOTING})
+    assert (d.act, d.reason) == (False, "InvalidRollbackTarget")
+
+
+ABANDONED = [
+    # name, desired, desired phase, active, target, abandoned
+    ("nothing rolling out", "v5", Phase.ACTIVE, "v5", "v1", None),
+    ("no desired", None, None, "v5", "v1", None),
+    ("a promotion is abandoned", "v6", Phase.PROMOTING, "v5", "v5", "v6"),
+    ("a promotion is abandoned for an older version", "v6", Phase.PROMOTING, "v5", "v1", "v6"),
+    ("a rollback target coming back keeps its phase", "v1", Phase.SUPERSEDED, "v5", "v5", None),
+    ("re-targeting the same version", "v6", Phase.PROMOTING, "v5", "v6", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "phase", "active", "target", "want"), [c[1:] for c in ABANDONED], ids=[c[0] for c in ABANDONED]
+)
+def test_abandoned_version(
+    desired: str | None, phase: Phase | None, active: str, target: str, want: str | None
+) -> None:
+    assert abandoned_version(desired, phase, active, target) == want

@@ -62,6 +62,11 @@ class ModelVersionSpec(ApiModel):
                 " + self.version + ': a version is trained from an older one'",
                 field_path=".parentVersion",
             ),
+            rule(
+                "!has(self.retryOf) || has(self.attempt) && self.attempt >= 2",
+                message="retryOf names the attempt this one retries: it needs attempt >= 2",
+                field_path=".retryOf",
+            ),
         )
     )
 
@@ -83,6 +88,21 @@ class ModelVersionSpec(ApiModel):
     )
     feedback_snapshot: FeedbackSnapshot = Field(
         default_factory=FeedbackSnapshot, alias="feedbackSnapshot", description="The feedback included in training."
+    )
+    attempt: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="1 for the training a trigger started, n for its (n-1)th retry (spec.retry of the policy);"
+        " absent on versions made before retries existed, which are never retried.",
+    )
+    retry_of: str | None = Field(
+        default=None,
+        alias="retryOf",
+        max_length=16,
+        pattern=VERSION_REF,
+        description="The failed or rejected version this attempt retries; trainingParameters holds the adjusted"
+        " hyperparameters and trigger says why.",
     )
 
 

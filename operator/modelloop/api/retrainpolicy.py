@@ -494,6 +494,38 @@ class RetentionSpec(ApiModel):
     )
 
 
+class RetrySpec(ApiModel):
+    """Retrain after a failed or rejected training, each attempt with adjusted hyperparameters; then stop and alert.
+
+    Attempt n (n >= 2) trains with ``learningRate * learningRateFactor**(n-1)`` and
+    ``epochs + extraEpochs*(n-1)`` (kept within the hyperparameters' own bounds). After the last
+    attempt fails or is rejected the policy sets ``RetriesExhausted=True`` and waits for a person
+    or the next trigger, which starts again at attempt 1.
+    """
+
+    max_attempts: int = Field(
+        default=3,
+        alias="maxAttempts",
+        ge=1,
+        le=10,
+        description="Trainings per trigger, the first included: 3 means up to 2 retries; 1 turns retries off.",
+    )
+    learning_rate_factor: float = Field(
+        default=0.5,
+        alias="learningRateFactor",
+        gt=0,
+        le=10,
+        description="Each retry multiplies the learning rate by this (0.5 halves it); capped at learningRate 10.",
+    )
+    extra_epochs: int = Field(
+        default=10,
+        alias="extraEpochs",
+        ge=0,
+        le=1000,
+        description="Epochs each retry adds to hyperparameters.epochs; capped at 10000.",
+    )
+
+
 class RetrainPolicySpec(ApiModel):
     """What to retrain, from which data, when, how, which gates a new version must pass, and where it is served."""
 
@@ -523,6 +555,10 @@ class RetrainPolicySpec(ApiModel):
     )
     retention: RetentionSpec = Field(
         default_factory=RetentionSpec, description="How many versions to keep in the bucket and the cluster."
+    )
+    retry: RetrySpec = Field(
+        default_factory=RetrySpec,
+        description="Retry a failed or rejected training with adjusted hyperparameters, up to maxAttempts.",
     )
 
 

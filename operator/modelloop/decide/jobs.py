@@ -11,7 +11,7 @@ import json
 from typing import Any, Literal
 
 from modelloop.api import constants as c
-from modelloop.api.retrainpolicy import RetrainPolicySpec
+from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
 
 Verb = Literal["train", "verify"]
 TORCHRUN_PORT = 29500
@@ -31,7 +31,9 @@ def labels(policy: str, model: str, version: str, verb: Verb) -> dict[str, str]:
     }
 
 
-def _env(spec: RetrainPolicySpec, version: str, extra: dict[str, str]) -> list[dict[str, Any]]:
+def _env(
+    spec: RetrainPolicySpec, version: str, hyperparameters: Hyperparameters, extra: dict[str, str]
+) -> list[dict[str, Any]]:
     creds = spec.storage.trainer_credentials
     plain = {
         c.ENV_MODEL: spec.model,
@@ -41,7 +43,7 @@ def _env(spec: RetrainPolicySpec, version: str, extra: dict[str, str]) -> list[d
         c.ENV_S3_SECURE: "true" if spec.storage.secure else "false",
         c.ENV_DATASET: spec.dataset.path,
         c.ENV_PLUGIN: spec.training.plugin,
-        c.ENV_HYPERPARAMETERS: json.dumps(spec.training.hyperparameters.model_dump(by_alias=True), sort_keys=True),
+        c.ENV_HYPERPARAMETERS: json.dumps(hyperparameters.model_dump(by_alias=True), sort_keys=True),
         **({c.ENV_S3_REGION: spec.storage.region} if spec.storage.region else {}),
         **extra,
     }
@@ -76,8 +78,12 @@ def build_job(
     parent_version: str | None,
     active_version: str | None,
     feedback_through: str,
+    hyperparameters: Hyperparameters | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job body (owner reference added by the caller with kopf.adopt)."""
+    """The batch/v1 Job body (owner reference added by the caller with kopf.adopt).
+
+    ``hyperparameters``: a retry's adjusted ones, as its ModelVersion records them; else the spec's.
+    """
     name = job_name(policy, version, verb)
     lbl = labels(policy, spec.model, version, verb)
     t = spec.training
@@ -104,7 +110,7 @@ def build_job(
         "image": t.image,
         "imagePullPolicy": t.image_pull_policy,
         "command": command,
-        "env": _env(spec, version, extra),
+        "env": _env(spec, version, hyperparameters or t.hyperparameters, extra),
         "resources": _resources(spec, verb),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {

@@ -1,4 +1,11 @@
-"""Rollback requests (the rollback-to annotation) and automatic rollback on live accuracy."""
+"""Rollback requests (the rollback-to annotation) and automatic rollback on live accuracy.
+
+Both take effect in every state, a stalled or half-finished rollout included: that is when the
+on-call needs them. While a version is rolling out (``desired`` differs from ``active``),
+``previous`` means the active version, the last one every replica served, so
+``rollback-to=previous`` abandons the rollout; the abandoned version, if it was being promoted,
+becomes RolledBack (:func:`abandoned_version`) so it is not promoted again at the next pass.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from dataclasses import dataclass
 from modelloop.api.constants import ROLLBACK_PREVIOUS
 from modelloop.api.modelversion import PROMOTABLE, Phase
 from modelloop.api.retrainpolicy import AutoRollbackSpec, LiveAccuracy
+
+ROLLBACK_REASONS = frozenset({"Rollback", "AutoRollback"})
+"""``status.desired.reason`` values of a rollback (the others: Promotion)."""
 
 
 @dataclass(frozen=True)
@@ -30,12 +40,14 @@ def decide_rollback_request(
 ) -> RollbackDecision:
     if not request or request == handled:
         return RollbackDecision(False, None, "NoRequest", "")
+    rolling_out = desired is not None and desired != active
     if request == ROLLBACK_PREVIOUS:
-        if previous is None:
+        before = active if rolling_out else previous
+        if before is None:
             return RollbackDecision(
                 False, None, "InvalidRollbackTarget", "rollback-to=previous but there is no previous version", request
             )
-        target = previous
+        target = before
     else:
         target = request
     phase = phases.get(target)
@@ -59,12 +71,22 @@ def decide_rollback_request(
             False, None, "AlreadyServing", f"rollback-to={request!r}: {target} is already what is served", request
         )
     return RollbackDecision(
-        True,
-        target,
-        "Rollback",
-        f"rolling back from {desired or active or 'nothing'} to {target} (rollback-to={request!r})",
-        request,
+        True, target, "Rollback", f"{_moving(active, desired)} to {target} (rollback-to={request!r})", request
     )
+
+
+def _moving(active: str | None, desired: str | None) -> str:
+    if desired is not None and desired != active:
+        return f"abandoning the rollout of {desired} (serving {active or 'nothing'}) and rolling back"
+    return f"rolling back from {active or 'nothing'}"
+
+
+def abandoned_version(desired: str | None, desired_phase: Phase | None, active: str | None, target: str) -> str | None:
+    """The version a rollback to ``target`` stops rolling out, when it was being promoted (it then
+    becomes RolledBack); None when nothing was rolling out or it was an earlier version coming back."""
+    if desired is None or desired in (active, target) or desired_phase != Phase.PROMOTING:
+        return None
+    return desired
 
 
 def decide_auto_rollback(
@@ -72,10 +94,17 @@ def decide_auto_rollback(
     live: LiveAccuracy,
     active: str | None,
     previous: str | None,
-    rollout_in_progress: bool,
+    desired: str | None,
+    desired_reason: str | None,
 ) -> RollbackDecision:
-    if not spec.enabled or active is None or live.version != active or rollout_in_progress:
+    """Below the floor, the previous version wins over the active one, and over a half-finished
+    promotion of an unproven newer one; a rollback already under way is left to finish."""
+    if not spec.enabled or active is None or live.version != active:
         return RollbackDecision(False, None, "NotApplicable", "")
+    if desired is not None and desired != active and desired_reason in ROLLBACK_REASONS:
+        return RollbackDecision(
+            False, None, "AlreadyRollingBack", f"a rollback from {active} to {desired} is already under way"
+        )
     if live.reviews < spec.min_reviews or live.accuracy is None:
         return RollbackDecision(
             False, None, "TooFewReviews", f"{live.reviews}/{spec.min_reviews} reviews of {active} so far"
@@ -90,8 +119,9 @@ def decide_auto_rollback(
             f"live accuracy of {active} {live.accuracy:.3f} < {spec.min_live_accuracy} over {live.reviews} reviews, "
             "but there is no previous version to roll back to",
         )  # fmt: skip
+    abandoning = f" (abandoning the rollout of {desired})" if desired is not None and desired != active else ""
     return RollbackDecision(
         True, previous, "AutoRollback",
         f"live accuracy of {active} {live.accuracy:.3f} < minLiveAccuracy {spec.min_live_accuracy} over "
-        f"{live.reviews} reviews: rolling back to {previous}",
+        f"{live.reviews} reviews: rolling back to {previous}{abandoning}",
     )  # fmt: skip

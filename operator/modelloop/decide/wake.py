@@ -95,8 +95,14 @@ def full_pass_reason(
             return "TrainingDue"
         if trig.schedule_time is not None and trig.schedule_time != status.last_schedule_time:
             return "ScheduleFired"
+        desired = status.desired
         auto = decide_auto_rollback(
-            spec.auto_rollback, status.live_accuracy, status.active_version, status.previous_version, False
+            spec.auto_rollback,
+            status.live_accuracy,
+            status.active_version,
+            status.previous_version,
+            desired.version if desired else None,
+            desired.reason if desired else None,
         )
         if auto.act:
             return "AutoRollback"

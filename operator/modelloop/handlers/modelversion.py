@@ -35,7 +35,7 @@ from modelloop.api.modelversion import (
     Phase,
     phase_of,
 )
-from modelloop.api.retrainpolicy import RetrainPolicySpec
+from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
 from modelloop.clients import artifactstore, kube
 from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop.decide.conditions import set_condition
@@ -127,6 +127,7 @@ def reconcile_modelversion(
             parent_version=mv.parent_version,
             active_version=None,
             feedback_through=mv.feedback_snapshot.through_key,
+            hyperparameters=_hyperparameters(mv),
         )
         kopf.adopt(job, owner=body)
         if pspec.training.workers > 1:
@@ -209,6 +210,7 @@ def _training(
         parent_version=mv.parent_version,
         active_version=active,
         feedback_through=mv.feedback_snapshot.through_key,
+        hyperparameters=_hyperparameters(mv),
     )
     kopf.adopt(vjob, owner=body)
     kube.create_job(namespace, vjob)
@@ -221,6 +223,13 @@ def _training(
     conds.set("Ready", "False", "Verifying", new.message)
     kopf.info(body, reason="Trained", message=new.message)
     logger.info("version %s: %s", mv.version, new.message)
+
+
+def _hyperparameters(mv: ModelVersionSpec) -> Hyperparameters | None:
+    """A retry trains with the adjusted hyperparameters its spec records; a first attempt with the policy's."""
+    if mv.retry_of is None:
+        return None
+    return Hyperparameters.model_validate(mv.training_parameters)
 
 
 def _job_env(job: dict[str, Any], name: str) -> str | None:

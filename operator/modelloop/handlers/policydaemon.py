@@ -107,6 +107,8 @@ async def retrainpolicy_daemon(
     finally:
         if _wakers.get(key) is wake:
             del _wakers[key]
+            # Deleted, or this replica stopped acting: whoever acts next exports the policy's series.
+            metrics.forget_policy(namespace, name)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:

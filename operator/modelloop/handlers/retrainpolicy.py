@@ -34,14 +34,24 @@ from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condit
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
-from modelloop.decide.rollback import RollbackDecision, decide_auto_rollback, decide_rollback_request
+from modelloop.decide.retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
+from modelloop.decide.rollback import (
+    RollbackDecision,
+    abandoned_version,
+    decide_auto_rollback,
+    decide_rollback_request,
+)
 from modelloop.decide.rollout import PodView, decide_rollout
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
-from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
+from modelloop.decide.versions import (
+    in_flight,
+    modelversion_name,
+    next_version,
+    promotion_candidate,
+    sorted_versions,
+)
 
 from .stores import store_for
-
-_active_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
 
 
 def phases_of(modelversions: list[dict[str, Any]]) -> dict[str, Phase]:
@@ -118,58 +128,53 @@ def reconcile_policy(
         conds = set_condition(conds, "FeedbackReadable", "False", "StorageUnreachable", msg[:1000], now, generation)
         store = None
 
-    # Rollout of the desired version, or the next change of what is desired.
-    rollout_in_progress = new.desired is not None and new.desired.version != new.active_version
-    if rollout_in_progress:
-        conds = _track_rollout(spec, new, mvs, phases, body, namespace, now, conds, generation, logger)
-    else:
-        decision = decide_rollback_request(
-            annotations.get(c.ANNOTATION_ROLLBACK_TO),
-            old.handled.rollback_to,
-            new.active_version,
-            new.previous_version,
-            new.desired.version if new.desired else None,
-            phases,
-        )
-        if decision.handled is not None:
-            new.handled.rollback_to = decision.handled
-        if not decision.act and decision.reason in ("InvalidRollbackTarget", "AlreadyServing"):
-            kopf.warn(body, reason="RollbackRejected", message=decision.message)
-            conds = set_condition(conds, "RolledBack", "False", decision.reason, decision.message, now, generation)
-        auto = decide_auto_rollback(
-            spec.auto_rollback, new.live_accuracy, new.active_version, new.previous_version, False
-        )
-        chosen: RollbackDecision | None = decision if decision.act else (auto if auto.act else None)
-        if chosen is not None and chosen.target:
-            _set_desired(spec, new, mvs, chosen.target, chosen.reason, now)
-            reason_label = "auto" if chosen.reason == "AutoRollback" else "manual"
-            metrics.ROLLBACKS.labels(*labels, reason_label).inc()
-            kopf.warn(
-                body, reason="AutoRollingBack" if reason_label == "auto" else "RollingBack", message=chosen.message
-            )
-            conds = set_condition(conds, "RolledBack", "Unknown", chosen.reason, chosen.message, now, generation)
-            logger.warning(chosen.message)
-        else:
-            candidate = promotion_candidate(phases, new.active_version)
-            if candidate is not None:
-                if phases[candidate] == Phase.PROMOTING:
-                    logger.warning(
-                        "%s is marked Promoting but status.desired never named it (the status write was lost, "
-                        "operator restarted?); promoting it again",
-                        candidate,
-                    )
-                _set_desired(spec, new, mvs, candidate, "Promotion", now)
-                kube.patch_modelversion_status(
-                    namespace,
-                    modelversion_name(name, candidate),
-                    {"phase": Phase.PROMOTING.value, "message": "waiting for serving replicas"},
+    # Rollback first, in every state (a stalled or half-finished rollout included); else promotion.
+    desired_version = new.desired.version if new.desired else None
+    decision = decide_rollback_request(
+        annotations.get(c.ANNOTATION_ROLLBACK_TO),
+        old.handled.rollback_to,
+        new.active_version,
+        new.previous_version,
+        desired_version,
+        phases,
+    )
+    if decision.handled is not None:
+        new.handled.rollback_to = decision.handled
+    if not decision.act and decision.reason in ("InvalidRollbackTarget", "AlreadyServing"):
+        kopf.warn(body, reason="RollbackRejected", message=decision.message)
+        conds = set_condition(conds, "RolledBack", "False", decision.reason, decision.message, now, generation)
+    auto = decide_auto_rollback(
+        spec.auto_rollback,
+        new.live_accuracy,
+        new.active_version,
+        new.previous_version,
+        desired_version,
+        new.desired.reason if new.desired else None,
+    )
+    chosen: RollbackDecision | None = decision if decision.act else (auto if auto.act else None)
+    if chosen is not None and chosen.target:
+        conds = _start_rollback(spec, new, mvs, phases, chosen, body, namespace, now, conds, generation, logger)
+    elif new.desired is None or new.desired.version == new.active_version:
+        candidate = promotion_candidate(phases, new.active_version)
+        if candidate is not None:
+            if phases[candidate] == Phase.PROMOTING:
+                logger.warning(
+                    "%s is marked Promoting but status.desired never named it (the status write was lost, "
+                    "operator restarted?); promoting it again",
+                    candidate,
                 )
-                phases[candidate] = Phase.PROMOTING
-                logger.info("promoting %s", candidate)
-        if new.desired is not None and new.desired.version != new.active_version:
-            conds = _track_rollout(spec, new, mvs, phases, body, namespace, now, conds, generation, logger)
+            _set_desired(spec, new, mvs, candidate, "Promotion", now)
+            kube.patch_modelversion_status(
+                namespace,
+                modelversion_name(name, candidate),
+                {"phase": Phase.PROMOTING.value, "message": "waiting for serving replicas"},
+            )
+            phases[candidate] = Phase.PROMOTING
+            logger.info("promoting %s", candidate)
+    if new.desired is not None and new.desired.version != new.active_version:
+        conds = _track_rollout(spec, new, mvs, phases, body, namespace, now, conds, generation, logger)
 
-    # Trigger a new training.
+    # Trigger a new training, or retry the newest one if it failed or was rejected.
     flying = in_flight(phases)
     new.training_version = flying
     trig = decide_trigger(
@@ -190,18 +195,25 @@ def reconcile_policy(
     )
     if trig.schedule_time is not None:
         new.last_schedule_time = trig.schedule_time
-    if trig.act:
+    retry = decide_retry(spec.retry, spec.training.hyperparameters, _newest_attempt(mvs, phases), flying, spec.suspend)
+    start = decide_next_training(trig, retry)
+    if start is not None:
         version = next_version(phases, new.latest_version)
-        _create_version(
-            body, spec, new, namespace, name, version, trig.reason, trig.message, trig.retrain_now_handled, now
-        )
-        if trig.retrain_now_handled is not None:
-            new.handled.retrain_now = trig.retrain_now_handled
+        handled_now = trig.retrain_now_handled if start.reason == trig.reason else None
+        _create_version(body, spec, new, namespace, name, version, start, handled_now, now)
+        if handled_now is not None:
+            new.handled.retrain_now = handled_now
         phases[version] = Phase.PENDING
         new.training_version = version
-        metrics.TRAININGS_STARTED.labels(*labels, trig.reason).inc()
-        kopf.info(body, reason="TrainingStarted", message=f"{version}: {trig.message}")
-        logger.info("starting %s: %s", version, trig.message)
+        metrics.TRAININGS_STARTED.labels(*labels, start.reason).inc()
+        if start.retry_of is not None:
+            metrics.TRAINING_RETRIES.labels(*labels, phases[start.retry_of].value).inc()
+            kopf.info(body, reason="TrainingRetried", message=f"{version}: {start.message}")
+        else:
+            kopf.info(body, reason="TrainingStarted", message=f"{version}: {start.message}")
+        logger.info("starting %s: %s", version, start.message)
+    conds = _retry_condition(retry, start, new.training_version, body, conds, now, generation, logger)
+    metrics.RETRIES_EXHAUSTED.labels(*labels).set(1 if retry.exhausted and start is None else 0)
     training = new.training_version
     conds = set_condition(
         conds, "Training", "True" if training else "False",
@@ -248,9 +260,65 @@ def reconcile_policy(
     new.observed_generation = generation
     metrics.PENDING_CORRECTIONS.labels(*labels).set(new.feedback.pending_corrections)
     metrics.PENDING_REVIEWS.labels(*labels).set(new.feedback.pending_reviews)
-    if new.live_accuracy.accuracy is not None and new.live_accuracy.version:
-        metrics.LIVE_ACCURACY.labels(*labels, new.live_accuracy.version).set(new.live_accuracy.accuracy)
+    metrics.publish_policy(namespace, name, _series(spec, new, mvs))
     return _diff(old, new, conds)
+
+
+def _series(spec: RetrainPolicySpec, new: RetrainPolicyStatus, mvs: dict[str, Any]) -> metrics.PolicySeries:
+    """The per-version metrics as status says they are (rebuilt by every pass, a restart's first included)."""
+    active_series: tuple[str, str, str] | None = None
+    active = new.active_version
+    if active is not None:
+        if new.desired is not None and new.desired.version == active:
+            digest: str | None = new.desired.manifest_digest
+        else:
+            digest = (((mvs.get(active) or {}).get("status") or {}).get("artifact") or {}).get("manifestDigest")
+        if digest:
+            active_series = (spec.model, active, digest)
+    live = new.live_accuracy
+    live_series = (live.version, live.accuracy) if live.version and live.accuracy is not None else None
+    if live_series is not None and live_series[0] != active:
+        live_series = None
+    return metrics.PolicySeries(active=active_series, live=live_series)
+
+
+def _newest_attempt(mvs: dict[str, Any], phases: dict[str, Phase]) -> AttemptView | None:
+    if not phases:
+        return None
+    newest = sorted_versions(phases)[-1]
+    mv = mvs.get(newest) or {}
+    return AttemptView(
+        newest,
+        phases[newest],
+        (mv.get("spec") or {}).get("attempt"),
+        str((mv.get("status") or {}).get("message") or "")[:300],
+    )
+
+
+def _retry_condition(
+    retry: RetryDecision,
+    start: TrainingStart | None,
+    training: str | None,
+    body: Any,
+    conds: list[dict[str, Any]],
+    now: datetime,
+    generation: int,
+    logger: Any,
+) -> list[dict[str, Any]]:
+    """``RetriesExhausted``: True (with a Warning Event, once) when the last attempt failed; False
+    while a retry runs or once a new chain started. Absent on policies that never needed a retry."""
+    prev = get_condition(conds, "RetriesExhausted")
+    if retry.exhausted and start is None:
+        if prev is None or prev["status"] != "True":
+            kopf.warn(body, reason="RetriesExhausted", message=retry.message)
+            logger.warning(retry.message)
+        return set_condition(conds, "RetriesExhausted", "True", "RetriesExhausted", retry.message, now, generation)
+    if start is not None and start.retry_of is not None:
+        return set_condition(conds, "RetriesExhausted", "False", "Retrying", start.message, now, generation)
+    if prev is not None and prev["status"] == "True" and start is not None:
+        msg = f"{training} started a new chain of attempts ({start.reason})"
+        return set_condition(conds, "RetriesExhausted", "False", "NewAttempt", msg, now, generation)
+    return conds
 
 
 def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -323,6 +391,50 @@ def _set_desired(
     new.rollout = RolloutStatus(started_at=now)
 
 
+def _start_rollback(
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    mvs: dict[str, Any],
+    phases: dict[str, Phase],
+    chosen: RollbackDecision,
+    body: Any,
+    namespace: str,
+    now: datetime,
+    conds: list[dict[str, Any]],
+    generation: int,
+    logger: Any,
+) -> list[dict[str, Any]]:
+    """Point ``status.desired`` at the rollback target, whatever is rolling out.
+
+    A rollback to the active version abandons the rollout: it is complete at once (the sidecars
+    follow ``status.desired`` back), so RolloutComplete stops saying RolloutStalled.
+    """
+    assert chosen.target is not None
+    name = body["metadata"]["name"]
+    desired = new.desired.version if new.desired else None
+    dropped = abandoned_version(desired, phases.get(desired) if desired else None, new.active_version, chosen.target)
+    if dropped is not None:
+        kube.patch_modelversion_status(
+            namespace,
+            modelversion_name(name, dropped),
+            {"phase": Phase.ROLLED_BACK.value, "message": f"rollout abandoned at {new.rollout.summary or '0/?'}"
+             f" replicas: {chosen.reason} to {chosen.target}"},
+        )  # fmt: skip
+        phases[dropped] = Phase.ROLLED_BACK
+    _set_desired(spec, new, mvs, chosen.target, chosen.reason, now)
+    auto = chosen.reason == "AutoRollback"
+    metrics.ROLLBACKS.labels(namespace, name, "auto" if auto else "manual").inc()
+    logger.warning(chosen.message)
+    if chosen.target != new.active_version:
+        kopf.warn(body, reason="AutoRollingBack" if auto else "RollingBack", message=chosen.message)
+        return set_condition(conds, "RolledBack", "Unknown", chosen.reason, chosen.message, now, generation)
+    new.rollout.completed_at = now
+    msg = f"{chosen.message}: {chosen.target} stayed active; serving pods that loaded {desired} return to it"
+    kopf.warn(body, reason="AutoRolledBack" if auto else "RolledBack", message=msg)
+    conds = set_condition(conds, "RolloutComplete", "True", "RolloutAbandoned", msg, now, generation)
+    return set_condition(conds, "RolledBack", "True", chosen.reason, msg, now, generation)
+
+
 def _track_rollout(
     spec: RetrainPolicySpec,
     new: RetrainPolicyStatus,
@@ -391,11 +503,6 @@ def _track_rollout(
     new.previous_version = old_active
     new.active_version = target
     new.live_accuracy = LiveAccuracy(version=target)
-    stale = _active_labels.pop((namespace, name), None)
-    if stale is not None:
-        metrics.ACTIVE_VERSION.remove(*stale)
-    _active_labels[(namespace, name)] = (namespace, name, spec.model, target, desired.manifest_digest)
-    metrics.ACTIVE_VERSION.labels(namespace, name, spec.model, target, desired.manifest_digest).set(1)
     conds = set_condition(conds, "RolloutComplete", "True", "AllReplicasUpdated", d.message, now, generation)
     if rollback:
         msg = f"rolled back from {old_active} to {target} ({desired.reason}); {d.message}"
@@ -417,11 +524,11 @@ def _create_version(
     namespace: str,
     name: str,
     version: str,
-    reason: str,
-    message: str,
+    start: TrainingStart,
     retrain_now: str | None,
     now: datetime,
 ) -> None:
+    hyperparameters = start.hyperparameters or spec.training.hyperparameters
     mv: dict[str, Any] = {
         "apiVersion": c.API_VERSION,
         "kind": c.MODELVERSION_KIND,
@@ -438,13 +545,15 @@ def _create_version(
             "model": spec.model,
             "version": version,
             "policy": name,
-            "trigger": f"{reason}: {message}"[:1024],
-            "trainingParameters": spec.training.hyperparameters.model_dump(by_alias=True),
+            "trigger": f"{start.reason}: {start.message}"[:1024],
+            "trainingParameters": hyperparameters.model_dump(by_alias=True),
             "feedbackSnapshot": {
                 "throughKey": new.feedback.cursor,
                 "samples": new.feedback.pending_reviews,
                 "corrections": new.feedback.pending_corrections,
             },
+            "attempt": start.attempt,
+            **({"retryOf": start.retry_of} if start.retry_of else {}),
             **({"parentVersion": new.active_version} if new.active_version else {}),
         },
     }
