@@ -104,7 +104,18 @@ def bucket(minio: MinioServer) -> str:
 def render_chart(tools_bin: Path, values: dict[str, Any], namespace: str = "modelloop") -> list[dict[str, Any]]:
     """``helm template`` of the chart as release ``modelloop`` with ``values``: the objects it installs."""
     result = subprocess.run(
-        [str(tools_bin / "helm"), "template", "modelloop", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION, "-f", "-"],
+        [
+            str(tools_bin / "helm"),
+            "template",
+            "modelloop",
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            KUBE_VERSION,
+            "-f",
+            "-",
+        ],
         input=yaml.safe_dump(values),
         capture_output=True,
         text=True,

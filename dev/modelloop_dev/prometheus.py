@@ -151,7 +151,9 @@ class PrometheusServer:
     def start(self) -> PrometheusServer:
         self.process.start()
         try:
-            wait_for(lambda: bool(http_get(f"{self.url}/-/ready")), self.start_timeout, "Prometheus ready", self.process)
+            wait_for(
+                lambda: bool(http_get(f"{self.url}/-/ready")), self.start_timeout, "Prometheus ready", self.process
+            )
         except BaseException:
             self.process.stop()
             raise
