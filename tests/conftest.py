@@ -29,7 +29,7 @@ KUBE_VERSION = next(
     for line in (REPO / "hack/versions.env").read_text().splitlines()
     if line.startswith("KUBERNETES_VERSION=")
 )  # helm template renders offline: tell it the version the tests run
-ALERTS_FOR = {"ModelloopRolloutStalled": "20s", "ModelloopLiveAccuracyLow": "10s"}
+ALERTS_FOR = {"ModelloopRolloutStalled": "30s", "ModelloopLiveAccuracyLow": "10s"}
 """The live-alert tests' ``for:`` overrides (alerts.rules.<Name>.for): long enough to cover an
 operator restart on a loaded machine, short enough to keep the tier quick."""
 
