@@ -27,6 +27,7 @@ import httpx
 from bench import report
 from modelloop.api import constants as c
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
+from modelloop_server.control import DEFAULT_SOCKET_NAME, ControlClient
 from modelloop_server.modeldir import write_current
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
@@ -60,10 +61,11 @@ class Server:
         wait_for(lambda: httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200, 120, "server ready", self.proc)
 
     def reload(self, version: str) -> None:
-        r = httpx.post(
-            f"{self.url}/v1/reload", json={"version": version, "path": str(self.model_dir / version)}, timeout=60
-        )
-        r.raise_for_status()
+        """As the sidecar does it: over the control socket, the public port has no reload route."""
+        body = json.dumps({"version": version, "path": str(self.model_dir / version)}).encode()
+        status, answer = ControlClient(self.model_dir / DEFAULT_SOCKET_NAME).request("POST", "/v1/reload", body, 60)
+        if status != 200:
+            raise RuntimeError(f"reload {version} answered {status}: {answer[:300]!r}")
 
 
 class Probe:

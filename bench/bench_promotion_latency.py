@@ -146,7 +146,6 @@ class Replica:
             "MODELLOOP_POLICY": POLICY,
             "POD_NAME": self.name,
             "POD_NAMESPACE": NAMESPACE,
-            "MODELLOOP_SERVER_URL": self.base,
         }
         self.env = env
         self.procs: list[subprocess.Popen[bytes]] = []

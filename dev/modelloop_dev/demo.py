@@ -246,6 +246,22 @@ class PolicyView:
         return wait_for(f"every serving replica to report {digest[:19]}…", probe, timeout_s)
 
 
+def reviewer_service_account(docs: list[Json]) -> str:
+    """The ServiceAccount the serving example lets review: bound to the Role that grants retrainpolicies/feedback."""
+    roles = {
+        d["metadata"]["name"]
+        for d in docs
+        if d.get("kind") == "Role"
+        and any("retrainpolicies/feedback" in (r.get("resources") or []) for r in d.get("rules") or [])
+    }
+    for d in docs:
+        if d.get("kind") == "RoleBinding" and d["roleRef"]["name"] in roles:
+            for subject in d.get("subjects") or []:
+                if subject.get("kind") == "ServiceAccount":
+                    return str(subject["name"])
+    raise StackError(f"{SERVING_EXAMPLE} binds no ServiceAccount to a Role granting create on retrainpolicies/feedback")
+
+
 class LoopStack(PolicyView):
     """Everything above a control plane and MinIO: devnode, operator, serving, dataset, policy."""
 
@@ -362,6 +378,12 @@ class LoopStack(PolicyView):
             "MODELLOOP_POLICY": self.policy,
         }
         for doc in docs:
+            if doc.get("kind") == "ClusterRoleBinding":
+                # cluster-scoped: one per stack, or a second stack would take the first one's binding
+                doc["metadata"]["name"] = f"{self.ns}-{doc['metadata']['name']}"
+                for subject in doc.get("subjects") or []:
+                    subject["namespace"] = self.ns
+                continue
             doc.setdefault("metadata", {})["namespace"] = self.ns
             if doc.get("kind") == "Deployment":
                 self.deployment = doc["metadata"]["name"]
@@ -381,7 +403,8 @@ class LoopStack(PolicyView):
                         subject["namespace"] = self.ns
             if doc.get("kind") == "Role":
                 for rule in doc.get("rules") or []:
-                    if "retrainpolicies" in (rule.get("resources") or []) and rule.get("resourceNames"):
+                    resources = rule.get("resources") or []
+                    if any(r.split("/")[0] == "retrainpolicies" for r in resources) and rule.get("resourceNames"):
                         rule["resourceNames"] = [self.policy]
         return docs
 
@@ -408,9 +431,21 @@ class LoopStack(PolicyView):
             ]
         )
 
+    def reviewer_token(self) -> str:
+        """A token of the example's review application, minted for the audience reviews need."""
+        docs = [d for d in yaml.safe_load_all(SERVING_EXAMPLE.read_text()) if d]
+        sa = reviewer_service_account(docs)
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [c.REVIEW_AUDIENCE]},
+        }
+        answer = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body)
+        return str(answer["status"]["token"])
+
     def review(self, n: int) -> ReviewResult:
         targets = wait_for("a ready serving replica", self.serving_targets, 120)
-        return review(targets, n)
+        return review(targets, n, token=self.reviewer_token())
 
     def load(self, concurrency: int = 4) -> LoadGenerator:
         return LoadGenerator(self.serving_targets, concurrency=concurrency).start()

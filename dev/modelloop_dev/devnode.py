@@ -733,7 +733,14 @@ class PodRunner:
             for m in c.spec.get("volumeMounts") or []:
                 if m.get("name") in volume_dirs:
                     self.mounts.setdefault(m["mountPath"], volume_dirs[m["name"]] / m.get("subPath", ""))
-        if self.spec.get("automountServiceAccountToken", True) is not False:
+        projected_token = any(
+            "serviceAccountToken" in src
+            for vol in self.spec.get("volumes") or []
+            for src in (vol.get("projected") or {}).get("sources") or []
+        )
+        # A Pod that turns automounting off and projects the token into one container still needs
+        # it there; the processes here share one environment, so every container gets the kubeconfig.
+        if self.spec.get("automountServiceAccountToken", True) is not False or projected_token:
             self.kubeconfig = self._service_account_kubeconfig()
         self.conditions = {
             "PodReadyToStartContainers": Condition(True),

@@ -155,12 +155,17 @@ class ReviewResult:
     failed: int
 
 
-def review(targets: Sequence[str], n: int, seed: int = 3, timeout_s: float = 10.0) -> ReviewResult:
+def review(
+    targets: Sequence[str], n: int, seed: int = 3, timeout_s: float = 10.0, token: str | None = None
+) -> ReviewResult:
     """Asks the serving replicas ``n`` questions and posts every answer's true label as feedback.
 
     A correction is a review whose label differs from what the model predicted; only those count
-    toward a retraining trigger.
+    toward a retraining trigger. ``token``: the reviewer's bearer token (servers require one).
     """
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     x, y = production_inputs(n, seed=seed)
     pool = urllib3.PoolManager(retries=False, maxsize=4)
     reviewed = corrections = failed = 0
@@ -183,7 +188,7 @@ def review(targets: Sequence[str], n: int, seed: int = 3, timeout_s: float = 10.
                 "POST",
                 f"{base}/v1/feedback",
                 body=json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 timeout=timeout_s,
             )
         except urllib3.exceptions.HTTPError:

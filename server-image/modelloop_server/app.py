@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,35 +37,44 @@ from modelloop.api.feedback import FeedbackRecord
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
-from .batching import InferenceBatcher
-from .feedback import BacklogFull, FeedbackBuffer
+from .batching import InferenceBatcher, Overloaded
+from .bodylimits import nesting_depth
+from .control import bind_control_socket
+from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
-from .settings import ServerSettings, SettingsError
+from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
+from .settings import DEFAULT_MAX_JSON_DEPTH, ENV_REVIEW_AUTH, ServerSettings, SettingsError
 
 log = logging.getLogger("modelloop_server")
 
-SPOOL_DIR = ".feedback-spool"
+RETRY_AFTER_SECONDS = 1
+SPOOL_RETRY_AFTER_SECONDS = 30
 _EXAMPLE = '{"input": [...]} or {"inputs": [[...], ...]}'
 
 
 class Problem(Exception):
     """A request we refuse, with the status and the message the client sees."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, with the checks a public endpoint needs before parsing anything."""
+async def read_json(request: Request, limit: int, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+    """The body as JSON, with the checks a public endpoint needs before parsing anything.
+
+    Size and nesting depth are checked on the raw bytes, before the parser or any recursive
+    validation sees the body: no body can make the server run out of stack or memory.
+    """
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         got = f"{media!r}" if media else "no Content-Type"
@@ -84,6 +92,12 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise Problem(400, f"empty request body: send a JSON object like {_EXAMPLE}")
+    depth = nesting_depth(raw)
+    if depth > max_depth:
+        raise Problem(
+            400,
+            f"request body nests arrays/objects {depth} levels deep; the limit is {max_depth} (MODELLOOP_MAX_JSON_DEPTH)",
+        )
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -147,7 +161,10 @@ class Serving:
     batcher: InferenceBatcher
     load_pool: ThreadPoolExecutor
     flush_pool: ThreadPoolExecutor
+    spool_pool: ThreadPoolExecutor
     flush_wakeup: asyncio.Event
+    reviews: ReviewGate
+    auth_pool: ThreadPoolExecutor
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -180,13 +197,18 @@ async def predict(request: Request) -> Response:
     model = s.holder.current  # read once: this request finishes on this model whatever swaps meanwhile
     version = model.version if model else NO_VERSION
     try:
-        x, batched = parse_inputs(await read_json(request, s.settings.max_body_bytes), s.plugin, s.settings.max_batch)
+        parsed = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
+        x, batched = parse_inputs(parsed, s.plugin, s.settings.max_batch)
         if model is None:
             raise Problem(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
-        probs = await s.batcher.probabilities(model, x)
+        try:
+            probs = await s.batcher.probabilities(model, x)
+        except Overloaded as e:
+            s.metrics.shed.inc()
+            raise Problem(429, str(e), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     except Problem as p:
         s.metrics.requests.labels(str(p.status), version).inc()
-        headers = {"X-Request-Id": request_id}
+        headers = {"X-Request-Id": request_id, **p.headers}
         return json_response({"error": p.message, "requestId": request_id}, p.status, headers)
     assert model is not None
     answers = _answer(probs, s.plugin.class_names)
@@ -200,7 +222,10 @@ async def predict(request: Request) -> Response:
     return json_response(body, 200, _headers(model, request_id))
 
 
-def parse_feedback(body: Any, plugin: ModelPlugin) -> FeedbackRecord:
+REFUSAL_REASONS = {401: "unauthenticated", 403: "forbidden", 429: "rate_limited"}
+
+
+def parse_feedback(body: Any, plugin: ModelPlugin, reviewer: str | None = None) -> FeedbackRecord:
     if not isinstance(body, dict):
         raise Problem(422, "feedback must be a JSON object with input, predicted, label, version (requestId optional)")
     allowed = {"requestId", "input", "predicted", "label", "version"}
@@ -232,6 +257,7 @@ def parse_feedback(body: Any, plugin: ModelPlugin) -> FeedbackRecord:
         predicted=body["predicted"],
         label=body["label"],
         reviewed_at=datetime.now(UTC),
+        reviewer=reviewer,
     )
 
 
@@ -240,34 +266,28 @@ async def feedback(request: Request) -> Response:
     try:
         if s.feedback.store is None:
             raise Problem(503, f"feedback storage is not configured on this server (set {c.ENV_BUCKET} and the S3 env)")
-        record = parse_feedback(await read_json(request, s.settings.max_body_bytes), s.plugin)
+        loop = asyncio.get_running_loop()
         try:
-            if s.feedback.add(record):
+            reviewer = await loop.run_in_executor(s.auth_pool, s.reviews.reviewer, request.headers.get("authorization"))
+        except ReviewRefused as e:
+            s.metrics.feedback_refused.labels(REFUSAL_REASONS.get(e.status, "auth_unavailable")).inc()
+            raise Problem(e.status, e.message, e.headers) from None
+        body = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
+        record = parse_feedback(body, s.plugin, reviewer)
+        try:
+            # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
+            if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
                 s.flush_wakeup.set()
-        except BacklogFull as e:
-            raise Problem(503, str(e)) from None
+        except (BacklogFull, SpoolUnavailable) as e:
+            raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
     except Problem as p:
-        return json_response({"error": p.message}, p.status)
+        return json_response({"error": p.message}, p.status, p.headers)
     return json_response({"id": record.id, "correction": record.is_correction}, 202)
 
 
-def _reload_allowed(request: Request, bind_host: str) -> bool:
-    """Only the sidecar (same Pod: loopback, or the Pod's own address) may swap models."""
-    host = request.client.host if request.client else ""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    own = {bind_host, os.environ.get("POD_IP", "")} - {"", "0.0.0.0", "::"}
-    return addr.is_loopback or host in own
-
-
 async def reload(request: Request) -> Response:
+    """Served on the control socket only (see :mod:`modelloop_server.control`): the public port has no such route."""
     s: Serving = request.app.state.serving
-    if not _reload_allowed(request, s.settings.bind_host):
-        who = request.client.host if request.client else "unknown"
-        log.warning("refused POST /v1/reload from %s: only the Pod's own sidecar may reload", who)
-        return json_response({"error": f"reload is accepted only from inside the Pod, not from {who}"}, 403)
     try:
         body = await read_json(request, 64 << 10)
         if (
@@ -418,19 +438,34 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             feedback=FeedbackBuffer(
                 settings.model,
                 store,
-                settings.model_dir / SPOOL_DIR,
+                settings.spool_dir,
                 m,
                 settings.feedback_batch_records,
                 settings.feedback_flush_seconds,
                 settings.feedback_max_backlog,
+                max_bytes=settings.feedback_max_spool_bytes,
             ),
             infer_pool=infer_pool,
-            batcher=InferenceBatcher(infer_pool, threads, settings.inference_batch_rows, m.batch_rows.observe),
+            batcher=InferenceBatcher(
+                infer_pool, threads, settings.inference_batch_rows, m.batch_rows.observe, settings.max_queued_rows
+            ),
             load_pool=ThreadPoolExecutor(1, thread_name_prefix="load", initializer=_one_torch_thread),
             flush_pool=ThreadPoolExecutor(1, thread_name_prefix="feedback"),
+            spool_pool=ThreadPoolExecutor(1, thread_name_prefix="spool"),
             flush_wakeup=asyncio.Event(),
+            reviews=ReviewGate(
+                settings.review_auth,
+                settings.review_path,
+                RateLimiter(settings.review_rate_per_minute / 60.0, settings.review_burst),
+            ),
+            auth_pool=ThreadPoolExecutor(4, thread_name_prefix="review-auth"),
         )
         app.state.serving = s
+        if settings.review_auth == MODE_OFF:
+            log.warning(
+                "%s=off: POST /v1/feedback accepts reviews from anyone who can reach this port, recorded as '%s'",
+                ENV_REVIEW_AUTH, ANONYMOUS,
+            )  # fmt: skip
         if store is None:
             log.warning("no object store configured (%s unset): POST /v1/feedback answers 503", c.ENV_BUCKET)
         s.feedback.restore_spool()
@@ -453,10 +488,13 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )
         else:
             log.info("no version in %s yet; not ready until the sidecar delivers one", settings.model_dir)
+        control_app.state.serving = s
+        control = await _start_control(control_app, settings.control_path)
         flusher = asyncio.create_task(_flusher(s))
         try:
             yield
         finally:
+            await control.stop()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -473,18 +511,73 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
             s.batcher.close()
-            for pool in (s.infer_pool, s.load_pool, s.flush_pool):
+            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool):
                 pool.shutdown(wait=True)
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
         Route("/v1/feedback", feedback, methods=["POST"]),
-        Route("/v1/reload", reload, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    control_app = create_control_app()
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.control_app = control_app
+    return app
+
+
+def create_control_app() -> Starlette:
+    """The routes of the control socket: what the Pod's own sidecar needs, and nothing the world may call."""
+    routes = [
+        Route("/v1/reload", reload, methods=["POST"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+class _ControlServer(uvicorn.Server):
+    """The control listener runs inside the public server's loop; the public server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _RunningControl:
+    server: _ControlServer
+    task: asyncio.Task[None]
+    path: Path
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+async def _start_control(app: Starlette, path: Path) -> _RunningControl:
+    """Listen on the control socket for as long as the public app's lifespan runs."""
+    try:
+        sock = bind_control_socket(path)
+    except OSError as e:
+        raise RuntimeError(
+            f"cannot listen on the control socket {path} ({e}); the sidecar could not reach this server. "
+            "Check that MODELLOOP_CONTROL_SOCKET is on a writable volume shared with the sidecar"
+        ) from None
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None, http="h11")
+    server = _ControlServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"the control listener on {path} stopped during start-up")
+        await asyncio.sleep(0.01)
+    log.info("control endpoints (/v1/reload for the sidecar) on unix socket %s, not on the public port", path)
+    return _RunningControl(server, task, path)
 
 
 def main() -> None:

@@ -6,6 +6,11 @@ threads are busy now queue, and the next pass to start takes every queued reques
 (up to ``max_rows`` rows) in one pass. Nothing ever waits for a batch to fill: a request that finds
 a slot free starts its pass at once, so a lightly loaded server answers as fast as without batching.
 
+The queue is bounded (``max_queued_rows``): a request that would take it past the bound is refused
+at once with :class:`Overloaded` (the server answers 429 with ``Retry-After``) instead of joining a
+queue whose wait already exceeds any client's timeout. Shedding early keeps the latency of the
+requests that are accepted bounded and lets a load balancer or client retry elsewhere.
+
 A batch never mixes models. Each request was bound to the model it found when it arrived (that is
 what makes a hot swap atomic per request), so a queue that straddles a swap is cut at the swap.
 """
@@ -23,6 +28,10 @@ import torch
 from torch import Tensor
 
 from .model import LoadedModel
+
+
+class Overloaded(RuntimeError):
+    """The inference queue is full; the message says how full, for the 429 the client sees."""
 
 
 @dataclass(eq=False)
@@ -56,12 +65,19 @@ class InferenceBatcher:
     """
 
     def __init__(
-        self, pool: Executor, slots: int, max_rows: int, observe_rows: Callable[[int], None] | None = None
+        self,
+        pool: Executor,
+        slots: int,
+        max_rows: int,
+        observe_rows: Callable[[int], None] | None = None,
+        max_queued_rows: int = 4096,
     ) -> None:
         self._pool = pool
         self._slots = max(1, slots)
         self._max_rows = max_rows
         self._observe_rows = observe_rows
+        self._max_queued_rows = max_queued_rows
+        self._queued_rows = 0
         self._queue: deque[_Call] = deque()
         self._busy = 0
         self._closed = False
@@ -72,17 +88,29 @@ class InferenceBatcher:
         return len(self._queue)
 
     async def probabilities(self, model: LoadedModel, x: Tensor) -> Tensor:
-        """``model.probabilities(x)``, possibly computed together with other callers' rows."""
+        """``model.probabilities(x)``, possibly computed together with other callers' rows.
+
+        Raises :class:`Overloaded` without queueing when the queued rows would pass the bound; a
+        request that finds the queue empty is always taken, however large (it fits ``max_batch``).
+        """
         if self._closed:
             raise RuntimeError("the server is shutting down")
+        rows = x.shape[0]
+        if self._queue and self._queued_rows + rows > self._max_queued_rows:
+            raise Overloaded(
+                f"the server is overloaded: {self._queued_rows} input rows are already waiting for inference "
+                f"(limit {self._max_queued_rows}, MODELLOOP_MAX_QUEUED_ROWS); retry shortly or on another replica"
+            )
         call = _Call(model, x, asyncio.get_running_loop().create_future())
         self._queue.append(call)
+        self._queued_rows += rows
         self._pump()
         return await call.answer
 
     def close(self) -> None:
         """Refuse new calls and fail queued ones; passes already running finish and answer."""
         self._closed = True
+        self._queued_rows = 0
         while self._queue:
             call = self._queue.popleft()
             if not call.answer.done():
@@ -90,7 +118,9 @@ class InferenceBatcher:
 
     def _pump(self) -> None:
         while self._queue and self._busy < self._slots:
-            batch = [c for c in take_batch(self._queue, self._max_rows) if not c.answer.done()]
+            taken = take_batch(self._queue, self._max_rows)
+            self._queued_rows -= sum(c.x.shape[0] for c in taken)
+            batch = [c for c in taken if not c.answer.done()]
             if not batch:  # every caller in it gave up
                 continue
             x = batch[0].x if len(batch) == 1 else torch.cat([c.x for c in batch])

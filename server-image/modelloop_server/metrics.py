@@ -68,6 +68,12 @@ class ServerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.shed = Counter(
+            "modelloop_server_shed_requests",
+            "Prediction requests refused with 429 because the inference queue was full (MODELLOOP_MAX_QUEUED_ROWS); "
+            "any rate above zero means the replicas cannot keep up: scale out or lower the offered load.",
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "modelloop_server_inference_batch_rows",
             "Rows per forward pass. Requests that queue while the inference threads are busy share a pass, "
@@ -83,6 +89,17 @@ class ServerMetrics:
         )
         for kind in ("correction", "confirmation"):
             self.feedback_received.labels(kind)
+        self.feedback_refused = Counter(
+            "modelloop_server_feedback_refused",
+            "Reviews refused before they were read, by reason: unauthenticated (401), forbidden (403: RBAC does not "
+            "let the caller review this model), rate_limited (429) or auth_unavailable (503: the sidecar or the API "
+            "server could not be asked). Forbidden or rate-limited reviews in numbers mean a misconfigured or "
+            "misbehaving review client.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("unauthenticated", "forbidden", "rate_limited", "auth_unavailable"):
+            self.feedback_refused.labels(reason)
         self.feedback_flushed = Counter(
             "modelloop_server_feedback_flushed_records",
             "Feedback records stored in the object store.",
@@ -96,5 +113,11 @@ class ServerMetrics:
         self.feedback_backlog = Gauge(
             "modelloop_server_feedback_backlog_records",
             "Feedback records accepted but not yet stored in the object store.",
+            registry=r,
+        )
+        self.feedback_backlog_bytes = Gauge(
+            "modelloop_server_feedback_backlog_bytes",
+            "Bytes of accepted feedback not yet stored in the object store (what the spool holds); at "
+            "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES new reviews are refused with 503.",
             registry=r,
         )

@@ -20,23 +20,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.server
+import json
 import logging
+import socket
+import socketserver
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 
 from modelloop.api import constants as c
 
+from .control import REVIEW_AUTH_PATH, bind_control_socket
+
 log = logging.getLogger(__name__)
 
-AUDIENCE = "modelloop"
-"""The audience reviewer tokens are minted for: ``kubectl create token SA --audience modelloop``."""
-SUBRESOURCE = "feedback"
+AUDIENCE = c.REVIEW_AUDIENCE
+SUBRESOURCE = c.REVIEW_SUBRESOURCE
 STATIC_PREFIX = "static:"
 MAX_TOKEN_BYTES = 16 << 10
 
@@ -190,3 +196,68 @@ class ReviewAuthorizer:
                 ),
             )
         return Verdict(200, reviewer=str(user.username))
+
+
+MAX_REQUEST_BYTES = MAX_TOKEN_BYTES + 1024
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """``POST /v1/review-auth {"token": ...}`` → the verdict's status, ``{"reviewer"}`` or ``{"error"}``."""
+
+    server: _ReviewAuthServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        if self.path != REVIEW_AUTH_PATH:
+            self._reply(404, {"error": f"no route {self.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or "0")
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_REQUEST_BYTES:
+            self._reply(400, {"error": f"body must be 1..{MAX_REQUEST_BYTES} bytes of JSON"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            token = body["token"] if isinstance(body, dict) else None
+        except (ValueError, KeyError):
+            token = None
+        if not isinstance(token, str):
+            self._reply(400, {"error": 'body must be {"token": "<bearer token>"}'})
+            return
+        verdict = self.server.authorizer.check(token)
+        answer = {"reviewer": verdict.reviewer} if verdict.allowed else {"error": verdict.message}
+        self._reply(verdict.status, answer)
+
+    def _reply(self, status: int, body: dict[str, str]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("review-auth: " + format, *args)
+
+
+class _ReviewAuthServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, authorizer: ReviewAuthorizer) -> None:
+        super().__init__("", _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.authorizer = authorizer
+
+
+def serve_review_auth(path: Path, authorizer: ReviewAuthorizer) -> _ReviewAuthServer:
+    """Answer the server's review-auth requests on a Unix socket in the Pod's shared volume, in a thread.
+
+    A socket file, like the control socket: no network path reaches it, so nothing outside the
+    Pod can use the sidecar as a token oracle. Call ``shutdown()`` on the result to stop.
+    """
+    server = _ReviewAuthServer(bind_control_socket(path), authorizer)
+    threading.Thread(target=server.serve_forever, name="review-auth", daemon=True).start()
+    return server

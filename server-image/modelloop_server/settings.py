@@ -15,18 +15,25 @@ from pathlib import Path
 from modelloop.api import constants as c
 from modelloop.api.artifacts import check_model_name
 
+from .control import DEFAULT_SOCKET_NAME, REVIEW_AUTH_SOCKET_NAME
 from .memory import DEFAULT_CGROUP_ROOT, DEFAULT_OVERHEAD_FACTOR, DEFAULT_RESERVE_BYTES
 
 ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
 ENV_BIND_HOST = "MODELLOOP_BIND_HOST"
 ENV_PORT = "MODELLOOP_PORT"
 ENV_POLICY = "MODELLOOP_POLICY"
-ENV_SERVER_URL = "MODELLOOP_SERVER_URL"
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
 ENV_CGROUP_ROOT = "MODELLOOP_CGROUP_ROOT"
 ENV_MEMORY_OVERHEAD_FACTOR = "MODELLOOP_MEMORY_OVERHEAD_FACTOR"
 ENV_MEMORY_RESERVE_BYTES = "MODELLOOP_MEMORY_RESERVE_BYTES"
+ENV_CONTROL_SOCKET = "MODELLOOP_CONTROL_SOCKET"
+ENV_REVIEW_AUTH = "MODELLOOP_REVIEW_AUTH"
+ENV_REVIEW_AUTH_SOCKET = "MODELLOOP_REVIEW_AUTH_SOCKET"
+ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
+ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
+DEFAULT_MAX_JSON_DEPTH = 32
+DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
 
 
 class SettingsError(ValueError):
@@ -80,6 +87,36 @@ def _model(env: Mapping[str, str]) -> str:
         raise SettingsError(f"{c.ENV_MODEL}: {e}") from None
 
 
+def _control_socket(env: Mapping[str, str], model_dir: Path) -> Path:
+    """Where the server listens for the sidecar: a path both containers see, by default in the shared model dir."""
+    raw = env.get(ENV_CONTROL_SOCKET, "")
+    path = Path(raw) if raw else model_dir / DEFAULT_SOCKET_NAME
+    if not path.is_absolute():
+        raise SettingsError(
+            f"{ENV_CONTROL_SOCKET}={raw!r} must be an absolute path (a file on a volume shared with the sidecar)"
+        )
+    return path
+
+
+def _review_socket(env: Mapping[str, str], model_dir: Path) -> Path:
+    raw = env.get(ENV_REVIEW_AUTH_SOCKET, "")
+    path = Path(raw) if raw else model_dir / REVIEW_AUTH_SOCKET_NAME
+    if not path.is_absolute():
+        raise SettingsError(
+            f"{ENV_REVIEW_AUTH_SOCKET}={raw!r} must be an absolute path on a volume shared by both containers"
+        )
+    return path
+
+
+def _review_mode(env: Mapping[str, str]) -> str:
+    raw = env.get(ENV_REVIEW_AUTH, "") or "sidecar"
+    if raw not in ("sidecar", "off"):
+        raise SettingsError(
+            f"{ENV_REVIEW_AUTH}={raw!r} must be 'sidecar' (the default: reviews need a bearer token) or 'off'"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     model: str
@@ -88,34 +125,66 @@ class ServerSettings:
     bind_host: str = "0.0.0.0"
     port: int = 8080
     max_body_bytes: int = 1 << 20
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH  # arrays/objects nested deeper are refused before parsing
     max_batch: int = 256
+    max_queued_rows: int = 4096  # rows waiting for an inference thread; beyond it predict answers 429
     inference_threads: int = 0  # 0: one per CPU
     inference_batch_rows: int = 256  # rows one forward pass may take from queued requests; 1: no coalescing
     warmup_passes: int = 3
     feedback_batch_records: int = 100
     feedback_flush_seconds: float = 5.0
     feedback_max_backlog: int = 100_000
+    feedback_max_spool_bytes: int = 256 << 20  # accepted, not yet stored reviews; beyond it feedback answers 503
+    feedback_spool_dir: Path | None = None  # None: <model_dir>/.feedback-spool (lost with the Pod's emptyDir)
+    control_socket: Path | None = None  # None: <model_dir>/.control.sock
+    review_auth: str = "sidecar"  # reviews need a bearer token the sidecar accepts; "off": anyone may review
+    review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
+    review_rate_per_minute: float = 1200.0  # per reviewer, sustained
+    review_burst: int = 200  # per reviewer, at once
     keep_versions: int = 3
     cgroup_root: Path = DEFAULT_CGROUP_ROOT  # where the container's memory limit is read; tests point it at a fake
     memory_overhead_factor: float = DEFAULT_OVERHEAD_FACTOR  # load estimate: weights file size x this + reserve
     memory_reserve_bytes: int = DEFAULT_RESERVE_BYTES
 
+    @property
+    def spool_dir(self) -> Path:
+        return self.feedback_spool_dir or self.model_dir / DEFAULT_SPOOL_DIR_NAME
+
+    @property
+    def control_path(self) -> Path:
+        return self.control_socket or self.model_dir / DEFAULT_SOCKET_NAME
+
+    @property
+    def review_path(self) -> Path:
+        return self.review_socket or self.model_dir / REVIEW_AUTH_SOCKET_NAME
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
         e = os.environ if env is None else env
+        model_dir = Path(_required(e, ENV_MODEL_DIR))
+        spool = e.get(ENV_FEEDBACK_SPOOL_DIR, "")
         return cls(
             model=_model(e),
             plugin=e.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN,
-            model_dir=Path(_required(e, ENV_MODEL_DIR)),
+            model_dir=model_dir,
             bind_host=e.get(ENV_BIND_HOST) or "0.0.0.0",
             port=_int(e, ENV_PORT, 8080, 1),
             max_body_bytes=_int(e, "MODELLOOP_MAX_BODY_BYTES", 1 << 20, 64),
+            max_json_depth=_int(e, "MODELLOOP_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH, 2),
             max_batch=_int(e, "MODELLOOP_MAX_BATCH", 256, 1),
+            max_queued_rows=_int(e, "MODELLOOP_MAX_QUEUED_ROWS", 4096, 1),
             inference_threads=_int(e, "MODELLOOP_INFERENCE_THREADS", 0),
             inference_batch_rows=_int(e, "MODELLOOP_INFERENCE_BATCH_ROWS", 256, 1),
             feedback_batch_records=_int(e, "MODELLOOP_FEEDBACK_BATCH", 100, 1),
             feedback_flush_seconds=_float(e, "MODELLOOP_FEEDBACK_FLUSH_SECONDS", 5.0),
             feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),
+            feedback_max_spool_bytes=_int(e, "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES", 256 << 20, 64 << 10),
+            feedback_spool_dir=Path(spool) if spool else None,
+            control_socket=_control_socket(e, model_dir),
+            review_auth=_review_mode(e),
+            review_socket=_review_socket(e, model_dir),
+            review_rate_per_minute=_float(e, "MODELLOOP_REVIEW_RATE_PER_MINUTE", 1200.0),
+            review_burst=_int(e, "MODELLOOP_REVIEW_BURST", 200, 1),
             cgroup_root=Path(e.get(ENV_CGROUP_ROOT) or DEFAULT_CGROUP_ROOT),
             memory_overhead_factor=_factor(e, ENV_MEMORY_OVERHEAD_FACTOR, DEFAULT_OVERHEAD_FACTOR),
             memory_reserve_bytes=_int(e, ENV_MEMORY_RESERVE_BYTES, DEFAULT_RESERVE_BYTES),
@@ -129,7 +198,9 @@ class SidecarSettings:
     namespace: str
     pod_name: str
     model_dir: Path
-    server_url: str
+    control_socket: Path
+    review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
+    reviewer_tokens_dir: Path | None = None  # static reviewer tokens, one file per reviewer (a Secret volume)
     keep_versions: int = 3
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
@@ -137,16 +208,16 @@ class SidecarSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarSettings:
         e = os.environ if env is None else env
-        host = e.get(ENV_BIND_HOST) or "127.0.0.1"
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
+        model_dir = Path(_required(e, ENV_MODEL_DIR))
         return cls(
             model=_model(e),
             policy=_required(e, ENV_POLICY),
             namespace=_required(e, ENV_POD_NAMESPACE),
             pod_name=_required(e, ENV_POD_NAME),
-            model_dir=Path(_required(e, ENV_MODEL_DIR)),
-            server_url=(e.get(ENV_SERVER_URL) or f"http://{host}:8080").rstrip("/"),
+            model_dir=model_dir,
+            control_socket=_control_socket(e, model_dir),
+            review_socket=_review_socket(e, model_dir),
+            reviewer_tokens_dir=Path(e[ENV_REVIEWER_TOKENS_DIR]) if e.get(ENV_REVIEWER_TOKENS_DIR) else None,
             keep_versions=_int(e, "MODELLOOP_KEEP_VERSIONS", 3, 2),
             retry_base_seconds=_float(e, "MODELLOOP_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_float(e, "MODELLOOP_RETRY_MAX_SECONDS", 60.0),

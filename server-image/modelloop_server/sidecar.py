@@ -3,7 +3,8 @@
 After KServe's model agent: a watch on the one RetrainPolicy (``MODELLOOP_POLICY``) feeds a
 latest-wins slot; a single worker takes the newest ``status.desired``, downloads the version into
 a temp dir on the shared volume (every file checked against the manifest, the manifest against
-the promoted digest), renames it into place, asks the server on localhost to load it, and then
+the promoted digest), renames it into place, asks the server over its control socket (a Unix
+socket on the shared volume, never the public port) to load it, and then
 records on its own Pod (annotations ``modelloop.dev/serving-version``/``-digest``) what the
 replica serves, which is how the operator counts rollout progress.
 
@@ -15,7 +16,10 @@ disk (or waits for the prefetch already under way) and is only a local load and 
 
 Failure handling, for whoever reads the Events at night: a corrupt or missing artifact is refused
 (Event ``ArtifactRejected`` naming the file) and the old model keeps serving; it is retried only
-when the desired version changes or after a long backoff (someone may re-upload it). A version the
+when the desired version changes or after a long backoff (someone may re-upload it). A manifest
+that is itself invalid (for example a file path with ``..`` or an absolute path) while carrying the
+promoted digest can never become valid, so that version is refused for good (Event
+``ArtifactRejected`` saying so) and not retried until the desired version changes. A version the
 server refuses because it would not fit in the container's memory limit gets Event
 ``ModelTooLarge`` with the server's message (sizes, limit, what to change) and the same retry rule;
 so does one that would overflow the model volume's emptyDir ``sizeLimit`` (Event
@@ -31,13 +35,12 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import random
 import shutil
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,13 +52,15 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from modelloop.api import constants as c
-from modelloop.api.artifacts import ArtifactError, check_version, parse_artifact_uri, version_prefix
+from modelloop.api.artifacts import ArtifactError, ManifestInvalid, check_version, parse_artifact_uri, version_prefix
 from modelloop.clients.artifactstore import fetch_version
 from modelloop.clients.objectstore import ObjectStore, StoreConfig
 
+from .control import REVIEW_AUTH_SOCKET_NAME, ControlClient
 from .diskroom import REASON_NO_ROOM, VolumeLimit, disk_usage, room_decision, volume_limit
 from .memory import REASON_TOO_LARGE
 from .modeldir import clean_temp_dirs, prune, verify_local, versions_on_disk
+from .reviewauth import AUDIENCE, SUBRESOURCE, ReviewAuthorizer, StaticTokens, serve_review_auth
 from .settings import SettingsError, SidecarSettings
 
 log = logging.getLogger("modelloop_sidecar")
@@ -184,6 +189,17 @@ class Rejected(Exception):
     """This version cannot be served as published; retrying soon would not help."""
 
 
+class RejectedForGood(Rejected):
+    """The promoted bytes themselves are invalid: no retry of this version can succeed."""
+
+
+def rejected_retry_delay(error: Rejected, attempts: int) -> float:
+    """Seconds until a refused version is tried again; ``inf``: only when the desired version changes."""
+    if isinstance(error, RejectedForGood):
+        return math.inf
+    return max(REJECTED_RETRY_SECONDS, backoff(attempts, 60, 1800))
+
+
 class TooLarge(Rejected):
     """The server refused the version before loading it: it would not fit in the container's memory.
 
@@ -254,6 +270,7 @@ class Sidecar:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.store_config = store_config
+        self.control = ControlClient(settings.control_socket)
         self._stores: dict[str, ObjectStore] = {}
         self.slot = LatestSlot()
         self.stop = threading.Event()
@@ -407,6 +424,9 @@ class Sidecar:
                 expected_digest=d.digest,
                 admit=lambda manifest: self.make_room(d, sum(f.size for f in manifest.files)),
             )
+        except ManifestInvalid as e:
+            clean_temp_dirs(self.s.model_dir, d.version)
+            raise RejectedForGood(str(e)) from e
         except ArtifactError as e:
             raise Rejected(str(e)) from e
         except NoRoom:
@@ -468,28 +488,25 @@ class Sidecar:
             log.info("removed %s from the model volume to make room for %s", ", ".join(decision.drop), d.version)
 
     def reload_server(self, d: Desired, path: Path) -> dict[str, Any]:
-        req = urllib.request.Request(
-            f"{self.s.server_url}/v1/reload",
-            data=json.dumps({"version": d.version, "path": str(path)}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
+        body = json.dumps({"version": d.version, "path": str(path)}).encode()
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
-                return answer
-        except urllib.error.HTTPError as e:
-            detail = e.read(8192).decode(errors="replace")
-            e.close()
-            if e.code == 409:
-                too_large = too_large_message(detail)
-                if too_large is not None:
-                    raise TooLarge(f"the model server refused it before loading: {too_large}") from None
-            if e.code == 422:
-                raise Rejected(f"the model server refused {d.version}: {detail}") from None
-            raise Transient(f"the model server answered HTTP {e.code} to reload {d.version}: {detail}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise Transient(f"the model server at {self.s.server_url} is unreachable: {e}") from None
+            status, raw = self.control.request("POST", "/v1/reload", body, timeout=120)
+        except OSError as e:
+            raise Transient(f"the model server's control socket {self.s.control_socket} is unreachable: {e}") from None
+        detail = raw[:8192].decode(errors="replace")
+        if status == 200:
+            try:
+                answer: dict[str, Any] = json.loads(raw)
+            except ValueError:
+                raise Transient(f"the model server answered reload {d.version} with non-JSON: {detail}") from None
+            return answer
+        if status == 409:
+            too_large = too_large_message(detail)
+            if too_large is not None:
+                raise TooLarge(f"the model server refused it before loading: {too_large}")
+        if status == 422:
+            raise Rejected(f"the model server refused {d.version}: {detail}")
+        raise Transient(f"the model server answered HTTP {status} to reload {d.version}: {detail}")
 
     def annotate_pod(self, d: Desired) -> None:
         self._annotate({c.ANNOTATION_SERVING_VERSION: d.version, c.ANNOTATION_SERVING_DIGEST: d.digest})
@@ -616,12 +633,11 @@ class Sidecar:
     def server_version(self) -> str | None:
         """What the server answers with now: a version, "" when it has no model, None when unreachable."""
         try:
-            with urllib.request.urlopen(f"{self.s.server_url}/readyz", timeout=5) as resp:
-                return str(json.loads(resp.read()).get("version") or "")
-        except urllib.error.HTTPError as e:
-            e.close()
-            return "" if e.code == 503 else None
-        except (urllib.error.URLError, OSError, ValueError):
+            status, raw = self.control.request("GET", "/readyz", timeout=5)
+            if status == 503:
+                return ""
+            return str(json.loads(raw).get("version") or "") if status == 200 else None
+        except (OSError, ValueError, AttributeError):
             return None
 
     def run(self) -> None:
@@ -641,7 +657,7 @@ class Sidecar:
                 if self.pending is not None and self.pending != self.served
                 else max(0.0, next_check - now)
             )
-            new = self.slot.take(wait)
+            new = self.slot.take(min(wait, 60.0))  # retry_at is inf for a version refused for good
             if self.stop.is_set():
                 break
             if new is not None and new != self.pending:
@@ -660,10 +676,15 @@ class Sidecar:
                 attempts, rejected = 0, None
             except Rejected as e:
                 attempts += 1
-                retry_at = time.monotonic() + max(REJECTED_RETRY_SECONDS, backoff(attempts, 60, 1800))
+                delay = rejected_retry_delay(e, attempts)
+                retry_at = time.monotonic() + delay
                 still = self.served.version if self.served else "nothing"
                 msg = f"refused {self.pending.version}: {e}; still serving {still}"
-                log.error("%s (retry in %.0fs or when the desired version changes)", msg, retry_at - time.monotonic())
+                if math.isinf(delay):
+                    msg += "; refused for good: not retried unless status.desired changes"
+                    log.error("%s", msg)
+                else:
+                    log.error("%s (retry in %.0fs or when the desired version changes)", msg, delay)
                 if rejected != self.pending:
                     reason = REASON_TOO_LARGE if isinstance(e, TooLarge) else REASON_REJECTED
                     self.event(REASON_NO_ROOM if isinstance(e, NoRoom) else reason, msg)
@@ -706,11 +727,23 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    static = StaticTokens.from_dir(settings.reviewer_tokens_dir)
+    review_socket = settings.review_socket or settings.model_dir / REVIEW_AUTH_SOCKET_NAME
+    authorizer = ReviewAuthorizer(sidecar.api, settings.namespace, settings.policy, static)
+    reviews = serve_review_auth(review_socket, authorizer)
     log.info(
-        "watching RetrainPolicy %s/%s for model %s; server %s; model dir %s",
-        settings.namespace, settings.policy, settings.model, settings.server_url, settings.model_dir,
+        "answering the server's review-auth requests on %s (TokenReview audience %s, create %s/%s on %s; "
+        "%d static reviewer tokens)",
+        review_socket, AUDIENCE, c.RETRAINPOLICY_PLURAL, SUBRESOURCE, settings.policy, len(static),
     )  # fmt: skip
-    sidecar.run()
+    log.info(
+        "watching RetrainPolicy %s/%s for model %s; server control socket %s; model dir %s",
+        settings.namespace, settings.policy, settings.model, settings.control_socket, settings.model_dir,
+    )  # fmt: skip
+    try:
+        sidecar.run()
+    finally:
+        reviews.shutdown()
 
 
 if __name__ == "__main__":

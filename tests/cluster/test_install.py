@@ -12,7 +12,10 @@ from the state the previous one left):
 2. a client sends traffic through the ``digits`` Service's ClusterIP and posts reviews to it; v2
    is trained, verified and hot-swapped with no failed request, while the leading operator's
    process is SIGKILLed during v2's training and the standby takes over once the Lease expires;
-3. ``kubectl annotate ... rollback-to=previous`` brings v1 back, again with no failed request.
+3. ``kubectl annotate ... rollback-to=previous`` brings v1 back, again with no failed request;
+4. a version declaring more weights than the server container's memory limit leaves room for is
+   refused by the server from the cgroup files it reads on this node, before anything is loaded;
+   the Pod keeps serving, ready, with no restart.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.utils import parse_quantity
 
 from modelloop.api import constants as c
 from modelloop_dev.cluster import Cluster
@@ -198,7 +202,11 @@ def test_reviews_through_the_service_train_v2_while_the_leader_dies(
     tally: Tally | None = None
     try:
         t0 = time.monotonic()
-        reviewed = review([url], 200)
+        # As the README says: the example's review application, a token minted for audience modelloop.
+        token = installed.cluster.kubectl(
+            "-n", NAMESPACE, "create", "token", "digits-review-app", "--audience", c.REVIEW_AUDIENCE
+        ).stdout.strip()
+        reviewed = review([url], 200, token=token)
         assert reviewed.failed == 0, f"{reviewed.failed} reviews failed through the Service"
         assert reviewed.corrections >= 10, f"only {reviewed.corrections} corrections in 200 reviews"
         view.wait_phase("v2", {"Training"}, VERSION_TIMEOUT_S)
@@ -254,3 +262,61 @@ def test_rollback_annotation_brings_v1_back_with_no_failed_request(
     assert tally.failed == 0, f"requests through the Service failed during the rollback: {tally.failures[:5]}"
     assert status["desired"]["reason"] == "Rollback"
     assert view.mv_phase("v2") == "RolledBack"
+
+
+# Run inside a serving Pod's sidecar container (it can write the shared model volume): a copy of the
+# serving version's manifest that declares 8 GiB of weights, then the reload request the sidecar
+# would send for it over the Pod's control socket. The server must refuse it from the cgroup numbers
+# it reads on this node.
+TOO_LARGE_SCRIPT = """
+import json, shutil, sys
+from modelloop_server.control import ControlClient
+from modelloop_server.settings import SidecarSettings
+s = SidecarSettings.from_env()
+serving = sys.argv[1]
+manifest = json.loads((s.model_dir / serving / "manifest.json").read_text())
+manifest["version"] = "v99"
+for f in manifest["files"]:
+    if f["path"] == "weights.safetensors":
+        f["size"] = 8 << 30
+dest = s.model_dir / "v99"
+dest.mkdir(exist_ok=True)
+(dest / "manifest.json").write_text(json.dumps(manifest))
+body = json.dumps({"version": "v99", "path": str(dest)}).encode()
+status, answer = ControlClient(s.control_socket).request("POST", "/v1/reload", body, timeout=60)
+shutil.rmtree(dest)
+print(json.dumps({"status": status, "body": json.loads(answer)}))
+"""
+
+
+def test_a_version_too_big_for_the_memory_limit_is_refused_and_v1_keeps_serving(
+    installed: Installed, report: dict[str, Any]
+) -> None:
+    """The server reads its real cgroup on the node (v1 here: memory.limit_in_bytes) and refuses first."""
+    view = installed.view
+    url = installed.service_url()
+    pod = view.serving_pods()[0]
+    name = pod["metadata"]["name"]
+    restarts = {s["name"]: s["restartCount"] for s in pod["status"]["containerStatuses"]}
+    serving = pod["metadata"]["annotations"][c.ANNOTATION_SERVING_VERSION]
+    limit = next(k["resources"]["limits"]["memory"] for k in pod["spec"]["containers"] if k["name"] == "server")
+    load = LoadGenerator(lambda: [url], concurrency=4).start()
+    try:
+        done = installed.cluster.kubectl(
+            "-n", NAMESPACE, "exec", name, "-c", "sidecar", "--", "python", "-c", TOO_LARGE_SCRIPT, serving
+        )
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        wait_for("200 more answers through the Service after the refusal", lambda: load.tally.ok >= 200, 60)
+        after = installed.kubectl_json("-n", NAMESPACE, "get", "pod", name)
+    finally:
+        tally = load.stop()
+    body = answer["body"]
+    assert answer["status"] == 409, answer
+    assert body["reason"] == "ModelTooLarge" and body["version"] == "v99", body
+    assert body["limitBytes"] == parse_quantity(limit), f"the server did not read the container's limit {limit}: {body}"
+    assert "memory.limit_in_bytes" in body["error"] or "memory.max" in body["error"], body["error"]
+    assert tally.failed == 0, f"requests failed while the too-big version was refused: {tally.failures[:5]}"
+    assert set(tally.by_version) == {serving}, f"something other than {serving} answered: {dict(tally.by_version)}"
+    assert {s["name"]: s["restartCount"] for s in after["status"]["containerStatuses"]} == restarts
+    assert all(s["ready"] for s in after["status"]["containerStatuses"])
+    report["too_large_refused"] = body["error"]

@@ -24,8 +24,8 @@ from modelloop.api.feedback import FeedbackRecord, decode_batch
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
-from modelloop_server.app import SPOOL_DIR
 from modelloop_server.feedback import OPEN_JOURNAL
+from modelloop_server.settings import DEFAULT_SPOOL_DIR_NAME as SPOOL_DIR
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -54,6 +54,7 @@ class Server:
             c.ENV_MODEL: MODEL,
             "MODELLOOP_MODEL_DIR": str(self.model_dir),
             "MODELLOOP_BIND_HOST": "127.0.0.1",
+            "MODELLOOP_REVIEW_AUTH": "off",  # no sidecar here; reviews are authenticated in test_review_auth.py
             "MODELLOOP_PORT": self.url.rsplit(":", 1)[1],
             "MODELLOOP_FEEDBACK_BATCH": str(BATCH),
             "MODELLOOP_FEEDBACK_FLUSH_SECONDS": "1",

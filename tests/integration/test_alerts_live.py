@@ -46,6 +46,7 @@ from modelloop_dev.prometheus import ChartPrometheus
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 STALLED, LIVE_LOW = "ModelloopRolloutStalled", "ModelloopLiveAccuracyLow"
+REVIEWER, REVIEWER_TOKEN = "alice", "alice-static-token"  # a static reviewer token the sidecar accepts
 HOLDOUT = {"v1": 0.93, "v2": 0.95, "v3": 0.97}  # each verified version beats the last by the beatMargin
 
 
@@ -115,9 +116,18 @@ class Loop:
 
         wait_for(lambda: len(pods()) == replicas, 60, f"{replicas} serving Pods from the controller manager")
         kubeconfig = serving_kubeconfig(self.cp, self.ns, self.tmp)
+        tokens = self.tmp / "reviewer-tokens"
+        tokens.mkdir()
+        (tokens / REVIEWER).write_text(REVIEWER_TOKEN)
         for pod in pods():
             r = Replica(
-                self.tmp, pod, self.ns, self.minio.env(self.bucket), kubeconfig, MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5"
+                self.tmp,
+                pod,
+                self.ns,
+                self.minio.env(self.bucket),
+                kubeconfig,
+                sidecar_env={"MODELLOOP_REVIEWER_TOKENS_DIR": str(tokens)},
+                MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5",
             )
             self.replicas[pod] = r.start()
             self.addresses.append(self.prom.scrape_serving(r.port, self.ns, pod))
@@ -305,7 +315,8 @@ def test_live_accuracy_fires_on_corrected_reviews_and_resolves_after_a_rollback(
             "label": (answer["predicted"] + 1) % 10 if wrong else answer["predicted"],
             "version": answer["version"],
         }
-        assert httpx.post(f"{replica.base}/v1/feedback", json=review, timeout=30).status_code < 300
+        headers = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
+        assert httpx.post(f"{replica.base}/v1/feedback", json=review, headers=headers, timeout=30).status_code == 202
     pending_since = time.monotonic()
     prometheus.wait_alert(LIVE_LOW, "firing", live_for + 60, "8 of 10 reviews of v2 corrected", namespace=ns)
     assert time.monotonic() - pending_since >= live_for - 2, "the alert honours its for:"

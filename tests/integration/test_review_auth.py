@@ -10,11 +10,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from kubernetes import client
+from test_server_support import Cluster, publish_versions
 
 from modelloop.api import constants as c
+from modelloop.api.artifacts import feedback_prefix
+from modelloop.api.feedback import decode_batch
 from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.minio import MinioServer
+from modelloop_dev.processes import wait_for
 from modelloop_server.reviewauth import AUDIENCE, ReviewAuthorizer, StaticTokens
 
 pytestmark = pytest.mark.integration
@@ -152,3 +158,72 @@ def test_static_tokens_from_a_mounted_secret(tmp_path: Path) -> None:
     assert static.lookup("token-a") == "alice" and static.lookup("token-b") == "bob"
     assert static.lookup("token-c") is None and static.lookup("") is None
     assert len(StaticTokens.from_dir(tmp_path / "missing")) == 0
+
+
+def test_reviews_through_the_server_need_a_token_rbac_accepts(
+    control_plane: ControlPlane, minio: MinioServer, namespace: str, bucket: str, tmp_path: Path
+) -> None:
+    """The example's wiring end to end: server (no Kubernetes token) → sidecar → API server; identity stored."""
+    digests = publish_versions(minio, bucket, ["v1"])
+    cluster = Cluster(control_plane, namespace, minio, bucket)
+    tokens_dir = tmp_path / "reviewer-tokens"
+    tokens_dir.mkdir()
+    (tokens_dir / "alice").write_text("alice-static-token")
+    replica = cluster.start_replica(
+        tmp_path,
+        "digits-0",
+        "v1",
+        digests["v1"],
+        sidecar_env={"MODELLOOP_REVIEWER_TOKENS_DIR": str(tokens_dir)},
+        MODELLOOP_REVIEW_BURST="3",
+        MODELLOOP_REVIEW_RATE_PER_MINUTE="1",
+        MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5",
+    )
+    apply(
+        control_plane,
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "stranger", "namespace": namespace}},
+    )
+    app = token(control_plane, namespace, "digits-review-app")
+
+    def post(review_id: str, bearer: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        body = {"requestId": review_id, "input": INPUT, "predicted": 3, "label": 5, "version": "v1"}
+        return httpx.post(f"{replica.base}/v1/feedback", json=body, headers=headers, timeout=30)
+
+    try:
+        anonymous = post("r-anon", None)
+        assert anonymous.status_code == 401 and "Authorization: Bearer" in anonymous.json()["error"]
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        assert post("r-aud", token(control_plane, namespace, "digits-review-app", None)).status_code == 401
+        forbidden = post("r-stranger", token(control_plane, namespace, "stranger"))
+        assert forbidden.status_code == 403 and "may not review" in forbidden.json()["error"]
+        assert post("r-app", app).status_code == 202
+        assert post("r-alice", "alice-static-token").status_code == 202
+        # The app has spent one of its 3; two more pass, the fourth is refused with a retry time.
+        assert [post(f"r-burst-{i}", app).status_code for i in range(3)] == [202, 202, 429]
+        limited = post("r-limited", app)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+        store = minio.store(bucket)
+
+        def stored() -> dict[str, str | None]:
+            keys = store.list_keys(feedback_prefix(MODEL))
+            return {r.id: r.reviewer for k in keys for r in decode_batch(store.get_bytes(k))}
+
+        wait_for(lambda: len(stored()) == 4, 30, "the accepted reviews in the bucket", replica.server)
+        assert stored() == {
+            "r-app": f"system:serviceaccount:{namespace}:digits-review-app",
+            "r-alice": "static:alice",
+            "r-burst-0": f"system:serviceaccount:{namespace}:digits-review-app",
+            "r-burst-1": f"system:serviceaccount:{namespace}:digits-review-app",
+        }
+        refused = {k: replica.metric("modelloop_server_feedback_refused_total", {"reason": k}) for k in REASONS}
+        assert refused == {"unauthenticated": 2, "forbidden": 1, "rate_limited": 2}
+    finally:
+        replica.stop()
+        cluster.close()
+
+
+REASONS = ("unauthenticated", "forbidden", "rate_limited")
+INPUT = [float(i % 17) for i in range(64)]
+MODEL = "digits"

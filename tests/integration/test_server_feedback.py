@@ -44,6 +44,7 @@ class Server:
                 c.ENV_MODEL: MODEL,
                 "MODELLOOP_MODEL_DIR": str(self.model_dir),
                 "MODELLOOP_BIND_HOST": "127.0.0.1",
+                "MODELLOOP_REVIEW_AUTH": "off",  # no sidecar here; reviews are authenticated in test_review_auth.py
                 "MODELLOOP_PORT": str(port),
                 **env,
             },

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_server_support import start_server
+from test_server_support import control, reload, start_server
 
 from modelloop.api import constants as c
+from modelloop_server.control import ControlClient
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -102,11 +103,11 @@ def test_predictions_name_the_version_in_body_and_headers(server: tuple[str, Pat
 
 def test_reload_refuses_paths_outside_the_model_dir_and_bad_weights(server: tuple[str, Path], tmp_path: Path) -> None:
     url, model_dir = server
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v1", "path": str(tmp_path)})
+    r = reload(model_dir, "v1", tmp_path)
     assert r.status_code == 403 and "not a version directory under" in r.json()["error"]
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v1", "path": str(model_dir / ".." / "..")})
+    r = reload(model_dir, "v1", model_dir / ".." / "..")
     assert r.status_code == 403
-    r = httpx.post(f"{url}/v1/reload", json={"version": "latest", "path": str(model_dir / "v1")})
+    r = reload(model_dir, "latest", model_dir / "v1")
     assert r.status_code == 422 and "v<N>" in r.json()["error"]
 
     write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, "digits", "v3", 3)
@@ -114,37 +115,56 @@ def test_reload_refuses_paths_outside_the_model_dir_and_bad_weights(server: tupl
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v3", "path": str(model_dir / "v3")})
+    r = reload(model_dir, "v3")
     assert r.status_code == 422 and "model.safetensors" in r.json()["error"], r.text
     assert httpx.get(f"{url}/readyz").json()["version"] == "v2"
 
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v1", "path": str(model_dir / "v1")})
+    r = reload(model_dir, "v1")
     assert r.status_code == 200 and r.json()["previous"] == "v2" and not r.json()["fromMemory"]
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v2", "path": str(model_dir / "v2")})
+    r = reload(model_dir, "v2")
     assert r.status_code == 200 and r.json()["fromMemory"], "rollback to the previous version must not load again"
     assert httpx.post(f"{url}/v1/predict", json={"input": GOOD}).headers["x-model-version"] == "v2"
 
 
-def _outside_address() -> str | None:
-    """A non-loopback address of this machine (None when it has none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))
-            addr: str = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") else addr
+def test_reload_is_not_served_on_the_public_port(server: tuple[str, Path]) -> None:
+    """Not even from loopback: the swap is reachable only through the control socket in the Pod's volume."""
+    url, model_dir = server
+    for method in ("POST", "GET", "PUT"):
+        r = httpx.request(method, f"{url}/v1/reload", json={"version": "v1", "path": str(model_dir / "v1")})
+        assert r.status_code == 404, (method, r.status_code, r.text)
+    assert httpx.get(f"{url}/readyz").json()["version"] == "v2", "the public request swapped nothing"
+    socket_file = model_dir / ".control.sock"
+    assert stat.S_ISSOCK(socket_file.lstat().st_mode) and stat.S_IMODE(socket_file.lstat().st_mode) == 0o660
+    assert control(model_dir, "GET", "/readyz").json()["version"] == "v2"
+    assert control(model_dir, "POST", "/v1/predict", {"input": GOOD}).status_code == 404, "predict is public only"
 
 
-def test_reload_is_refused_from_outside_the_pod(tmp_path: Path) -> None:
-    addr = _outside_address()
-    if addr is None:
-        pytest.skip("this machine has no non-loopback address to call from")
-    proc, url, model_dir = start_server(tmp_path, host="0.0.0.0")
+def test_deeply_nested_bodies_get_a_400_naming_the_depth_not_a_500(server: tuple[str, Path]) -> None:
+    url, _ = server
+    for depth in (40, 5_000, 30_000):
+        body = b'{"input": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        r = httpx.post(f"{url}/v1/predict", content=body, headers=JSON, timeout=30)
+        assert r.status_code == 400, (depth, r.status_code, r.text)
+        assert f"{depth + 1} levels deep; the limit is 32" in r.json()["error"], r.json()
+    brackets_in_strings = json.dumps({"input": GOOD, "x": "[[[[" * 100}).encode()
+    r = httpx.post(f"{url}/v1/predict", content=brackets_in_strings, headers=JSON, timeout=30)
+    assert r.status_code == 422 and "unknown field(s) x" in r.json()["error"], "brackets in strings do not nest"
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_the_control_socket_works_on_a_path_longer_than_a_socket_address_holds(tmp_path: Path) -> None:
+    """A Pod's emptyDir on the development node, or a deep temp dir, can pass the 108 bytes of sockaddr_un."""
+    deep = tmp_path / ("volumes-" + "x" * 80) / ("models-" + "y" * 40) / "control.sock"
+    assert len(str(deep)) > 108
+    proc, url, model_dir = start_server(tmp_path, MODELLOOP_CONTROL_SOCKET=str(deep))
     try:
-        outside = url.replace("127.0.0.1", addr)
-        r = httpx.post(f"{outside}/v1/reload", json={"version": "v1", "path": str(model_dir / "v1")})
-        assert r.status_code == 403 and "only from inside the Pod" in r.json()["error"]
-        assert httpx.post(f"{outside}/v1/predict", json={"input": GOOD}).status_code == 200
+        status, raw = ControlClient(deep).request("GET", "/readyz", timeout=10)
+        assert status == 200 and json.loads(raw)["version"] == "v2"
+        body = json.dumps({"version": "v1", "path": str(model_dir / "v1")}).encode()
+        status, raw = ControlClient(deep).request("POST", "/v1/reload", body, timeout=60)
+        assert status == 200 and json.loads(raw)["previous"] == "v2", raw
+        assert httpx.post(f"{url}/v1/predict", json={"input": GOOD}).json()["version"] == "v1"
+        assert not (model_dir / ".control.sock").exists(), "the setting moved the socket"
     finally:
         proc.stop()
+    assert not deep.exists(), "the server removes its socket when it stops"

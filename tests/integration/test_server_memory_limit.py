@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server_support import Cluster, Replica, publish_versions, start_server
+from test_server_support import Cluster, Replica, publish_versions, reload, start_server
 
 from modelloop.api import constants as c
 from modelloop_dev.controlplane import ControlPlane
@@ -63,7 +63,7 @@ def test_reload_too_big_for_the_memory_limit_is_refused_and_the_old_version_keep
     assert httpx.get(f"{url}/readyz").json()["version"] == "v1"
     set_cgroup(cgroup, LIMIT, 60 * MiB)  # the container has grown: 40 MiB free, less than the reserve alone
 
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v2", "path": str(model_dir / "v2")}, timeout=60)
+    r = reload(model_dir, "v2")
     assert r.status_code == 409, r.text
     body = r.json()
     assert body["reason"] == "ModelTooLarge" and body["version"] == "v2" and body["serving"] == "v1"
@@ -88,7 +88,7 @@ def test_reload_too_big_for_the_memory_limit_is_refused_and_the_old_version_keep
     assert refusals(url) == 1
 
     set_cgroup(cgroup, 1 << 30, 60 * MiB)  # the limit raised (in place): the same request now succeeds
-    r = httpx.post(f"{url}/v1/reload", json={"version": "v2", "path": str(model_dir / "v2")}, timeout=60)
+    r = reload(model_dir, "v2")
     assert r.status_code == 200, r.text
     assert httpx.post(f"{url}/v1/predict", json={"input": GOOD}, timeout=30).json()["version"] == "v2"
     assert refusals(url) == 1

@@ -26,6 +26,7 @@ from modelloop.api.artifacts import artifact_uri
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, free_port, wait_for
+from modelloop_server.control import DEFAULT_SOCKET_NAME, ControlClient
 from modelloop_server.synthetic import publish_synthetic, write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
 
@@ -33,6 +34,18 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
 PLUGIN = c.DEFAULT_PLUGIN
 BIN = Path(sys.executable).parent
+
+
+def control(model_dir: Path, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    """A request on the server's control socket (the sidecar's channel), as an httpx response for the asserts."""
+    data = None if body is None else json.dumps(body).encode()
+    status, raw = ControlClient(model_dir / DEFAULT_SOCKET_NAME).request(method, path, data, timeout=60)
+    return httpx.Response(status, content=raw)
+
+
+def reload(model_dir: Path, version: str, path: Path | str | None = None) -> httpx.Response:
+    """``POST /v1/reload`` as the sidecar sends it: over the control socket in the model dir."""
+    return control(model_dir, "POST", "/v1/reload", {"version": version, "path": str(path or model_dir / version)})
 
 
 def publish_versions(minio: MinioServer, bucket: str, versions: list[str]) -> dict[str, str]:
@@ -120,11 +133,26 @@ class Cluster:
         return self.pod_annotations(pod).get(c.ANNOTATION_SERVING_DIGEST) == digest
 
     def start_replica(
-        self, workdir: Path, pod: str, version: str, digest: str, size_limit: str | None = None
+        self,
+        workdir: Path,
+        pod: str,
+        version: str,
+        digest: str,
+        size_limit: str | None = None,
+        sidecar_env: dict[str, str] | None = None,
+        **server_env: str,
     ) -> Replica:
         """A Pod object plus its server + sidecar, returned once the sidecar reports ``version`` served."""
         self.create_pod(pod, replica_model_dir(workdir, pod), size_limit)
-        replica = Replica(workdir, pod, self.ns, self.minio.env(self.bucket), self.serving_kubeconfig(workdir))
+        replica = Replica(
+            workdir,
+            pod,
+            self.ns,
+            self.minio.env(self.bucket),
+            self.serving_kubeconfig(workdir),
+            sidecar_env,
+            **server_env,
+        )
         self.set_desired(version, digest)
         replica.start()
         try:
@@ -147,10 +175,13 @@ class Cluster:
 def serving_kubeconfig(cp: ControlPlane, namespace: str, workdir: Path) -> Path:
     """Apply the example's ServiceAccount/Role/RoleBinding here and return a kubeconfig with its token."""
     docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRoleBinding")]
     sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
     for d in rbac:
-        d["metadata"]["namespace"] = namespace
+        if d["kind"] == "ClusterRoleBinding":
+            d["metadata"]["name"] = f"{namespace}-{d['metadata']['name']}"
+        else:
+            d["metadata"]["namespace"] = namespace
         for rule in d.get("rules") or []:
             if rule.get("resourceNames"):
                 rule["resourceNames"] = [POLICY]
@@ -180,7 +211,14 @@ class Replica:
     """A serving Pod's two containers as local processes sharing a model directory."""
 
     def __init__(
-        self, workdir: Path, pod: str, namespace: str, s3_env: dict[str, str], kubeconfig: Path, **server_env: str
+        self,
+        workdir: Path,
+        pod: str,
+        namespace: str,
+        s3_env: dict[str, str],
+        kubeconfig: Path,
+        sidecar_env: dict[str, str] | None = None,
+        **server_env: str,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -211,9 +249,9 @@ class Replica:
                 "MODELLOOP_POLICY": POLICY,
                 "POD_NAME": pod,
                 "POD_NAMESPACE": namespace,
-                "MODELLOOP_SERVER_URL": self.base,
                 "MODELLOOP_RETRY_BASE_SECONDS": "0.2",
                 "MODELLOOP_RETRY_MAX_SECONDS": "2",
+                **(sidecar_env or {}),
             },
         )
 
@@ -273,6 +311,7 @@ def start_server(
             "MODELLOOP_PORT": str(port),
             "MODELLOOP_MAX_BATCH": "8",
             "MODELLOOP_MAX_BODY_BYTES": "65536",
+            "MODELLOOP_REVIEW_AUTH": "off",  # no sidecar to ask; reviews are authenticated in test_review_auth.py
             **env,
         },
     ).start()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+import pytest
+
 from modelloop.api.feedback import FeedbackRecord, batch_key, decode_batch, encode_batch, feedback_prefix
-from modelloop_server.feedback import OPEN_JOURNAL, FeedbackBuffer
+from modelloop_server.feedback import OPEN_JOURNAL, BacklogFull, FeedbackBuffer, SpoolUnavailable
 from modelloop_server.metrics import ServerMetrics
 
 MODEL = "digits"
@@ -40,15 +43,59 @@ def test_finished_and_unrenamed_spool_files_are_restored_and_a_torn_one_is_set_a
     assert pending == {feedback_prefix(MODEL) + done: ["a", "b"], feedback_prefix(MODEL) + unrenamed: ["c"]}
 
 
-def test_a_spool_that_cannot_be_written_keeps_the_batch_in_memory(tmp_path: Path) -> None:
+def test_a_review_that_cannot_be_spooled_is_refused_not_kept_in_memory(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.write_text("a file where the spool directory should be")
     fb = buffer(spool)
+    with pytest.raises(SpoolUnavailable, match="the review was not accepted"):
+        fb.add(records("a")[0])
+    assert fb.backlog == 0 and fb.backlog_bytes == 0, "a 202 means on disk: nothing is accepted into memory only"
+    spool.unlink()
+    fb.add(records("b")[0])
+    assert [r.id for r in decode_batch((spool / OPEN_JOURNAL).read_bytes())] == ["b"], "accepted again once writable"
+    fb.close()
+
+
+def test_the_spool_is_bounded_in_bytes_and_refuses_with_a_message_naming_the_limit(tmp_path: Path) -> None:
+    one = len(encode_batch(records("a")))
+    fb = FeedbackBuffer(MODEL, None, tmp_path, ServerMetrics(), batch_records=2, max_bytes=3 * one)
+    for r in records("a", "b", "c"):
+        fb.add(r)
+    fb._cut()  # two batches now: one pending (a, b) and one open (c)
+    assert fb.backlog_bytes == 3 * one
+    with pytest.raises(BacklogFull) as e:
+        fb.add(records("d")[0])
+    assert f"{3 * one} bytes of reviews are waiting" in str(e.value)
+    assert f"limit {3 * one} bytes, MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES" in str(e.value)
+    assert fb.backlog == 3, "the refused review was not taken"
+    assert sum(len(p.read_bytes()) for p in tmp_path.iterdir()) == 3 * one, "what is counted is what is on disk"
+    assert fb.metrics.feedback_backlog_bytes._value.get() == 3 * one
+    fb.close()
+
+    again = buffer(tmp_path)
+    again.restore_spool()
+    assert again.backlog_bytes == 3 * one, "a restarted server counts the restored spool against the bound"
+
+
+def test_each_accepted_review_is_fsynced_with_its_directory_before_add_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    fb = buffer(tmp_path)
     fb.add(records("a")[0])
+    assert synced == [str(tmp_path), str(tmp_path / OPEN_JOURNAL)], "the new journal's name, then its bytes"
+    fb.add(records("b")[0])
+    assert synced[2:] == [str(tmp_path / OPEN_JOURNAL)]
     fb._cut()
-    assert fb.backlog == 1, "the batch stays in memory when the spool cannot be written"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
-    assert spool.read_text() == "a file where the spool directory should be"
+    assert synced[3:] == [str(tmp_path)], "the rename of the journal into its spool file is made durable"
+    fb.close()
 
 
 def spool_contents(spool: Path) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modelloop_server.batching import InferenceBatcher, _Call, take_batch
+from modelloop_server.batching import InferenceBatcher, Overloaded, _Call, take_batch
 from modelloop_server.model import LoadedModel
 
 
@@ -185,3 +185,35 @@ def test_close_fails_queued_callers_and_refuses_new_ones_while_the_running_pass_
 
     asyncio.run(scenario())
     assert observed == [1]
+
+
+def test_a_full_queue_sheds_new_requests_at_once_and_accepts_again_once_it_drains() -> None:
+    m = model("a", 8)
+    net = gated(m)
+    observed: list[int] = []
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = InferenceBatcher(pool, slots=1, max_rows=256, observe_rows=observed.append, max_queued_rows=5)
+            running = await hold_the_slot(batcher, m, observed)
+            queued = [asyncio.create_task(batcher.probabilities(m, torch.randn(n, 4))) for n in (3, 2)]
+            await until(lambda: batcher.queued == 2)
+            with pytest.raises(Overloaded, match=r"5 input rows are already waiting for inference \(limit 5"):
+                await batcher.probabilities(m, torch.randn(1, 4))
+            assert batcher.queued == 2, "a shed request is not queued"
+            net.gate.set()
+            await running
+            assert [p.shape[0] for p in await asyncio.gather(*queued)] == [3, 2]
+            assert (await batcher.probabilities(m, torch.randn(4, 4))).shape == (4, 3), "accepted again once drained"
+            net.gate.clear()
+            blocked = asyncio.create_task(batcher.probabilities(m, torch.randn(1, 4)))
+            await until(lambda: len(observed) == 4)
+            big = asyncio.create_task(batcher.probabilities(m, torch.randn(9, 4)))
+            await until(lambda: batcher.queued == 1)
+            net.gate.set()
+            assert (await big).shape == (9, 3), "a request larger than the bound is taken when the queue is empty"
+            await blocked
+            batcher.close()
+
+    asyncio.run(scenario())
+    assert observed == [1, 5, 4, 1, 9]

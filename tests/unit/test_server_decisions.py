@@ -4,6 +4,7 @@ slot, backoff, settings. No process, no socket, no file."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,7 +131,8 @@ def test_event_names_the_pod_and_is_a_warning() -> None:
 
 
 def test_settings_from_env() -> None:
-    s = ServerSettings.from_env({"MODELLOOP_MODEL": "digits", "MODELLOOP_MODEL_DIR": "/models"})
+    env = {"MODELLOOP_MODEL": "digits", "MODELLOOP_MODEL_DIR": "/models"}
+    s = ServerSettings.from_env(env)
     assert (s.bind_host, s.port, s.plugin) == ("0.0.0.0", 8080, "modelloop_trainer.examples.digits:DigitsPlugin")
     sc = SidecarSettings.from_env(
         {
@@ -139,10 +141,19 @@ def test_settings_from_env() -> None:
             "POD_NAMESPACE": "ns",
             "POD_NAME": "x",
             "MODELLOOP_MODEL_DIR": "/m",
-            "MODELLOOP_BIND_HOST": "127.0.3.4",
         }
     )
-    assert sc.server_url == "http://127.0.3.4:8080"
+    assert (
+        sc.control_socket
+        == Path("/m/.control.sock")
+        == ServerSettings.from_env({**env, "MODELLOOP_MODEL_DIR": "/m"}).control_path
+    )
+    moved = {**env, "MODELLOOP_CONTROL_SOCKET": "/run/modelloop/control.sock"}
+    assert ServerSettings.from_env(moved).control_path == Path("/run/modelloop/control.sock")
+    with pytest.raises(SettingsError, match=r"MODELLOOP_CONTROL_SOCKET='control\.sock' must be an absolute path"):
+        ServerSettings.from_env({**env, "MODELLOOP_CONTROL_SOCKET": "control.sock"})
+    assert s.spool_dir == Path("/models/.feedback-spool")
+    assert ServerSettings.from_env({**env, "MODELLOOP_FEEDBACK_SPOOL_DIR": "/spool"}).spool_dir == Path("/spool")
     for env, fragment in [
         ({"MODELLOOP_MODEL_DIR": "/m"}, "MODELLOOP_MODEL is not set"),
         ({"MODELLOOP_MODEL": "Digits!", "MODELLOOP_MODEL_DIR": "/m"}, "not a DNS label"),

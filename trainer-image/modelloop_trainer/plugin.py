@@ -98,9 +98,10 @@ class ModelPlugin(ABC):
                     f"input {i}: shape {tuple(arr.shape)} does not match the model's input shape "
                     f"{self.input_shape} (or {flat} numbers flat)"
                 )
-            arr = arr.astype(np.float32).reshape(self.input_shape)
+            with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused just below
+                arr = arr.astype(np.float32).reshape(self.input_shape)
             if not np.isfinite(arr).all():
-                raise InputError(f"input {i}: contains NaN or infinity")
+                raise InputError(f"input {i}: contains NaN, infinity or a value beyond float32's range (±3.4e38)")
             if self.value_range is not None:
                 lo, hi = self.value_range
                 if arr.min() < lo or arr.max() > hi:

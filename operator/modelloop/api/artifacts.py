@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_FORMAT_VERSION: Final = 1
 WEIGHTS_FILE: Final = "model.safetensors"
@@ -103,10 +103,37 @@ class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
 
+def check_relative_path(path: str) -> str:
+    """A manifest path names a file under the version prefix, and every reader joins it onto a directory.
+
+    So it must be relative, '/'-separated, with no empty, '.' or '..' segment (nothing that could
+    reach outside the version's directory, or name the same file two ways), and no NUL or backslash.
+    """
+    if not path:
+        raise ValueError("file path is empty")
+    if "\x00" in path or "\\" in path:
+        raise ValueError(f"file path {path!r} contains a NUL or a backslash")
+    if path.startswith("/"):
+        raise ValueError(f"file path {path!r} is absolute; manifest paths are relative to the version prefix")
+    bad = [seg for seg in path.split("/") if seg in ("", ".", "..")]
+    if bad:
+        shown = "an empty segment" if "" in bad else f"a {bad[0]!r} segment"
+        raise ValueError(f"file path {path!r} has {shown}; it could point outside the version's directory")
+    return path
+
+
 class ManifestFile(_Model):
-    path: str = Field(description="Relative to the version prefix.")
+    path: str = Field(
+        description="Relative to the version prefix: '/'-separated, no empty, '.' or '..' segments, not absolute.",
+        max_length=1024,
+    )
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _safe_path(cls, v: str) -> str:
+        return check_relative_path(v)
 
 
 class FeedbackSnapshot(_Model):
@@ -142,6 +169,14 @@ class Manifest(_Model):
 
 class ArtifactError(Exception):
     """An artifact is missing, corrupt or does not match its manifest. The message names the file."""
+
+
+class ManifestInvalid(ArtifactError):
+    """The manifest itself is unusable (not a manifest, or a file path that escapes the version).
+
+    Raised only for bytes whose digest is what the caller expected, when it expected one: the same
+    bytes will be just as invalid on every retry, so a reader refuses the version for good.
+    """
 
 
 def check_file(entry: ManifestFile, actual_sha256: str, actual_size: int, where: str) -> None:

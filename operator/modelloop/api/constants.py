@@ -24,6 +24,10 @@ ANNOTATION_ROLLBACK_TO: Final = f"{GROUP}/rollback-to"
 ROLLBACK_PREVIOUS: Final = "previous"
 
 # Set by the reload sidecar on its own Pod: what this replica serves right now.
+REVIEW_AUDIENCE: Final = "modelloop"
+"""Reviews carry a bearer token minted for this audience: ``kubectl create token SA --audience modelloop``."""
+REVIEW_SUBRESOURCE: Final = "feedback"
+"""RBAC decides who may review a policy's model: ``create`` on ``retrainpolicies/feedback``."""
 ANNOTATION_SERVING_VERSION: Final = f"{GROUP}/serving-version"
 ANNOTATION_SERVING_DIGEST: Final = f"{GROUP}/serving-digest"
 # Set by the reload sidecar: the manifest digest of status.candidate it holds on disk, verified.

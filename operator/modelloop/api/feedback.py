@@ -24,6 +24,12 @@ class FeedbackRecord(BaseModel):
     predicted: int = Field(ge=0)
     label: int = Field(ge=0, description="The reviewer's answer.")
     reviewed_at: datetime = Field(alias="reviewedAt")
+    reviewer: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Who reviewed: the authenticated identity (a ServiceAccount user name, or static:<name>); "
+        "absent in records written before reviews were authenticated.",
+    )
 
     @property
     def is_correction(self) -> bool:

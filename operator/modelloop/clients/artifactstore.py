@@ -21,6 +21,7 @@ from modelloop.api.artifacts import (
     ArtifactError,
     Manifest,
     ManifestFile,
+    ManifestInvalid,
     check_file,
     digest_of,
     version_key,
@@ -56,16 +57,28 @@ def read_manifest(store: ObjectStore, model: str, version: str) -> tuple[Manifes
     return manifest, digest
 
 
-def _read_manifest(store: ObjectStore, model: str, version: str) -> tuple[Manifest, str, bytes]:
+def _read_manifest(
+    store: ObjectStore, model: str, version: str, expected_digest: str | None = None
+) -> tuple[Manifest, str, bytes]:
+    """The digest is compared before the bytes are parsed: a manifest rewritten after promotion may be
+    re-uploaded (retry later), but an invalid one with the promoted digest can never become valid."""
     where = f"s3://{store.bucket}/{version_prefix(model, version)}{MANIFEST_FILE}"
     try:
         data = store.get_bytes(version_key(model, version, MANIFEST_FILE))
     except NotFound as e:
         raise ArtifactError(f"{where} is missing: version {model}/{version} was never completed") from e
+    digest = digest_of(data)
+    if expected_digest and digest != expected_digest:
+        raise ArtifactError(
+            f"{where}: digest {digest} differs from the expected {expected_digest}; the version was rewritten "
+            "after promotion, refusing it"
+        )
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError as e:
-        raise ArtifactError(f"{where} is not a valid manifest: {e.errors()[0]['msg']}") from e
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ManifestInvalid(f"{where} is not a valid manifest: {field}: {first['msg']}") from e
     if manifest.format_version > MANIFEST_FORMAT_VERSION:
         raise ArtifactError(
             f"{where} has format version {manifest.format_version}, newer than this build understands "
@@ -75,7 +88,7 @@ def _read_manifest(store: ObjectStore, model: str, version: str) -> tuple[Manife
         log.warning("%s has old format version %d; reading it in compatibility mode", where, manifest.format_version)
     if (manifest.model, manifest.version) != (model, version):
         raise ArtifactError(f"{where} describes {manifest.model}/{manifest.version}, not {model}/{version}")
-    return manifest, digest_of(data), data
+    return manifest, digest, data
 
 
 def fetch_version(
@@ -93,12 +106,7 @@ def fetch_version(
     some files (e.g. just the weights); each is still checked against the manifest. ``admit`` sees
     the checked manifest before any file is fetched and may raise to stop (e.g. no room for it).
     """
-    manifest, digest, raw = _read_manifest(store, model, version)
-    if expected_digest and digest != expected_digest:
-        raise ArtifactError(
-            f"s3://{store.bucket}/{version_prefix(model, version)}{MANIFEST_FILE}: digest {digest} differs from "
-            f"the expected {expected_digest}; the version was rewritten after promotion, refusing it"
-        )
+    manifest, _, raw = _read_manifest(store, model, version, expected_digest)
     if admit is not None:
         admit(manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
