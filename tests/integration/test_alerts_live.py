@@ -25,6 +25,7 @@ from conftest import ALERTS_FOR
 from kubernetes import client
 from operator_harness import (
     MODEL,
+    POLICY,
     Operator,
     annotate_policy,
     complete_job,
@@ -289,7 +290,7 @@ def test_rollout_stalled_fires_on_a_stuck_replica_resolves_and_stays_quiet_acros
     assert set(loop.scraped_serving().values()) == {digest2} == {loop.scraped_active_digest()}
 
 
-def test_live_accuracy_fires_on_corrected_reviews_and_resolves_after_a_rollback(
+def test_live_accuracy_fires_on_corrected_reviews_resolves_after_a_rollback_and_the_series_go_with_the_policy(
     make_loop: Callable[[int], Loop], prometheus: ChartPrometheus
 ) -> None:
     live_for = _seconds(ALERTS_FOR[LIVE_LOW])
@@ -330,3 +331,15 @@ def test_live_accuracy_fires_on_corrected_reviews_and_resolves_after_a_rollback(
     prometheus.wait_alert(LIVE_LOW, None, 30, "after rolling back to v1", namespace=ns)
     left = prometheus.query(f'modelloop_live_accuracy{{namespace="{ns}"}}')
     assert not left, f"the retired version's live accuracy is still exported: {left}"
+
+    # The policy's state series go with the policy, rather than alerting on an object that is gone.
+    per_policy = f'{{__name__=~"modelloop_(active_version_info|feedback_pending_.+|live_accuracy)",namespace="{ns}"}}'
+    names = {s["metric"]["__name__"] for s in prometheus.query(per_policy)}
+    assert names == {
+        "modelloop_active_version_info",
+        *(f"modelloop_feedback_pending_{k}" for k in ("corrections", "reviews")),
+    }
+    client.CustomObjectsApi(loop.api).delete_namespaced_custom_object(
+        c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, POLICY
+    )
+    wait_for(lambda: not prometheus.query(per_policy), 60, "the deleted policy's series gone", loop.operator.proc)
