@@ -27,6 +27,7 @@ import json
 import os
 import random
 import statistics
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -116,14 +117,34 @@ class Window:
     errors: list[str]
 
 
+def request_body(protocol: str, x: list[float]) -> tuple[bytes, str]:
+    """(body, extra header lines) of one single-example request in ``protocol``."""
+    if protocol == "kserve-v1":
+        return json.dumps({"instances": [x]}).encode(), ""
+    if protocol == "oip-json":
+        tensor = {"name": "input", "datatype": "FP32", "shape": [1, len(x)], "data": x}
+        return json.dumps({"inputs": [tensor]}).encode(), ""
+    if protocol == "oip-binary":
+        raw = struct.pack(f"<{len(x)}f", *x)
+        tensor = {
+            "name": "input",
+            "datatype": "FP32",
+            "shape": [1, len(x)],
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        return head + raw, f"Inference-Header-Content-Length: {len(head)}\r\n"
+    return json.dumps({"input": x}).encode(), ""
+
+
 def requests_for(server: Server) -> list[bytes]:
     """Pre-encoded HTTP/1.1 requests, one per example: the same 64 seeded digit images for both servers."""
     rnd = random.Random(1)
     out = []
     for _ in range(64):
         x = [float(rnd.randint(0, 16)) for _ in range(64)]
-        body = json.dumps({"instances": [x]} if server.protocol == "kserve-v1" else {"input": x}).encode()
-        head = (f"POST {server.path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        body, extra = request_body(server.protocol, x)
+        head = (f"POST {server.path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{extra}"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
         out.append(head.encode() + body)
     return out

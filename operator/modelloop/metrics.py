@@ -40,6 +40,11 @@ ACTIVE_VERSION = Gauge(
     "modelloop_active_version_info", "1 for the active version of each policy.", [*_P, "model", "version", "digest"]
 )
 PENDING_CORRECTIONS = Gauge("modelloop_feedback_pending_corrections", "Corrections since the last training.", _P)
+FEEDBACK_QUARANTINED = Counter(
+    "modelloop_feedback_quarantined_total",
+    "Feedback objects skipped as malformed or oversized (not counted, not trained on).",
+    _P,
+)
 PENDING_REVIEWS = Gauge("modelloop_feedback_pending_reviews", "Reviews since the last training.", _P)
 LIVE_ACCURACY = Gauge(
     "modelloop_live_accuracy", "Reviewed accuracy of the active version since its promotion.", [*_P, "version"]

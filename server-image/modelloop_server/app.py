@@ -37,7 +37,7 @@ from modelloop.api.feedback import FeedbackRecord
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
-from .batching import InferenceBatcher, Overloaded
+from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import nesting_depth
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
@@ -45,12 +45,12 @@ from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, s
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
 from .modeldir import startup_version, write_current
+from .oip import routes as oip_routes
 from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
 from .settings import DEFAULT_MAX_JSON_DEPTH, ENV_REVIEW_AUTH, ServerSettings, SettingsError
 
 log = logging.getLogger("modelloop_server")
 
-RETRY_AFTER_SECONDS = 1
 SPOOL_RETRY_AFTER_SECONDS = 30
 _EXAMPLE = '{"input": [...]} or {"inputs": [[...], ...]}'
 
@@ -520,6 +520,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *oip_routes(),
     ]
     control_app = create_control_app()
     app = Starlette(routes=routes, lifespan=lifespan)

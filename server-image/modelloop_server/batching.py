@@ -29,6 +29,8 @@ from torch import Tensor
 
 from .model import LoadedModel
 
+RETRY_AFTER_SECONDS = 1  # what a shed request's Retry-After says, whichever protocol it came by
+
 
 class Overloaded(RuntimeError):
     """The inference queue is full; the message says how full, for the 429 the client sees."""

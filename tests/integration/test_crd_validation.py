@@ -123,6 +123,21 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
     ),
     "cron-4-fields": (setting(triggers__schedule="*/5 * * *"), "spec.triggers.schedule", "5-field cron expression"),
     "cron-6-fields": (setting(triggers__schedule="0 0 3 * * *"), "spec.triggers.schedule", "5-field cron expression"),
+    "cron-minute-61": (setting(triggers__schedule="61 * * * *"), "spec.triggers.schedule", "minute field (1st)"),
+    "cron-hour-25": (setting(triggers__schedule="* 25 * * *"), "spec.triggers.schedule", "hour field (2nd)"),
+    "cron-step-zero": (setting(triggers__schedule="*/0 * * * *"), "spec.triggers.schedule", "minute field (1st)"),
+    "cron-day-zero": (setting(triggers__schedule="0 3 0 * *"), "spec.triggers.schedule", "day-of-month field"),
+    "cron-month-13": (setting(triggers__schedule="0 3 1 13 *"), "spec.triggers.schedule", "month field (4th)"),
+    "cron-weekday-8": (setting(triggers__schedule="0 3 * * 8"), "spec.triggers.schedule", "day-of-week field"),
+    "cron-empty-list-item": (setting(triggers__schedule="0 1,,2 * * *"), "spec.triggers.schedule", "hour field"),
+    "image-uppercase-path": (setting(training__image="Trainer:1"), "spec.training.image", "not an image reference"),
+    "image-with-scheme": (
+        setting(training__image="https://ghcr.io/team/trainer:1"),
+        "spec.training.image",
+        "not an image reference",
+    ),
+    "image-empty-tag": (setting(training__image="ghcr.io/team/trainer:"), "spec.training.image", "e.g. ghcr.io/"),
+    "image-short-digest": (setting(training__image="trainer@sha256:abc"), "spec.training.image", "image reference"),
     "check-interval-too-fast": (
         setting(triggers__checkIntervalSeconds=1),
         "spec.triggers.checkIntervalSeconds",
@@ -267,6 +282,30 @@ def test_invalid_retrainpolicy_is_refused_at_the_field(case: str, custom: client
     message, fields = refusal(lambda: dry_run_create(custom, RETRAINPOLICY_PLURAL, body("RetrainPolicy", case, spec)))
     assert fields == ({field} if field else set()), message
     assert words in message
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["0 3 * * 1", "*/15 0-6,22-23 * * *", "0-59/20 * * * *", "5/15 * * * *", "0 0 1,15 * *", "0 0 L * *",
+     "0 12 ? * MON-FRI", "0 0 * jan-mar sun", "0 0 * * 5#2", "59 23 31 12 7", "@daily"],
+)  # fmt: skip
+def test_valid_schedules_are_accepted(schedule: str, custom: client.CustomObjectsApi) -> None:
+    spec = copy.deepcopy(VALID_RP)
+    put(spec, "triggers.schedule", schedule)
+    created = as_dict(dry_run_create(custom, RETRAINPOLICY_PLURAL, body("RetrainPolicy", "schedule", spec)))
+    assert created["spec"]["triggers"]["schedule"] == schedule
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["trainer:1", "modelloop-trainer:dev", "ghcr.io/modelloop/trainer:0.1.0", "localhost:5000/team/trainer",
+     "registry.example.com:443/a/b/c:v1.2-rc_3@sha256:" + "0f" * 32, "trainer@sha256:" + "a" * 64],
+)  # fmt: skip
+def test_valid_images_are_accepted(image: str, custom: client.CustomObjectsApi) -> None:
+    spec = copy.deepcopy(VALID_RP)
+    put(spec, "training.image", image)
+    created = as_dict(dry_run_create(custom, RETRAINPOLICY_PLURAL, body("RetrainPolicy", "image", spec)))
+    assert created["spec"]["training"]["image"] == image
 
 
 def dry_run_create(custom: client.CustomObjectsApi, plural: str, obj: dict[str, Any]) -> object:

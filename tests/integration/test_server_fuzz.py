@@ -1,4 +1,5 @@
-"""The public HTTP endpoints under a property-based fuzzer: no input makes the server answer 5xx or raise.
+"""The public HTTP endpoints (v1 and the Open Inference Protocol) under a property-based fuzzer: no input makes
+the server answer 5xx or raise.
 
 The real ASGI app, in process (httpx's ASGITransport on one event loop that also runs the app's
 lifespan, flusher and control socket; any exception inside the app fails the test), with a real model loaded and
@@ -35,7 +36,8 @@ from modelloop_trainer.examples.digits import DigitsPlugin
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("MODELLOOP_FUZZ_EXAMPLES", "700"))  # 10-25 s on a busy 2-core machine
-PUBLIC = ["/v1/predict", "/v1/feedback", "/healthz", "/readyz", "/metrics"]
+OIP_INFER = "/v2/models/digits/infer"
+PUBLIC = ["/v1/predict", "/v1/feedback", "/healthz", "/readyz", "/metrics", OIP_INFER, "/v2/models/digits", "/v2"]
 FEATURES = 64
 
 scalars = st.one_of(
@@ -114,6 +116,26 @@ def feedback_bodies(draw: st.DrawFn) -> Any:
     return {name: draw(fields[name]) for name in chosen}
 
 
+@st.composite
+def oip_bodies(draw: st.DrawFn) -> Any:
+    """Open Inference Protocol infer bodies: near-valid tensors with one field bent, or anything."""
+    if draw(st.booleans()):
+        v = draw(vectors)
+        tensor: dict[str, Any] = {
+            "name": draw(st.just("input") | json_values),
+            "datatype": draw(st.sampled_from(["FP32", "FP32", "BYTES", "INT64"]) | json_values),
+            "shape": draw(st.just([1, len(v)]) | st.lists(st.integers(-1, 70), max_size=3) | json_values),
+            "data": v,
+        }
+        body: dict[str, Any] = {"inputs": [tensor]}
+        if draw(st.booleans()):
+            body["outputs"] = [{"name": draw(st.sampled_from(["probabilities", "predicted", "label", "x"]))}]
+        if draw(st.booleans()):
+            body["id"] = draw(st.text(max_size=10) | json_values)
+        return body
+    return {"inputs": draw(json_values), **draw(st.dictionaries(st.text(max_size=8), json_values, max_size=2))}
+
+
 def encoded(body: Any) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
@@ -124,6 +146,7 @@ raw_bodies = st.one_of(
     json_values.map(encoded),
     predict_bodies().map(encoded),
     feedback_bodies().map(encoded),
+    oip_bodies().map(encoded),
     deep,
     predict_bodies().map(encoded).flatmap(lambda b: st.integers(0, len(b)).map(lambda i: b[:i])),
 )
@@ -153,18 +176,37 @@ request_ids = st.none() | header_text
 any_requests = st.tuples(
     st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]), paths, raw_bodies, content_types, request_ids
 )
-well_formed_requests = st.tuples(
-    st.just("POST"),
-    st.just("/v1/predict"),
-    st.one_of(
-        good_vectors.map(lambda v: {"input": v}),
-        st.lists(good_vectors, min_size=1, max_size=8).map(lambda v: {"inputs": v}),
-        predict_bodies(),
-    ).map(encoded),
-    st.just("application/json"),
-    request_ids,
-) | st.tuples(
-    st.just("POST"), st.just("/v1/feedback"), feedback_bodies().map(encoded), st.just("application/json"), request_ids
+well_formed_requests = (
+    st.tuples(
+        st.just("POST"),
+        st.just("/v1/predict"),
+        st.one_of(
+            good_vectors.map(lambda v: {"input": v}),
+            st.lists(good_vectors, min_size=1, max_size=8).map(lambda v: {"inputs": v}),
+            predict_bodies(),
+        ).map(encoded),
+        st.just("application/json"),
+        request_ids,
+    )
+    | st.tuples(
+        st.just("POST"),
+        st.just("/v1/feedback"),
+        feedback_bodies().map(encoded),
+        st.just("application/json"),
+        request_ids,
+    )
+    | st.tuples(
+        st.just("POST"),
+        st.just(OIP_INFER),
+        st.one_of(
+            good_vectors.map(
+                lambda v: {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": v}]}
+            ),
+            oip_bodies(),
+        ).map(encoded),
+        content_types,
+        request_ids,
+    )
 )
 
 
@@ -223,7 +265,7 @@ def test_public_endpoints_never_answer_5xx_or_raise(client: Client, capsys: pyte
         assert r.status_code < 500, (method, path, body[:200], headers, r.status_code, r.text[:300])
         if path == "/v1/reload":
             assert r.status_code == 404, "the public port has no reload route"
-        if path in ("/v1/predict", "/v1/feedback") and method == "POST" and r.status_code >= 400:
+        if path in ("/v1/predict", "/v1/feedback", OIP_INFER) and method == "POST" and r.status_code >= 400:
             assert r.json()["error"], "every refusal says what is wrong"
 
     one_request()
@@ -239,3 +281,4 @@ def test_public_endpoints_never_answer_5xx_or_raise(client: Client, capsys: pyte
     answered = {status for (path, status) in statuses if path == "/v1/predict"}
     assert 200 in answered and 422 in answered, "the fuzzer reached both valid and invalid predictions"
     assert 202 in {status for (path, status) in statuses if path == "/v1/feedback"}, "some reviews were accepted"
+    assert {200, 400} <= {status for (path, status) in statuses if path == OIP_INFER}, "valid and invalid OIP infers"

@@ -111,6 +111,15 @@ class ModelPlugin(ABC):
             rows.append(arr)
         return torch.from_numpy(np.stack(rows))
 
+    def decode_bytes(self, raw: bytes) -> Tensor:
+        """One encoded input (an image file's bytes, say) as a ``[*input_shape]`` tensor for :meth:`preprocess`.
+
+        The server calls it for BYTES inputs of the Open Inference Protocol. The default returns
+        ``NotImplemented``: the model takes numbers only, and the server answers BYTES with a 400
+        saying so. A plug-in that decodes raises :class:`InputError` for bytes it cannot read.
+        """
+        return NotImplemented  # type: ignore[no-any-return]
+
     def decode_feedback(self, records: Sequence[FeedbackRecord]) -> Split:
         """Reviewed inputs with the reviewer's label, as a training split."""
         x = self.preprocess([r.input for r in records])

@@ -1,8 +1,9 @@
 """The feedback record: a reviewer's label for an input the server answered.
 
 The server appends records in batches to ``<model>/feedback/<key>.jsonl``. Keys sort in time
-order (UTC timestamp first, then a random suffix), so the operator counts only what is new with
-a ``start_after`` listing from its cursor, and the trainer takes everything up to a key.
+order (UTC timestamp of the batch's cut first, then a random suffix); a batch uploaded late (after
+an object-store outage) sorts among older ones, so the operator tracks what it counted by upload
+time (``modelloop.decide.feedback``), and the trainer takes everything up to a key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import feedback_prefix
+
+KEY_TIME_FORMAT = "%Y%m%dT%H%M%S"
+MAX_FEEDBACK_OBJECT_BYTES = 64 << 20
+"""Larger objects under the feedback prefix are not read (quarantined): 100 records of the
+largest review the server takes (1 MiB) stay well below it."""
 
 
 class FeedbackRecord(BaseModel):
@@ -38,8 +44,13 @@ class FeedbackRecord(BaseModel):
 
 def batch_key(model: str, now: datetime | None = None) -> str:
     """A sortable, unique object key for one flushed batch."""
-    ts = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    ts = (now or datetime.now(UTC)).strftime(f"{KEY_TIME_FORMAT}.%fZ")
     return f"{feedback_prefix(model)}{ts}-{secrets.token_hex(4)}.jsonl"
+
+
+def key_at(model: str, t: datetime) -> str:
+    """A key sorting before every batch key cut at or after ``t`` (whole seconds), after those before it."""
+    return f"{feedback_prefix(model)}{t.astimezone(UTC).strftime(KEY_TIME_FORMAT)}"
 
 
 def encode_batch(records: list[FeedbackRecord]) -> bytes:

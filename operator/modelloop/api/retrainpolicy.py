@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 from .cel import immutable, rule, validations
 from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
 from .constants import DEFAULT_PLUGIN
+from .syntax import CRON_FIELDS, CRON_SHAPE, FIVE_FIELDS, IMAGE_REFERENCE, cron_field_pattern
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -21,8 +22,6 @@ DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 BUCKET_PATH = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*/?$"
 VERSION_REF = r"^v[1-9][0-9]*$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-# Five cron fields (minute hour day-of-month month day-of-week) or a macro, as croniter and CronJob take them.
-CRON = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9*/,?A-Za-z#-]+( +[0-9*/,?A-Za-z#-]+){4})$"
 GPU = "nvidia.com/gpu"
 
 # Bounded so the API server can cost the CEL rules that read them.
@@ -119,6 +118,14 @@ class FeedbackTrigger(ApiModel):
         pattern=DURATION,
         description="Minimum time between two trainings started by feedback, e.g. 168h.",
     )
+    late_arrival_window: str = Field(
+        default="6h",
+        alias="lateArrivalWindow",
+        pattern=DURATION,
+        description="How long after its key's time a feedback batch may be uploaded (a serving pod's spool"
+        " draining after an object-store outage) and still be counted; each check lists this much of the"
+        " bucket's feedback. Later batches are still trained on, just not counted toward the trigger.",
+    )
 
 
 class TriggerSpec(ApiModel):
@@ -130,13 +137,23 @@ class TriggerSpec(ApiModel):
     schedule: str | None = Field(
         default=None,
         max_length=128,
-        description="Cron expression (5 fields, UTC); retrains on schedule if any feedback is pending.",
+        description="Cron expression (5 fields, UTC, or @daily/@weekly/...); retrains on schedule if any feedback is"
+        " pending. The API server checks each field's range (minute 0-59, hour 0-23, day 1-31, month 1-12,"
+        " weekday 0-7) and refuses a step of 0.",
         json_schema_extra=validations(
             rule(
-                f"self.matches('{CRON}')",
+                f"self.matches('{CRON_SHAPE}')",
                 message_expression="'schedule ' + self + ' is not a 5-field cron expression"
                 ' (minute hour day-of-month month day-of-week, e.g. "0 3 * * 1") or @daily/@weekly/...\'',
-            )
+            ),
+            *(
+                rule(
+                    f"!self.matches('{FIVE_FIELDS}') || self.matches('{cron_field_pattern(i)}')",
+                    message_expression=f"'schedule \"' + self + '\": the {f.name} field ({f.ordinal}) takes {f.allowed},"
+                    " as N, N-M or *, optionally /STEP, comma-separated'",
+                )
+                for i, f in enumerate(CRON_FIELDS)
+            ),
         ),
     )
     check_interval_seconds: int = Field(
@@ -291,7 +308,18 @@ class TrainingSpec(ApiModel):
     )
 
     image: str = Field(
-        min_length=1, max_length=512, description="Trainer image; runs `command + [train|verify] + args`."
+        min_length=1,
+        max_length=512,
+        description="Trainer image (also runs verification), an OCI reference such as ghcr.io/team/trainer:1.2;"
+        " runs `command + [train|verify] + args`.",
+        json_schema_extra=validations(
+            rule(
+                f"self.matches('{IMAGE_REFERENCE}')",
+                message_expression="'image ' + self + ' is not an image reference: expected"
+                " [registry[:port]/]path[:tag][@sha256:digest] with a lowercase path,"
+                " e.g. ghcr.io/team/trainer:1.2'",
+            )
+        ),
     )
     image_pull_policy: str = Field(
         default="IfNotPresent",
@@ -607,10 +635,43 @@ class RolloutStatus(ApiModel):
     )
 
 
-class FeedbackStatus(ApiModel):
-    """Feedback counted since the last training."""
+class QuarantinedObject(ApiModel):
+    """A feedback object that is not counted (nor trained on): malformed or oversized."""
 
-    cursor: str = Field(default="", description="Last feedback object counted.")
+    key: str = Field(max_length=1024, description="Object key in the bucket.")
+    reason: str = Field(max_length=1024, description="Why it is not counted.")
+    at: datetime | None = Field(default=None, description="When the operator found it.")
+
+
+MAX_QUARANTINED = 20
+
+
+class FeedbackStatus(ApiModel):
+    """Feedback counted since the last training, and what the counting has seen (see modelloop.decide.feedback)."""
+
+    cursor: str = Field(
+        default="", description="Highest feedback key counted: the feedback bound of the next training."
+    )
+    seen_through: datetime | None = Field(
+        default=None,
+        alias="seenThrough",
+        description="Every feedback object uploaded by then (the object store's clock) has been counted or quarantined.",
+    )
+    recent_keys: list[str] = Field(
+        default_factory=list,
+        alias="recentKeys",
+        max_length=5000,
+        description="Keys counted that were uploaded after seenThrough, so they are not counted twice.",
+    )
+    quarantined: list[QuarantinedObject] = Field(
+        default_factory=list,
+        max_length=MAX_QUARANTINED,
+        description=f"The last {MAX_QUARANTINED} feedback objects skipped as malformed or oversized;"
+        " fix or delete them (they are not read again).",
+    )
+    quarantined_total: int = Field(
+        default=0, alias="quarantinedTotal", ge=0, description="Feedback objects skipped since the policy was created."
+    )
     pending_corrections: int = Field(
         default=0,
         alias="pendingCorrections",

@@ -14,9 +14,12 @@ import io
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -74,6 +77,37 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)) and not isinstance(
         err, (FileNotFoundError, IsADirectoryError, PermissionError)
     )
+
+
+def check_resolvable(
+    endpoint: str,
+    timeout: float,
+    getaddrinfo: Callable[[str, int], object] = lambda host, port: socket.getaddrinfo(host, port),
+) -> None:
+    """Raises :class:`socket.gaierror` unless ``endpoint``'s host resolves within ``timeout`` seconds.
+
+    A resolver that answers slowly (a cluster DNS forwarding to an unreachable upstream, tried once
+    per search domain) makes every S3 call wait for it, so a policy with a mistyped endpoint stayed
+    without status for minutes; this bounds that wait. The lookup cannot be cancelled: it finishes
+    in a daemon thread that nobody waits for.
+    """
+    host, _, port = endpoint.rpartition(":") if endpoint.rpartition(":")[2].isdigit() else (endpoint, "", "")
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            getaddrinfo(host, int(port or 443))
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome.append(e)
+
+    worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise socket.gaierror(f"{host} did not resolve within {timeout:.0f}s (DNS timed out)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 class ObjectStore:
@@ -221,6 +255,18 @@ class ObjectStore:
         for o in objs:
             if o.object_name is not None:
                 yield o.object_name
+
+    def list_objects(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int, datetime]]:
+        """(key, size, last modified by the store's clock) under ``prefix`` in key order, after ``start_after``."""
+        objs = self.retry(
+            prefix,
+            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start_after)),
+        )
+        return [
+            (o.object_name, o.size or 0, o.last_modified)
+            for o in objs
+            if o.object_name is not None and o.last_modified is not None
+        ]
 
     def remove_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""

@@ -18,6 +18,7 @@ from croniter import croniter
 from modelloop.api.retrainpolicy import RetrainPolicySpec
 
 from .durations import parse_duration
+from .errors import InvalidSpec
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class TriggerDecision:
 
 def latest_fire(schedule: str, now: datetime) -> datetime:
     if not croniter.is_valid(schedule):
-        raise ValueError(f"schedule {schedule!r} is not a valid 5-field cron expression")
+        raise InvalidSpec(f"schedule {schedule!r} is not a valid 5-field cron expression")
     prev: datetime = croniter(schedule, now).get_prev(datetime)
     return prev
 

@@ -35,11 +35,16 @@ from modelloop.api.artifacts import feedback_prefix
 from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
+from modelloop.clients.objectstore import check_resolvable
 from modelloop.decide.conditions import parse_rfc3339
+from modelloop.decide.durations import parse_duration
+from modelloop.decide.errors import ErrorVerdict, classify, unusable_spec
+from modelloop.decide.feedback import CountingState, ListedObject, listing_start, to_process
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 from .clock import utc_now
-from .retrainpolicy import phases_of, reconcile_policy
+from .failures import failure_of, report_failure
+from .retrainpolicy import RESOLVE_TIMEOUT, phases_of, reconcile_policy
 from .stores import cached_store_for
 
 BUSY_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "2"))
@@ -141,6 +146,8 @@ class PolicyLoop:
             spec: RetrainPolicySpec | None = RetrainPolicySpec.model_validate(body.get("spec") or {})
         except ValidationError:
             spec = None
+        if spec is not None and unusable_spec(spec) is not None:
+            spec = None  # the full pass reports it; nothing can be decided from it
         live = _status_of(body)
         caught_up = self.written is None or live == self.written
         if not caught_up:
@@ -172,14 +179,42 @@ class PolicyLoop:
             status = self._full_pass(body if caught_up else None) or status
         except Exception as e:  # noqa: BLE001 - the daemon must outlive any one failed pass
             self.failures += 1
-            delay = min(BUSY_INTERVAL * 2.0**self.failures, MAX_BACKOFF)
+            host = spec.storage.endpoint.rsplit(":", 1)[0] if spec is not None else ""
+            verdict = classify(failure_of(e, storage_host=host), self.failures, BUSY_INTERVAL * 2, MAX_BACKOFF)
             metrics.RECONCILE_ERRORS.labels(self.namespace, self.name, "RetrainPolicy", type(e).__name__).inc()
-            self.logger.error(
-                "reconcile pass (%s) failed: %s: %s; retrying in %.0fs", reason, type(e).__name__, e, delay
-            )
-            return delay
+            self.logger.error("reconcile pass (%s) failed: %s", reason, verdict.message)
+            self._report(body, meta, verdict, now)
+            return verdict.retry_after if verdict.retry_after is not None else self.resync
         self.failures = 0
         return self._interval(spec, status)
+
+    def _report(self, body: dict[str, Any], meta: dict[str, Any], verdict: ErrorVerdict, now: datetime) -> None:
+        """A failed pass as ``Ready=False`` with its reason (and an Event when the reason is new).
+
+        Written here because this daemon is the status's only writer; the next successful pass sets
+        Ready from scratch. When the API server itself is what failed, this write fails too: logged.
+        """
+        status = dict(self.written) if self.written is not None else _status_of(body)
+        conditions = list(status.get("conditions") or [])
+        generation = int(meta.get("generation") or 1)
+        reported = report_failure(
+            kopf.Body(cast(kopf.RawBody, body)), conditions, "Ready", verdict, now, generation, self.logger
+        )
+        if reported == conditions:
+            return
+        try:
+            kube.custom().patch_namespaced_custom_object_status(
+                c.GROUP,
+                c.VERSION,
+                self.namespace,
+                c.RETRAINPOLICY_PLURAL,
+                self.name,
+                {"status": {"conditions": reported}},
+            )
+        except Exception as e:  # noqa: BLE001 - reporting must not hide the failure it reports
+            self.logger.error("could not write the failure to the policy's status: %s: %s", type(e).__name__, e)
+            return
+        self.written = {**status, "conditions": reported}
 
     def _full_pass(self, current: dict[str, Any] | None) -> RetrainPolicyStatus | None:
         """Reconcile and write; ``current`` is the watched body when it is known to be up to date."""
@@ -213,13 +248,15 @@ class PolicyLoop:
         store = cached_store_for(self.namespace, spec)
         if store is None:
             return Feedback.UNREADABLE  # no client yet: the full pass builds one (reading the Secret)
+        fb = status.feedback
+        state = CountingState(fb.cursor, fb.seen_through, frozenset(fb.recent_keys))
+        start = listing_start(spec.model, state, parse_duration(spec.triggers.feedback.late_arrival_window))
         try:
-            for key in store.list_keys(feedback_prefix(spec.model), start_after=status.feedback.cursor or None):
-                if key.endswith(".jsonl"):
-                    return Feedback.NEW
+            check_resolvable(spec.storage.endpoint, RESOLVE_TIMEOUT)
+            listing = [ListedObject(*o) for o in store.list_objects(feedback_prefix(spec.model), start)]
         except Exception:  # noqa: BLE001 - the full pass reads again and reports the failure as a condition
             return Feedback.UNREADABLE
-        return Feedback.NONE
+        return Feedback.NEW if to_process(listing, state) else Feedback.NONE
 
     def _interval(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus) -> float:
         if status.desired is not None and status.desired.version != status.active_version:

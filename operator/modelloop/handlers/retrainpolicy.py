@@ -9,6 +9,7 @@ operator remembers is in status, so a restarted operator continues where it stop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,17 +22,28 @@ from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_prefi
 from modelloop.api.feedback import decode_batch
 from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import (
+    MAX_QUARANTINED,
     DesiredVersion,
     LiveAccuracy,
+    QuarantinedObject,
     RetrainPolicySpec,
     RetrainPolicyStatus,
     RolloutStatus,
 )
 from modelloop.clients import kube
-from modelloop.clients.objectstore import ObjectStore
+from modelloop.clients.objectstore import NotFound, ObjectStore, check_resolvable
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
+from modelloop.decide.errors import ErrorVerdict, InvalidSpec, Stage, classify, unusable_spec
+from modelloop.decide.feedback import (
+    CountingState,
+    ListedObject,
+    after_listing,
+    listing_start,
+    quarantine_reason,
+    to_process,
+)
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
@@ -51,7 +63,11 @@ from modelloop.decide.versions import (
     sorted_versions,
 )
 
+from .failures import failure_of, report_failure
 from .stores import store_for
+
+RESOLVE_TIMEOUT = 5.0
+"""Seconds the storage endpoint's host may take to resolve before the pass reports it unreachable."""
 
 
 def phases_of(modelversions: list[dict[str, Any]]) -> dict[str, Phase]:
@@ -83,9 +99,12 @@ def reconcile_policy(
     conds = [x.model_dump(by_alias=True, mode="json") for x in old.conditions]
     try:
         spec = RetrainPolicySpec.model_validate(body["spec"])
-    except ValidationError as e:
-        msg = f"spec is invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
-        conds = set_condition(conds, "Ready", "False", "InvalidSpec", msg, now, generation)
+        if (problem := unusable_spec(spec)) is not None:
+            raise InvalidSpec(problem)
+    except (ValidationError, InvalidSpec) as e:
+        verdict = classify(failure_of(e, Stage.SPEC), 1, 0, 0)
+        conds = report_failure(body, conds, "Ready", verdict, now, generation, logger)
+        new.observed_generation = generation  # judged: nothing more to do until the spec changes
         return _diff(old, new, conds)
     annotations = meta.get("annotations") or {}
     labels = (namespace, name)
@@ -102,30 +121,43 @@ def reconcile_policy(
             lost.version,
         )
 
-    # Feedback: count only what is new since the cursor.
+    # Feedback: count what was not counted yet (new batches, and batches uploaded late).
     store: ObjectStore | None = None
+    unreadable: ErrorVerdict | None = None
     due = old.feedback.last_counted_at is None or now - old.feedback.last_counted_at >= timedelta(
         seconds=spec.triggers.check_interval_seconds
     )
+    stage = Stage.CREDENTIALS
     try:
         store = store_for(namespace, spec)
+        stage = Stage.STORAGE
+        check_resolvable(spec.storage.endpoint, RESOLVE_TIMEOUT)
         if due:
-            _count_feedback(store, spec, new, now)
-        conds = set_condition(
-            conds,
-            "FeedbackReadable",
-            "True",
-            "Readable",
-            f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} is readable",
-            now,
-            generation,
+
+            def quarantined(q: QuarantinedObject) -> None:
+                metrics.FEEDBACK_QUARANTINED.labels(*labels).inc()
+                message = (
+                    f"s3://{spec.storage.bucket}/{q.key} is not counted nor trained on: {q.reason}; fix or delete it"
+                )
+                kopf.warn(body, reason="FeedbackQuarantined", message=message)
+                logger.warning(message)
+
+            _count_feedback(store, spec, new, now, quarantined)
+        readable = f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} is readable"
+        if new.feedback.quarantined:
+            last = new.feedback.quarantined[-1]
+            readable += f"; {new.feedback.quarantined_total} object(s) quarantined (not counted), latest {last.key}: {last.reason}"
+        conds = set_condition(conds, "FeedbackReadable", "True", "Readable", readable[:1000], now, generation)
+    except Exception as e:  # noqa: BLE001 - any storage failure must become a condition and an Event, not a crash
+        creds = spec.storage.trainer_credentials.secret_name
+        subject = (
+            f"Secret {namespace}/{creds}"
+            if stage is Stage.CREDENTIALS
+            else f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} at {spec.storage.endpoint}"
         )
-    except Exception as e:  # noqa: BLE001 - any storage failure must become a condition, not a crash
-        msg = f"cannot read feedback from {spec.storage.endpoint}/{spec.storage.bucket}: {type(e).__name__}: {e}"
-        prev = get_condition(conds, "FeedbackReadable")
-        if prev is None or prev["status"] != "False":
-            logger.warning("%s (will retry at the next feedback check)", msg)
-        conds = set_condition(conds, "FeedbackReadable", "False", "StorageUnreachable", msg[:1000], now, generation)
+        every = float(spec.triggers.check_interval_seconds)  # the next full pass reads again
+        unreadable = classify(failure_of(e, stage, subject), 1, every, every)
+        conds = report_failure(body, conds, "FeedbackReadable", unreadable, now, generation, logger)
         store = None
 
     # Rollback first, in every state (a stalled or half-finished rollout included); else promotion.
@@ -241,7 +273,9 @@ def reconcile_policy(
         )
 
     # Summary.
-    if new.active_version is None:
+    if new.active_version is None and unreadable is not None:
+        conds = set_condition(conds, "Ready", "False", unreadable.reason, unreadable.message, now, generation)
+    elif new.active_version is None:
         conds = set_condition(
             conds, "Ready", "False", "NoActiveVersion", "no version has been promoted yet", now, generation
         )
@@ -329,13 +363,45 @@ def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[s
     return {k: v for k, v in out.items() if before.get(k) != v}
 
 
-def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPolicyStatus, now: datetime) -> None:
+def _count_feedback(
+    store: ObjectStore,
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    now: datetime,
+    quarantined: Callable[[QuarantinedObject], None],
+) -> None:
+    """Counts the batches not counted yet (``modelloop.decide.feedback``); one that cannot be read as
+    feedback is quarantined, not retried: it must not stop the count. ``new.feedback`` moves on per
+    batch, so a pass interrupted by the store keeps what it counted."""
     fb = new.feedback
     live = new.live_accuracy
-    for key in store.list_keys(feedback_prefix(spec.model), start_after=fb.cursor or None):
-        if not key.endswith(".jsonl"):
-            continue
-        for rec in decode_batch(store.get_bytes(key)):
+    state = CountingState(fb.cursor, fb.seen_through, frozenset(fb.recent_keys))
+    window = parse_duration(spec.triggers.feedback.late_arrival_window)
+    listing = [
+        ListedObject(key, size, modified)
+        for key, size, modified in store.list_objects(
+            feedback_prefix(spec.model), listing_start(spec.model, state, window)
+        )
+    ]
+    done: list[str] = []
+    for obj in to_process(listing, state):
+        reason = quarantine_reason(obj)
+        records = []
+        if reason is None:
+            try:
+                records = decode_batch(store.get_bytes(obj.key))
+            except NotFound:
+                pass  # deleted since the listing: nothing to count
+            except ValueError as e:  # pydantic's ValidationError: not JSON lines of feedback records
+                first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+                where = ".".join(str(p) for p in first["loc"])
+                reason = f"malformed: {where + ': ' if where else ''}{first['msg']}"[:1000]
+        if reason is not None:
+            q = QuarantinedObject(key=obj.key, reason=reason, at=now)
+            fb.quarantined = [*fb.quarantined, q][-MAX_QUARANTINED:]
+            fb.quarantined_total += 1
+            quarantined(q)
+        for rec in records:
             fb.pending_reviews += 1
             if rec.is_correction:
                 fb.pending_corrections += 1
@@ -346,7 +412,12 @@ def _count_feedback(store: ObjectStore, spec: RetrainPolicySpec, new: RetrainPol
             ):
                 live.reviews += 1
                 live.correct += 0 if rec.is_correction else 1
-        fb.cursor = key
+        done.append(obj.key)
+        fb.cursor = max(fb.cursor, obj.key)
+        if fb.seen_through is not None:
+            fb.recent_keys.append(obj.key)
+    after = after_listing(listing, state, done)
+    fb.cursor, fb.seen_through, fb.recent_keys = after.cursor, after.seen_through, sorted(after.recent)
     live.accuracy = (live.correct / live.reviews) if live.reviews else None
     fb.last_counted_at = now
 

@@ -1,0 +1,535 @@
+"""The Open Inference Protocol (KServe v2 REST) beside ``/v1/predict``: stock OIP clients work unchanged.
+
+``app.py`` only registers :func:`routes`; everything protocol-specific lives here. Inference goes
+through the same path as ``/v1/predict`` (the plug-in's ``preprocess`` for validation, the shared
+batching queue, the same metrics), so the two protocols answer the same inputs with the same
+numbers and share one load limit. What differs is only the wire format:
+
+- one input tensor named ``input``, FP32, shape ``[N, *input_shape]`` (or ``[N, prod(input_shape)]``),
+  data flat or nested in JSON, or raw little-endian bytes with the binary tensor data extension
+  (``Inference-Header-Content-Length``); BYTES inputs only where the plug-in has a decoder;
+- outputs ``probabilities`` (FP32 ``[N, num_classes]``), ``predicted`` (INT64 ``[N]``, the class
+  index) and ``label`` (BYTES ``[N]``, the class name), each in JSON or binary, and the
+  ``classification`` extension (``score:index:label`` for the top k) that Triton's clients send.
+
+Every refusal is a 4xx whose ``{"error": ...}`` names the offending field (``inputs[0].shape``),
+in OIP's error format, which clients such as ``tritonclient`` raise as the exception message.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from torch import Tensor
+
+from modelloop_trainer.plugin import InputError, ModelPlugin
+
+from .batching import RETRY_AFTER_SECONDS, Overloaded
+from .bodylimits import nesting_depth
+from .metrics import NO_VERSION
+from .model import LoadedModel
+from .settings import DEFAULT_MAX_JSON_DEPTH
+
+if TYPE_CHECKING:
+    from .app import Serving
+
+SERVER_NAME = "modelloop"
+PLATFORM = "modelloop_pytorch"
+EXTENSIONS = ("binary_tensor_data", "classification")
+INPUT = "input"
+PROBABILITIES = "probabilities"
+PREDICTED = "predicted"
+LABEL = "label"
+OUTPUTS = (PROBABILITIES, PREDICTED, LABEL)
+HEADER_LENGTH = "inference-header-content-length"
+_ROW = re.compile(r"^input (\d+): ")
+_ROW_AS = r"row \1: "
+
+
+class OIPError(Exception):
+    """A refused OIP request: the status and the message the client's exception will carry."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int  # 0: the tensor itself; k > 0: the top k as "score:index:label"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    x: Tensor
+    outputs: tuple[RequestedOutput, ...]
+
+
+@functools.cache
+def server_version() -> str:
+    try:
+        return package_version("modelloop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def model_metadata(plugin: ModelPlugin, name: str, model: LoadedModel | None) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: what a client needs to build a request and read the answer."""
+    parameters: dict[str, Any] = {"class_names": list(plugin.class_names)}
+    if plugin.value_range is not None:
+        parameters["value_range"] = list(plugin.value_range)
+    if model is not None:
+        parameters["digest"] = model.digest
+    return {
+        "name": name,
+        "versions": [model.version] if model is not None else [],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *plugin.input_shape]}],
+        "outputs": [
+            {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, plugin.num_classes]},
+            {"name": PREDICTED, "datatype": "INT64", "shape": [-1]},
+            {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": parameters,
+    }
+
+
+def _split_body(raw: bytes, header_length: str | None, max_depth: int) -> tuple[Any, bytes]:
+    """(parsed JSON header, binary tail) of an infer body, with or without the binary extension."""
+    if header_length is None:
+        head, tail = raw, b""
+    else:
+        if not header_length.strip().isdigit():
+            raise OIPError(400, f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
+        n = int(header_length)
+        if n == 0 or n > len(raw):
+            raise OIPError(
+                400, f"Inference-Header-Content-Length is {n}, but the body has {len(raw)} bytes; the JSON header "
+                "must come first and be 1..body-length bytes long",
+            )  # fmt: skip
+        head, tail = raw[:n], raw[n:]
+    if not head.strip():
+        raise OIPError(400, 'empty request body: send {"inputs": [{"name": "input", "datatype": "FP32", ...}]}')
+    depth = nesting_depth(head)
+    if depth > max_depth:
+        raise OIPError(
+            400,
+            f"request body nests arrays/objects {depth} levels deep; the limit is {max_depth} (MODELLOOP_MAX_JSON_DEPTH)",
+        )
+    try:
+        return orjson.loads(head), tail
+    except orjson.JSONDecodeError as e:
+        hint = ""
+        if any(w in head for w in (b"NaN", b"Infinity")):
+            hint = " (NaN and Infinity are not valid JSON numbers, and not valid model inputs)"
+        raise OIPError(400, f"request body is not valid JSON: {e}{hint}") from None
+
+
+def _flatten_numbers(data: Any, where: str) -> list[float | int]:
+    """The numbers of a flat or nested JSON list, row-major; booleans, strings and nulls refused."""
+    if not isinstance(data, list):
+        raise OIPError(400, f"{where} must be a list of numbers, got {type(data).__name__}")
+    if all(type(v) is float or type(v) is int for v in data):  # the common flat case, at C speed
+        return data
+    out: list[float | int] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                shown = orjson.dumps(v).decode()[:40]
+                raise OIPError(400, f"{where}: every value must be a number for FP32, got {type(v).__name__} {shown}")
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def _binary_size(params: Any, where: str) -> int | None:
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise OIPError(400, f"{where}.parameters must be an object, got {type(params).__name__}")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise OIPError(400, f"{where}.parameters.binary_data_size must be a non-negative integer, got {size!r}")
+    return size
+
+
+def _bytes_elements(tensor: dict[str, Any], chunk: bytes | None, count: int, where: str) -> list[bytes]:
+    """BYTES elements: JSON strings, or the binary extension's 4-byte little-endian length prefixes."""
+    if chunk is None:
+        data = tensor.get("data")
+        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+            raise OIPError(400, f"{where}.data must be a flat list of strings for BYTES")
+        elements = [v.encode() for v in data]
+    else:
+        elements, at = [], 0
+        while at < len(chunk):
+            if at + 4 > len(chunk):
+                raise OIPError(400, f"{where}: binary BYTES data ends inside an element's 4-byte length prefix")
+            (n,) = struct.unpack_from("<I", chunk, at)
+            if at + 4 + n > len(chunk):
+                raise OIPError(400, f"{where}: binary BYTES element {len(elements)} claims {n} bytes past the data")
+            elements.append(chunk[at + 4 : at + 4 + n])
+            at += 4 + n
+    if len(elements) != count:
+        raise OIPError(400, f"{where}.shape says {count} elements, data has {len(elements)}")
+    return elements
+
+
+def _decode_bytes(plugin: ModelPlugin, elements: list[bytes], where: str) -> list[Any]:
+    rows = []
+    for i, raw in enumerate(elements):
+        try:
+            row = plugin.decode_bytes(raw)
+        except InputError as e:
+            raise OIPError(400, f"{where}.data[{i}]: {e}") from None
+        if row is NotImplemented:
+            shape = _shape_text([-1, *plugin.input_shape])
+            raise OIPError(
+                400,
+                f"{where}.datatype: this model takes FP32 tensors of shape {shape}; BYTES (encoded inputs such as "
+                f"images) needs a plug-in that decodes them (ModelPlugin.decode_bytes), and "
+                f"{type(plugin).__name__} has none",
+            )
+        rows.append(row)
+    return rows
+
+
+def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes, at: int) -> tuple[Tensor, int]:
+    """The model's input from ``inputs[0]`` and how many tail bytes it used, every check naming its field."""
+    where = "inputs[0]"
+    if not isinstance(tensor, dict):
+        raise OIPError(400, f"{where} must be an object with name, datatype, shape and data")
+    unknown = sorted(set(tensor) - {"name", "datatype", "shape", "data", "parameters"})
+    if unknown:
+        raise OIPError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
+    name = tensor.get("name")
+    if name != INPUT:
+        raise OIPError(400, f"{where}.name: this model's input is named {INPUT!r}, got {name!r}")
+    datatype = tensor.get("datatype")
+    if datatype not in ("FP32", "BYTES"):
+        raise OIPError(400, f"{where}.datatype: this model takes FP32, got {datatype!r}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise OIPError(400, f"{where}.shape must be a non-empty list of non-negative integers, got {shape!r}")
+    rows, feature = shape[0], tuple(shape[1:])
+    flat = math.prod(plugin.input_shape)
+    if datatype == "BYTES" and feature:
+        raise OIPError(400, f"{where}.shape: BYTES input takes shape [N] (one encoded item per row), got {shape}")
+    if datatype == "FP32" and feature not in (plugin.input_shape, (flat,)):
+        also = f" (or [-1, {flat}])" if len(plugin.input_shape) > 1 else ""
+        raise OIPError(
+            400,
+            f"{where}.shape {_shape_text(shape)} does not fit the model: it takes "
+            f"{_shape_text([-1, *plugin.input_shape])}{also}; the first dimension is the batch",
+        )
+    if rows == 0:
+        raise OIPError(400, f"{where}.shape: the batch dimension is 0; send at least one row")
+    if rows > max_batch:
+        raise OIPError(400, f"{where}.shape: batch of {rows} rows exceeds the limit of {max_batch}; split it")
+    size = _binary_size(tensor.get("parameters"), where)
+    if size is not None and "data" in tensor:
+        raise OIPError(400, f"{where}: give either data or parameters.binary_data_size, not both")
+    if size is None and "data" not in tensor:
+        raise OIPError(400, f"{where}: no data (give data, or parameters.binary_data_size with a binary body)")
+    chunk: bytes | None = None
+    if size is not None:
+        if at + size > len(tail):
+            raise OIPError(
+                400, f"{where}.parameters.binary_data_size is {size} bytes but only {len(tail) - at} binary bytes "
+                "follow the JSON header (is Inference-Header-Content-Length set?)",
+            )  # fmt: skip
+        chunk = tail[at : at + size]
+    used = size or 0
+    if datatype == "BYTES":
+        items: list[Any] = _decode_bytes(plugin, _bytes_elements(tensor, chunk, rows, where), where)
+    else:
+        count = rows * flat
+        if chunk is not None:
+            if len(chunk) != 4 * count:
+                raise OIPError(
+                    400, f"{where}.parameters.binary_data_size is {len(chunk)} bytes; shape {_shape_text(shape)} "
+                    f"of FP32 needs {4 * count} (4 bytes x {count} elements)",
+                )  # fmt: skip
+            items = list(np.frombuffer(chunk, dtype="<f4").reshape(rows, flat))
+        else:
+            values = _flatten_numbers(tensor["data"], f"{where}.data")
+            if len(values) != count:
+                raise OIPError(
+                    400, f"{where}.data has {len(values)} elements but {where}.shape {_shape_text(shape)} needs {count}"
+                )
+            items = [values[i * flat : (i + 1) * flat] for i in range(rows)]
+    try:
+        return plugin.preprocess(items), used
+    except InputError as e:
+        raise OIPError(400, f"{where}.data: {_ROW.sub(_ROW_AS, str(e))}") from None
+
+
+def _requested_outputs(body: dict[str, Any]) -> tuple[RequestedOutput, ...]:
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise OIPError(400, f"parameters must be an object, got {type(params).__name__}")
+    binary_default = bool((params or {}).get("binary_data_output", False))
+    asked = body.get("outputs")
+    if asked is None:
+        return tuple(RequestedOutput(n, binary_default, 0) for n in OUTPUTS)
+    if not isinstance(asked, list) or not asked:
+        raise OIPError(400, f"outputs must be a non-empty list of {{name, parameters}}, got {asked!r}"[:200])
+    out = []
+    for i, o in enumerate(asked):
+        where = f"outputs[{i}]"
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise OIPError(400, f"{where} must be an object with a name")
+        if o["name"] not in OUTPUTS:
+            raise OIPError(400, f"{where}.name: unknown output {o['name']!r}; this model has {', '.join(OUTPUTS)}")
+        p = o.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise OIPError(400, f"{where}.parameters must be an object")
+        binary = p.get("binary_data", binary_default)
+        k = p.get("classification", 0)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise OIPError(400, f"{where}.parameters.classification must be a non-negative integer, got {k!r}")
+        if k and o["name"] != PROBABILITIES:
+            raise OIPError(400, f"{where}.parameters.classification applies to {PROBABILITIES!r} only")
+        out.append(RequestedOutput(o["name"], bool(binary), k))
+    return tuple(out)
+
+
+def parse_infer(
+    raw: bytes, header_length: str | None, plugin: ModelPlugin, max_batch: int, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> InferRequest:
+    """An OIP infer body (JSON, or JSON header + binary tensors) as the model's input, or an OIPError.
+
+    The JSON's nesting depth is measured on the raw bytes before parsing, as for ``/v1/predict``.
+    """
+    body, tail = _split_body(raw, header_length, max_depth)
+    if not isinstance(body, dict):
+        raise OIPError(400, f"request body must be a JSON object with inputs, got a JSON {type(body).__name__}")
+    unknown = sorted(set(body) - {"id", "parameters", "inputs", "outputs"})
+    if unknown:
+        raise OIPError(
+            400, f"unknown field(s) {', '.join(unknown)}; an infer request has id, parameters, inputs, outputs"
+        )
+    request_id = body.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 128):
+        raise OIPError(400, "id must be a string of at most 128 characters")
+    outputs = _requested_outputs(body)
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        got = f"{len(inputs)} tensors" if isinstance(inputs, list) else type(inputs).__name__
+        raise OIPError(400, f"inputs: this model takes exactly one input tensor named {INPUT!r}, got {got}")
+    x, used = _input_tensor(inputs[0], plugin, max_batch, tail, 0)
+    if used != len(tail):
+        raise OIPError(
+            400, f"{len(tail) - used} binary bytes follow the JSON header that no input's binary_data_size accounts for"
+        )
+    return InferRequest(request_id, x, outputs)
+
+
+def _bytes_binary(values: Sequence[str]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
+
+
+def _encode(datatype: str, values: np.ndarray | list[str], binary: bool) -> tuple[Any, bytes | None]:
+    """(JSON data, None) or (None, raw little-endian bytes) of one output tensor."""
+    if isinstance(values, list):
+        return (None, _bytes_binary(values)) if binary else (values, None)
+    if binary:
+        return None, values.astype("<f4" if datatype == "FP32" else "<i8", copy=False).tobytes()
+    return values.reshape(-1).tolist(), None
+
+
+def render_outputs(
+    probs: Tensor, class_names: Sequence[str], wanted: Sequence[RequestedOutput]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Output tensors in OIP form, plus the binary chunks in the same order for those asked as binary.
+
+    The predicted class is numpy's argmax, which, like ``/v1/predict``'s ``torch.max``, takes the
+    first of tied maxima; each output is encoded only in the form that was asked for.
+    """
+    p = probs.numpy()
+    n, classes = p.shape
+    idx = p.argmax(axis=1)
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for o in wanted:
+        values: np.ndarray | list[str]
+        if o.classification:
+            k = min(o.classification, classes)
+            top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+            values = [f"{p[r, i]:f}:{i}:{class_names[i]}" for r in range(n) for i in top[r].tolist()]
+            datatype, shape = "BYTES", [n, k]
+        elif o.name == PROBABILITIES:
+            values, datatype, shape = p, "FP32", [n, classes]
+        elif o.name == PREDICTED:
+            values, datatype, shape = idx, "INT64", [n]
+        else:
+            values, datatype, shape = [class_names[k] for k in idx.tolist()], "BYTES", [n]
+        t: dict[str, Any] = {"name": o.name, "datatype": datatype, "shape": shape}
+        data, raw = _encode(datatype, values, o.binary)
+        if raw is not None:
+            t["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            t["data"] = data
+        tensors.append(t)
+    return tensors, chunks
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+        raise OIPError(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send it plain")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OIPError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise OIPError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _serving(request: Request) -> Serving:
+    s: Serving = request.app.state.serving
+    return s
+
+
+def _check_model(s: Serving, request: Request) -> LoadedModel | None:
+    """The loaded model if the path names this server's model (and its served version, if one is named)."""
+    name = request.path_params["name"]
+    if name != s.settings.model:
+        raise OIPError(404, f"model {name!r} is not served here; this server serves {s.settings.model!r}")
+    model = s.holder.current
+    asked = request.path_params.get("version")
+    if asked is not None and (model is None or asked != model.version):
+        serving = f"version {model.version}" if model is not None else "no version yet (none is loaded)"
+        raise OIPError(404, f"model {name!r} version {asked!r} is not served here; this server serves {serving}")
+    return model
+
+
+async def server_metadata(request: Request) -> Response:
+    return _json({"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)})
+
+
+async def live(request: Request) -> Response:
+    return _json({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    loaded = _serving(request).holder.current is not None
+    return _json({"ready": loaded}, 200 if loaded else 503)
+
+
+async def metadata(request: Request) -> Response:
+    s = _serving(request)
+    try:
+        model = _check_model(s, request)
+    except OIPError as e:
+        return _error(e.status, e.message)
+    return _json(model_metadata(s.plugin, s.settings.model, model))
+
+
+async def model_ready(request: Request) -> Response:
+    s = _serving(request)
+    try:
+        model = _check_model(s, request)
+    except OIPError as e:
+        return _error(e.status, e.message)
+    return _json({"name": s.settings.model, "ready": model is not None}, 200 if model is not None else 503)
+
+
+async def infer(request: Request) -> Response:
+    s = _serving(request)
+    started = time.perf_counter()
+    model = s.holder.current  # read once: this request finishes on this model whatever swaps meanwhile
+    version = model.version if model else NO_VERSION
+    header_id = request.headers.get("x-request-id")
+    try:
+        model = _check_model(s, request)
+        raw = await _read_body(request, s.settings.max_body_bytes)
+        req = parse_infer(
+            raw, request.headers.get(HEADER_LENGTH), s.plugin, s.settings.max_batch, s.settings.max_json_depth
+        )
+        if model is None:
+            raise OIPError(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
+        try:
+            probs = await s.batcher.probabilities(model, req.x)
+        except Overloaded as e:
+            s.metrics.shed.inc()
+            raise OIPError(429, str(e), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+    except OIPError as e:
+        s.metrics.requests.labels(str(e.status), version).inc()
+        return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})
+    assert model is not None
+    request_id = req.id or header_id or uuid.uuid4().hex
+    tensors, chunks = render_outputs(probs, s.plugin.class_names, req.outputs)
+    body: dict[str, Any] = {"model_name": s.settings.model, "model_version": model.version, "outputs": tensors}
+    if req.id is not None:
+        body["id"] = req.id
+    headers = {"X-Model-Version": model.version, "X-Model-Digest": model.digest, "X-Request-Id": request_id}
+    head = orjson.dumps(body)
+    s.metrics.requests.labels("200", model.version).inc()
+    s.metrics.latency.labels(model.version).observe(time.perf_counter() - started)
+    if not chunks:
+        return Response(head, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(len(head))
+    return Response(b"".join([head, *chunks]), media_type="application/octet-stream", headers=headers)
+
+
+def routes() -> list[Route]:
+    """The OIP REST paths, registered by ``app.create_app`` beside the v1 routes."""
+    out = [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+    ]
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        out += [
+            Route(base, metadata, methods=["GET"]),
+            Route(f"{base}/ready", model_ready, methods=["GET"]),
+            Route(f"{base}/infer", infer, methods=["POST"]),
+        ]
+    return out
