@@ -153,7 +153,7 @@ GO
 
 debian() {
   local need=()
-  { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
+  command -v promtool >/dev/null || need+=(prometheus)
   command -v lua5.1 >/dev/null || need+=(lua5.1)
   [ ${#need[@]} = 0 ] && return
   say "installing Debian packages: ${need[*]}"
