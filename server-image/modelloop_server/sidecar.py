@@ -597,8 +597,9 @@ class Sidecar:
                 fetched[name] = store.get_bytes(version_key(self.s.model, d.version, name))
             except NotFound:
                 raise Rejected(
-                    f"signature check failed: {d.artifact_uri}{name} is missing; an unsigned version is not loaded "
-                    "(the operator signs a version when it passes its gates: see the ModelVersion's Signed condition)"
+                    f"signature check failed: {d.artifact_uri}{name} is missing, so the signature cannot be checked "
+                    "and the version is not loaded (the operator signs a version when it passes its gates: see the "
+                    "ModelVersion's Signed condition)"
                 ) from None
             except Exception as e:  # noqa: BLE001 — MinIO unreachable and the like: heals, retry
                 raise Transient(f"cannot read {d.artifact_uri}{name}: {e}") from None
