@@ -15,6 +15,7 @@ import math
 import os
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .plugin import DatasetError, InputError, ModelPlugin, Split
 INDEX_SUFFIX = ".jsonl"
 ENV_WORKERS = "MODELLOOP_DATALOADER_WORKERS"
 PREFETCH_FACTOR = 4
+FETCH_THREADS = 8  # concurrent object reads per worker: hides the store's latency behind decoding
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,10 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         self.augment = augment
         self.seed = seed
         self.inline = inline
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": None}
 
     def __len__(self) -> int:
         return len(self.samples) + (len(self.inline) if self.inline is not None else 0)
@@ -191,11 +197,23 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         return IndexedDataset(self.plugin, refs, self.source, self.augment, self.seed, inline)
 
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, int]:
+        return self._item(item, None)
+
+    def __getitems__(self, items: Sequence[tuple[int, int] | int]) -> list[tuple[Tensor, int]]:
+        """A whole batch (what a DataLoader worker asks for): the objects are read concurrently."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        keys = [item if isinstance(item, tuple) else (item, 0) for item in items]
+        refs = [self.samples[i].ref for i, _ in keys if i < len(self.samples)]
+        raw = iter(list(self._pool.map(self.source.fetch, refs)))
+        return [self._item(k, next(raw) if k[0] < len(self.samples) else None) for k in keys]
+
+    def _item(self, item: tuple[int, int] | int, raw: bytes | None) -> tuple[Tensor, int]:
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         if i < len(self.samples):
             sample = self.samples[i]
             try:
-                x = self.plugin.decode_bytes(self.source.fetch(sample.ref))
+                x = self.plugin.decode_bytes(raw if raw is not None else self.source.fetch(sample.ref))
             except InputError as e:
                 raise DatasetError(f"{self.source.describe(sample.ref)}: {e}") from e
             label = sample.label
