@@ -274,7 +274,7 @@ class NodeSelectorRequirement(ApiModel):
             rule(
                 "self.operator in ['Exists', 'DoesNotExist'] ? !has(self.values) || size(self.values) == 0"
                 " : has(self.values) && size(self.values) > 0",
-                message="In, NotIn, Gt and Lt need values (Gt/Lt exactly one integer); Exists and DoesNotExist take none",
+                message="In, NotIn, Gt and Lt need values; Exists and DoesNotExist take none",
                 field_path=".values",
             ),
         )
