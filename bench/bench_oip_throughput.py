@@ -13,7 +13,6 @@ the per-round ratio against ``/v1/predict``, p99 latency and server CPU per requ
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 
 from bench import report
-from bench.bench_serving_throughput import CONCURRENCY, Server, Window, _start, _total, drive
+from bench.bench_serving_throughput import CONCURRENCY, Server, Window, _start, _total, compare, drive
 from modelloop.api import constants as c
 from modelloop_dev.processes import ManagedProcess
 from modelloop_server.synthetic import write_local_version
@@ -89,15 +88,7 @@ def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
     }
     measurements = []
     for name, label in ((OIP_JSON, "JSON tensors"), (OIP_BINARY, "binary tensor extension")):
-        mine = _total(windows[name], seconds)
-        ratios = [m.rps / k.rps for m, k in zip(windows[name], windows[V1], strict=True)]
-        mid = statistics.median(ratios)
-        print(
-            f"  {name} / v1-predict req/s per round: median {mid:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; "
-            f"p99 {mine['p99_ms']:.1f} vs {base['p99_ms']:.1f} ms; server CPU per request "
-            f"{mine['server_cpu_ms_per_request']:.2f} vs {base['server_cpu_ms_per_request']:.2f} ms",
-            flush=True,
-        )
+        mine, ratios, mid = compare(windows, name, V1, seconds, base)
         measurements.append(
             report.Measurement(
                 name=f"OIP infer vs /v1/predict (digits, CPU, {label})",

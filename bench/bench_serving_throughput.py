@@ -276,6 +276,22 @@ def _total(ws: list[Window], seconds: float) -> dict[str, float]:
     }
 
 
+def compare(
+    windows: dict[str, list[Window]], name: str, base_name: str, seconds: float, base: dict[str, float], note: str = ""
+) -> tuple[dict[str, float], list[float], float]:
+    """``name``'s totals against ``base_name``'s, the per-round throughput ratios and their median, printed."""
+    mine = _total(windows[name], seconds)
+    ratios = [m.rps / k.rps for m, k in zip(windows[name], windows[base_name], strict=True)]
+    mid = statistics.median(ratios)
+    print(
+        f"  {name} / {base_name} req/s per round: median {mid:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; "
+        f"p99 {mine['p99_ms']:.1f} vs {base['p99_ms']:.1f} ms; server CPU per request "
+        f"{mine['server_cpu_ms_per_request']:.2f} vs {base['server_cpu_ms_per_request']:.2f} ms {note}".rstrip(),
+        flush=True,
+    )
+    return mine, ratios, mid
+
+
 def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
     kpy = kserve_python()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_s:
@@ -311,15 +327,7 @@ def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
     }
     measurements = []
     for name, label in ((OURS, f"opportunistic batching up to {BATCH_ROWS} rows"), (UNBATCHED, "batching off")):
-        mine = _total(windows[name], seconds)
-        ratios = [m.rps / k.rps for m, k in zip(windows[name], windows[KSERVE], strict=True)]
-        mid = statistics.median(ratios)
-        print(
-            f"  {name} / KServe req/s per round: median {mid:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; "
-            f"p99 {mine['p99_ms']:.1f} vs {base['p99_ms']:.1f} ms; server CPU per request "
-            f"{mine['server_cpu_ms_per_request']:.2f} vs {base['server_cpu_ms_per_request']:.2f} ms ({versions})",
-            flush=True,
-        )
+        mine, ratios, mid = compare(windows, name, KSERVE, seconds, base, f"({versions})")
         measurements.append(
             report.Measurement(
                 name=f"serving throughput vs KServe (digits, CPU, {label})",

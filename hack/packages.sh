@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, the single-node cluster and the image builds use, when
-# missing: promtool (prometheus), lua5.1, containerd + runc + the CNI plugins + iptables + conntrack
+# missing: the Prometheus server and promtool (package prometheus; the server evaluates the alerts
+# in tests/integration/test_alerts_live.py), lua5.1, containerd + runc + the CNI plugins + iptables + conntrack
 # (dev/modelloop_dev/cluster.py), buildah + mmdebstrap (hack/images.sh). Needs root or sudo.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have promtool || need+=(prometheus)
+{ have promtool && have prometheus; } || need+=(prometheus)
 have lua5.1 || need+=(lua5.1)
 have containerd || need+=(containerd)
 have runc || need+=(runc)

@@ -7,18 +7,31 @@ of the pytest process (see ``modelloop_dev.processes``): they die with it, Ctrl-
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import locate_tools, wait_for
+from modelloop_dev.prometheus import ChartPrometheus
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "crds"
+CHART = REPO / "charts/modelloop"
+KUBE_VERSION = next(
+    line.split("=", 1)[1].strip()
+    for line in (REPO / "hack/versions.env").read_text().splitlines()
+    if line.startswith("KUBERNETES_VERSION=")
+)  # helm template renders offline: tell it the version the tests run
+ALERTS_FOR = {"ModelloopRolloutStalled": "30s", "ModelloopLiveAccuracyLow": "10s"}
+"""The live-alert tests' ``for:`` overrides (alerts.rules.<Name>.for): long enough to cover an
+operator restart on a loaded machine, short enough to keep the tier quick."""
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +99,49 @@ def bucket(minio: MinioServer) -> str:
     name = "t-" + secrets.token_hex(6)
     minio.store(name)
     return name
+
+
+def render_chart(tools_bin: Path, values: dict[str, Any], namespace: str = "modelloop") -> list[dict[str, Any]]:
+    """``helm template`` of the chart as release ``modelloop`` with ``values``: the objects it installs."""
+    result = subprocess.run(
+        [
+            str(tools_bin / "helm"),
+            "template",
+            "modelloop",
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            KUBE_VERSION,
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump(values),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"helm template:\n{result.stdout}{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="session")
+def prometheus(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartPrometheus]:
+    """A real Prometheus evaluating the chart's alerts (``for:`` shortened) every second.
+
+    Tests point it at their operator and serving processes (``scrape_operator``/``scrape_serving``)
+    and remove them when done; alerts carry the policy's namespace, so tests do not see each other's.
+    """
+    docs = render_chart(
+        tools_bin,
+        {
+            "alerts": {"enabled": True, "rules": {name: {"for": d} for name, d in ALERTS_FOR.items()}},
+            "metrics": {"serviceMonitor": {"enabled": True}},
+            "servingMetrics": {"podMonitor": {"enabled": True}},
+        },
+    )
+    server = ChartPrometheus(tmp_path_factory.mktemp("prometheus"), docs).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -44,6 +44,7 @@ VALUE_SETS: dict[str, list[str]] = {
     ],
     "single-replica": ["--set=replicaCount=1", "--set=dashboard.enabled=false", "--set=aggregateToDefaultRoles=false"],
     "standalone": ["--set=replicaCount=1", "--set=leaderElection.enabled=false"],
+    "cluster-wide": ["--set=clusterWide=true"],
     # Every value added for platform teams, overridden at once.
     "overrides": [
         "--set=fullnameOverride=ml-operator",
@@ -169,26 +170,26 @@ def test_schema_rejects_unknown_and_invalid_values(tools_bin: Path) -> None:
         assert expected in result.stderr, result.stderr
 
 
-def test_defaults_watch_the_cluster_with_two_replicas_and_leader_election(tools_bin: Path) -> None:
+def test_defaults_watch_the_release_namespace_with_two_replicas_and_leader_election(tools_bin: Path) -> None:
     docs = render(tools_bin, "modelloop")
     (deploy,) = by_kind(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["modelloop-operator"]
     assert container["image"].startswith("ghcr.io/modelloop/operator:")
-    assert "--all-namespaces" in container["args"] and "--standalone" not in container["args"]
-    assert "--lease-name=modelloop" in container["args"]
+    assert container["args"] == ["--namespace=modelloop", "--lease-name=modelloop"]
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["port"] == "health"
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    (role,) = by_kind(docs, "Role")
-    assert (role["metadata"]["name"], role["metadata"]["namespace"]) == ("modelloop-leader-election", "modelloop")
-    (binding,) = by_kind(docs, "RoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelloop", "namespace": "modelloop"}]
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind(docs, "Role")}
+    assert roles == {("modelloop", "modelloop"), ("modelloop", "modelloop-leader-election")}
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")} == {"modelloop-edit", "modelloop-view"}
+    assert not by_kind(docs, "ClusterRoleBinding"), "namespaced by default: no cluster-wide access"
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelloop", "namespace": "modelloop"}]
     crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
     assert crds == {"retrainpolicies.modelloop.dev", "modelversions.modelloop.dev"}, crds
     assert not [d for d in docs if "kopf.dev" in d["apiVersion"] or "kopf.dev" in json.dumps(d.get("rules", []))]
@@ -210,8 +211,20 @@ def test_namespaced_watch_has_no_cluster_wide_operator_access(tools_bin: Path) -
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelloop", "namespace": "ops"}]
 
 
+def test_cluster_wide_is_an_explicit_choice(tools_bin: Path) -> None:
+    docs = render(tools_bin, "modelloop", "--set=clusterWide=true")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["args"][0] == "--all-namespaces"
+    assert [d["metadata"]["name"] for d in by_kind(docs, "ClusterRoleBinding")] == ["modelloop"]
+    argv = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set=clusterWide=true"]
+    both = subprocess.run(
+        [str(tools_bin / "helm"), *argv, "--set=watchNamespaces={a}"], capture_output=True, text=True, timeout=120
+    )
+    assert both.returncode != 0 and "clusterWide=true watches every namespace" in both.stderr
+
+
 def test_rbac_is_least_privilege(tools_bin: Path) -> None:
-    docs = render(tools_bin, "modelloop")
+    docs = render(tools_bin, "modelloop", "--set=clusterWide=true")
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "modelloop"]
     granted = {
         (g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -278,7 +291,7 @@ def test_leader_election_role_is_limited_to_the_one_lease(tools_bin: Path) -> No
     docs = render(tools_bin, "ops", "--set=leaderElection.leaseName=ml-operator")
     (deploy,) = by_kind(docs, "Deployment")
     assert "--lease-name=ml-operator" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    (role,) = by_kind(docs, "Role")
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"].endswith("-leader-election")]
     assert role["metadata"]["namespace"] == "ops"
     assert role["rules"] == [
         # create cannot be limited by name: the API server authorizes it before the object exists
@@ -297,7 +310,8 @@ def test_standalone_only_with_one_replica(tools_bin: Path) -> None:
     (deploy,) = by_kind(docs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" in args and not [a for a in args if a.startswith("--lease-name")]
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    names = [d["metadata"]["name"] for d in [*by_kind(docs, "Role"), *by_kind(docs, "RoleBinding")]]
+    assert names == ["modelloop", "modelloop"], "the watch Role and its binding, no leader-election Lease Role"
     argv = ["template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set=leaderElection.enabled=false"]
     result = subprocess.run([str(tools_bin / "helm"), *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
@@ -309,10 +323,8 @@ def test_standalone_only_with_one_replica(tools_bin: Path) -> None:
 def test_api_server_accepts_the_rendered_chart(
     control_plane: ControlPlane, monitoring_crds: None, namespace: str, tools_bin: Path, values: list[str]
 ) -> None:
-    docs = [
-        *render(tools_bin, namespace, *values, f"--set=watchNamespaces={{{namespace}}}"),
-        *render(tools_bin, namespace, *values),
-    ]
+    namespaced = [] if "--set=clusterWide=true" in values else [f"--set=watchNamespaces={{{namespace}}}"]
+    docs = [*render(tools_bin, namespace, *values, *namespaced), *render(tools_bin, namespace, *values)]
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=listing, check=False)
     assert result.returncode == 0, result.stderr
@@ -482,7 +494,7 @@ def test_name_overrides_rename_every_object_and_keep_the_selectors_matching(tool
 def test_extra_env_and_args_reach_the_operator(tools_bin: Path) -> None:
     (deploy,) = by_kind(render(tools_bin, "modelloop", *VALUE_SETS["overrides"]), "Deployment")
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["--all-namespaces", "--lease-name=modelloop", "--verbose"]
+    assert container["args"] == ["--namespace=modelloop", "--lease-name=modelloop", "--verbose"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MODELLOOP_WORKERS"] == {"name": "MODELLOOP_WORKERS", "value": "16"}
     assert env["MODELLOOP_POLICY_RESYNC"]["valueFrom"]["configMapKeyRef"]["key"] == "resync"
@@ -510,6 +522,9 @@ def test_pod_monitor_selects_the_example_serving_pods(tools_bin: Path) -> None:
     (monitor,) = by_kind(namespaced, "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
     (monitor,) = by_kind(render(tools_bin, "ops", "--set=servingMetrics.podMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}, "the watched namespace by default"
+    everywhere = render(tools_bin, "ops", "--set=servingMetrics.podMonitor.enabled=true", "--set=clusterWide=true")
+    (monitor,) = by_kind(everywhere, "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
 
 

@@ -28,12 +28,12 @@ from operator_harness import (
     complete_job,
     create_fixtures,
     desired_version,
+    fail_job,
     fake_training,
     get_policy,
     job_env,
     job_exists,
     jobs,
-    now_iso,
     phase,
     policy_body,
     policy_status,
@@ -226,28 +226,6 @@ def test_unreachable_storage_is_a_condition_not_a_crash(
     assert operator.proc.alive()
 
 
-def _fail_job(api: client.ApiClient, ns: str, name: str) -> None:
-    """What the Job controller writes when the trainer pods exhausted the Job's backoffLimit."""
-    batch = client.BatchV1Api(api)
-    wait_for(lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 120, f"{name} started")
-    now = now_iso()
-    cond = {"status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": "BackoffLimitExceeded"}
-    batch.patch_namespaced_job_status(
-        name,
-        ns,
-        {
-            "status": {
-                "failed": 2,
-                "active": 0,
-                "conditions": [
-                    {"type": "FailureTarget", **cond, "message": "Job has reached the specified backoff limit"},
-                    {"type": "Failed", **cond, "message": "Job has reached the specified backoff limit"},
-                ],
-            }
-        },
-    )
-
-
 def _conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
     return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
 
@@ -279,7 +257,7 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
         c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, policy_body(minio, bucket, retry={"maxAttempts": 2})
     )
     wait_for(lambda: job_exists(api, ns, "digits-v1-train"), 90, "training Job", operator.proc)
-    _fail_job(api, ns, "digits-v1-train")
+    fail_job(api, ns, "digits-v1-train")
     wait_for(lambda: phase(api, ns, "v1") == "Failed", 60, "v1 Failed", operator.proc)
     mv = versions(api, ns)["v1"]
     assert "BackoffLimitExceeded" in mv["status"]["message"]
@@ -299,7 +277,7 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
         60, "RetriesExhausted=False while attempt 2 runs", operator.proc,
     )  # fmt: skip
 
-    _fail_job(api, ns, "digits-v2-train")
+    fail_job(api, ns, "digits-v2-train")
     wait_for(
         lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
         60, "RetriesExhausted after the last attempt failed", operator.proc,

@@ -169,34 +169,38 @@ class Cluster:
         return items
 
     def serving_kubeconfig(self, workdir: Path) -> Path:
-        """Apply the example's ServiceAccount/Role/RoleBinding here and return a kubeconfig with its token."""
-        docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-        rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRoleBinding")]
-        sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
-        for d in rbac:
-            if d["kind"] == "ClusterRoleBinding":
-                d["metadata"]["name"] = f"{self.ns}-{d['metadata']['name']}"
-            else:
-                d["metadata"]["namespace"] = self.ns
-            for rule in d.get("rules") or []:
-                if rule.get("resourceNames"):
-                    rule["resourceNames"] = [POLICY]
-            for subject in d.get("subjects") or []:
-                subject["namespace"] = self.ns
-        self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
-        token = self.cp.kubectl("create", "token", sa, "-n", self.ns, "--duration=1h").stdout.strip()
-        admin = yaml.safe_load(self.cp.kubeconfig.read_text())
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": admin["clusters"],
-            "users": [{"name": sa, "user": {"token": token}}],
-            "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
-            "current-context": sa,
-        }
-        path = workdir / f"{sa}.kubeconfig"
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return serving_kubeconfig(self.cp, self.ns, workdir)
+
+
+def serving_kubeconfig(cp: ControlPlane, namespace: str, workdir: Path) -> Path:
+    """Apply the example's ServiceAccount/Role/RoleBinding here and return a kubeconfig with its token."""
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRoleBinding")]
+    sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    for d in rbac:
+        if d["kind"] == "ClusterRoleBinding":
+            d["metadata"]["name"] = f"{namespace}-{d['metadata']['name']}"
+        else:
+            d["metadata"]["namespace"] = namespace
+        for rule in d.get("rules") or []:
+            if rule.get("resourceNames"):
+                rule["resourceNames"] = [POLICY]
+        for subject in d.get("subjects") or []:
+            subject["namespace"] = namespace
+    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+    token = cp.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(cp.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+        "current-context": sa,
+    }
+    path = workdir / f"{sa}.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def replica_model_dir(workdir: Path, pod: str) -> Path:

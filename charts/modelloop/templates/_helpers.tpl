@@ -86,3 +86,20 @@ ModelloopServingErrorRateHigh: {expr: "> 0.05", text: "More than 5%", prefix: "M
 ModelloopServingLatencyHigh: {expr: "> 0.5", text: "above 500ms", prefix: "above ", unit: ms}
 ModelloopFeedbackBacklog: {expr: "> 1000", text: "more than 1000 feedback", prefix: "more than ", suffix: " feedback"}
 {{- end -}}
+
+{{- /*
+The namespaces the operator watches, as a JSON list; [] means every namespace (clusterWide).
+Namespaced by default: watchNamespaces, or the release's own namespace when that is empty.
+*/ -}}
+{{- define "modelloop.watchNamespaces" -}}
+{{- if .Values.clusterWide -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "clusterWide=true watches every namespace: leave watchNamespaces empty, or set clusterWide=false to watch only those" -}}
+{{- end -}}
+[]
+{{- else if .Values.watchNamespaces -}}
+{{- toJson .Values.watchNamespaces -}}
+{{- else -}}
+{{- toJson (list .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}

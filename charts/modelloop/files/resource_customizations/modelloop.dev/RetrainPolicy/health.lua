@@ -1,7 +1,7 @@
 -- Argo CD health check for modelloop.dev/RetrainPolicy.
 -- A policy is Healthy when its active version is fully rolled out, Progressing while the
 -- operator has not reported yet, a version is training or a rollout is under way, Degraded when
--- the rollout stalled, the operator reports Ready=False for a reason other than "no version yet",
+-- the rollout stalled, every retry of a training was used up (RetriesExhausted), the operator reports Ready=False for a reason other than "no version yet",
 -- the bucket is unreadable (FeedbackReadable=False), or no version serves and none is training
 -- (the first version failed or was rejected: nothing will happen until someone acts), Suspended
 -- when spec.suspend is set (running trainings still finish).
@@ -34,6 +34,13 @@ local stalled = condition(status, "RolloutComplete")
 if stalled ~= nil and stalled.status == "False" and stalled.reason == "RolloutStalled" then
   hs.status = "Degraded"
   hs.message = stalled.message or "Rollout stalled"
+  return hs
+end
+local exhausted = condition(status, "RetriesExhausted")
+if exhausted ~= nil and exhausted.status == "True" then
+  hs.status = "Degraded"
+  hs.message = "Retries exhausted: " .. (exhausted.message or "every training attempt failed or was rejected") ..
+    "; fix the cause, then retrain now"
   return hs
 end
 local ready = condition(status, "Ready")
