@@ -10,7 +10,6 @@ that a restart continues the loop without duplicating anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,15 +49,6 @@ from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(control_plane, namespace, tmp_path / "operator.log").start()
-    try:
-        yield op
-    finally:
-        op.proc.stop()
 
 
 def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(

@@ -8,9 +8,7 @@ posted for the block, and modelloop_training_budget_exhausted is 1.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,18 +34,9 @@ from modelloop.api import constants as c
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
-from modelloop_dev.processes import free_port, wait_for
+from modelloop_dev.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(control_plane, namespace, tmp_path / "operator.log", metrics_port=free_port()).start()
-    try:
-        yield op
-    finally:
-        op.proc.stop()
 
 
 def training_condition(api: client.ApiClient, ns: str) -> dict[str, Any]:

@@ -32,15 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(control_plane, namespace, tmp_path / "operator.log").start()
-    try:
-        yield op
-    finally:
-        op.proc.stop()
-
-
-@pytest.fixture
 def priority_class(api: client.ApiClient, namespace: str) -> Iterator[str]:
     name = f"training-{namespace}"
     sched = client.SchedulingV1Api(api)
