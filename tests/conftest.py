@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from operator_harness import Operator
 
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
-from modelloop_dev.processes import locate_tools, wait_for
+from modelloop_dev.processes import free_port, locate_tools, wait_for
 from modelloop_dev.prometheus import ChartPrometheus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +146,13 @@ def prometheus(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """A real ``modelloop-operator`` (standalone) watching the test's namespace, with its metrics on a free port."""
+    op = Operator(control_plane, namespace, tmp_path / "operator.log", metrics_port=free_port()).start()
+    try:
+        yield op
+    finally:
+        op.proc.stop()

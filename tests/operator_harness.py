@@ -292,3 +292,26 @@ def annotate_serving_pods(api: client.ApiClient, ns: str, digest: str) -> int:
     for p in pods:
         annotate_pod(api, ns, p.metadata.name, digest)
     return len(pods)
+
+
+def fail_job(api: client.ApiClient, ns: str, name: str) -> None:
+    """What the Job controller writes when the trainer pods exhausted the Job's backoffLimit."""
+    batch = client.BatchV1Api(api)
+    wait_for(lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 120, f"{name} started")
+    now = now_iso()
+    cond = {"status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": "BackoffLimitExceeded"}
+    message = "Job has reached the specified backoff limit"
+    batch.patch_namespaced_job_status(
+        name,
+        ns,
+        {
+            "status": {
+                "failed": 2,
+                "active": 0,
+                "conditions": [
+                    {"type": "FailureTarget", **cond, "message": message},
+                    {"type": "Failed", **cond, "message": message},
+                ],
+            }
+        },
+    )

@@ -59,6 +59,11 @@ RETRIES_EXHAUSTED = Gauge(
     "1 while the newest version failed or was rejected on its last allowed attempt (spec.retry.maxAttempts).",
     _P,
 )
+TRAINING_BUDGET_EXHAUSTED = Gauge(
+    "modelloop_training_budget_exhausted",
+    "1 while a due training waits because triggers.maxTrainingsPerDay trainings started in the last 24 h.",
+    _P,
+)
 RECONCILE_ERRORS = Counter(
     "modelloop_reconcile_errors_total", "Reconcile passes that raised (kind, error type).", [*_P, "kind", "error"]
 )
@@ -108,6 +113,6 @@ def forget_policy(namespace: str, policy: str) -> None:
     """Remove every per-policy series (the policy is deleted, or this replica stopped acting for it)."""
     publish_policy(namespace, policy, PolicySeries())
     _published.pop((namespace, policy), None)
-    for gauge in (PENDING_CORRECTIONS, PENDING_REVIEWS, RETRIES_EXHAUSTED):
+    for gauge in (PENDING_CORRECTIONS, PENDING_REVIEWS, RETRIES_EXHAUSTED, TRAINING_BUDGET_EXHAUSTED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, policy)

@@ -281,6 +281,129 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
     ),
     "signature-without-key": (setting(serving__signature={}), "spec.serving.signature.publicKey", "Required value"),
     "suspend-not-bool": (setting(suspend="yes"), "spec.suspend", "must be of type boolean"),
+    "budget-zero": (
+        setting(triggers__maxTrainingsPerDay=0),
+        "spec.triggers.maxTrainingsPerDay",
+        "greater than or equal to 1",
+    ),
+    "budget-too-high": (
+        setting(triggers__maxTrainingsPerDay=101),
+        "spec.triggers.maxTrainingsPerDay",
+        "less than or equal to 100",
+    ),
+    "template-env-modelloop": (
+        setting(training__podTemplate={"env": [{"name": "MODELLOOP_BUCKET", "value": "other"}]}),
+        "spec.training.podTemplate.env[0].name",
+        "env MODELLOOP_BUCKET is set by the operator",
+    ),
+    "template-env-credentials": (
+        setting(training__podTemplate={"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}),
+        "spec.training.podTemplate.env[0].name",
+        "is set by the operator",
+    ),
+    "template-env-value-and-from": (
+        setting(
+            training__podTemplate={
+                "env": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+            }
+        ),
+        "spec.training.podTemplate.env[0].valueFrom",
+        "set value or valueFrom, not both",
+    ),
+    "template-env-two-sources": (
+        setting(training__podTemplate={"env": [{"name": "X", "valueFrom": {}}]}),
+        "spec.training.podTemplate.env[0].valueFrom",
+        "exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+    ),
+    "template-volume-reserved": (
+        setting(training__podTemplate={"volumes": [{"name": "tmp", "emptyDir": {}}]}),
+        "spec.training.podTemplate.volumes[0].name",
+        "volume name tmp is used by the operator",
+    ),
+    "template-volume-no-source": (
+        setting(training__podTemplate={"volumes": [{"name": "data"}]}),
+        "spec.training.podTemplate.volumes[0]",
+        "exactly one of configMap, secret, emptyDir, persistentVolumeClaim",
+    ),
+    "template-mount-unknown-volume": (
+        setting(training__podTemplate={"volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
+        "spec.training.podTemplate.volumeMounts",
+        "must name one of podTemplate.volumes",
+    ),
+    "template-mount-over-tmp": (
+        setting(
+            training__podTemplate={
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "volumeMounts": [{"name": "data", "mountPath": "/tmp/data"}],
+            }
+        ),
+        "spec.training.podTemplate.volumeMounts[0].mountPath",
+        "inside a volume the operator mounts",
+    ),
+    "template-label-reserved": (
+        setting(training__podTemplate={"labels": {"modelloop.dev/version": "v9"}}),
+        "spec.training.podTemplate.labels",
+        "select the pods",
+    ),
+    "template-label-job-controller": (
+        setting(training__podTemplate={"labels": {"batch.kubernetes.io/job-name": "x"}}),
+        "spec.training.podTemplate.labels",
+        "select the pods",
+    ),
+    "template-label-bad-key": (
+        setting(training__podTemplate={"labels": {"-team": "x"}}),
+        "spec.training.podTemplate.labels",
+        "label keys are [prefix/]name",
+    ),
+    "template-annotation-reserved": (
+        setting(training__podTemplate={"annotations": {"modelloop.dev/serving-version": "v1"}}),
+        "spec.training.podTemplate.annotations",
+        "reserved for the operator",
+    ),
+    "template-affinity-bad-operator": (
+        setting(
+            training__podTemplate={
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "gpu", "operator": "Is", "values": ["a"]}]}
+                            ]
+                        }
+                    }
+                }
+            }
+        ),
+        "spec.training.podTemplate.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator",
+        "should match",
+    ),
+    "template-affinity-in-without-values": (
+        setting(
+            training__podTemplate={
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In"}]}]
+                        }
+                    }
+                }
+            }
+        ),
+        "spec.training.podTemplate.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].values",
+        "need values",
+    ),
+    "template-priority-class-not-a-name": (
+        setting(training__podTemplate={"priorityClassName": "High Priority"}),
+        "spec.training.podTemplate.priorityClassName",
+        "should match",
+    ),
+    "template-duplicate-pull-secret": (
+        setting(training__podTemplate={"imagePullSecrets": [{"name": "r"}, {"name": "r"}]}),
+        "spec.training.podTemplate.imagePullSecrets[1]",
+        "Duplicate value",
+    ),
     "typo-field": (setting(trigger={"feedback": {}}), "", 'unknown field "spec.trigger"'),
 }
 

@@ -10,7 +10,6 @@ that a restart continues the loop without duplicating anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,12 @@ from operator_harness import (
     complete_job,
     create_fixtures,
     desired_version,
+    fail_job,
     fake_training,
     get_policy,
     job_env,
     job_exists,
     jobs,
-    now_iso,
     phase,
     policy_body,
     policy_status,
@@ -50,15 +49,6 @@ from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(control_plane, namespace, tmp_path / "operator.log").start()
-    try:
-        yield op
-    finally:
-        op.proc.stop()
 
 
 def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
@@ -226,28 +216,6 @@ def test_unreachable_storage_is_a_condition_not_a_crash(
     assert operator.proc.alive()
 
 
-def _fail_job(api: client.ApiClient, ns: str, name: str) -> None:
-    """What the Job controller writes when the trainer pods exhausted the Job's backoffLimit."""
-    batch = client.BatchV1Api(api)
-    wait_for(lambda: batch.read_namespaced_job_status(name, ns).status.start_time is not None, 120, f"{name} started")
-    now = now_iso()
-    cond = {"status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": "BackoffLimitExceeded"}
-    batch.patch_namespaced_job_status(
-        name,
-        ns,
-        {
-            "status": {
-                "failed": 2,
-                "active": 0,
-                "conditions": [
-                    {"type": "FailureTarget", **cond, "message": "Job has reached the specified backoff limit"},
-                    {"type": "Failed", **cond, "message": "Job has reached the specified backoff limit"},
-                ],
-            }
-        },
-    )
-
-
 def _conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
     return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
 
@@ -279,7 +247,7 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
         c.GROUP, c.VERSION, ns, c.RETRAINPOLICY_PLURAL, policy_body(minio, bucket, retry={"maxAttempts": 2})
     )
     wait_for(lambda: job_exists(api, ns, "digits-v1-train"), 90, "training Job", operator.proc)
-    _fail_job(api, ns, "digits-v1-train")
+    fail_job(api, ns, "digits-v1-train")
     wait_for(lambda: phase(api, ns, "v1") == "Failed", 60, "v1 Failed", operator.proc)
     mv = versions(api, ns)["v1"]
     assert "BackoffLimitExceeded" in mv["status"]["message"]
@@ -299,7 +267,7 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
         60, "RetriesExhausted=False while attempt 2 runs", operator.proc,
     )  # fmt: skip
 
-    _fail_job(api, ns, "digits-v2-train")
+    fail_job(api, ns, "digits-v2-train")
     wait_for(
         lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
         60, "RetriesExhausted after the last attempt failed", operator.proc,

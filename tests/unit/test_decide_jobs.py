@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from modelloop.api import constants as c
 from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
-from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
+from modelloop.decide.jobs import Verb, build_job, build_rendezvous_service, job_outcome
 
 
 def spec(**training: Any) -> RetrainPolicySpec:
@@ -106,3 +108,74 @@ def test_job_outcome() -> None:
         }
     }
     assert job_outcome(failed) == ("Failed", "DeadlineExceeded: too slow")
+
+
+TEMPLATE: dict[str, Any] = {
+    "labels": {"team": "vision", "cost-center": "ml-42"},
+    "annotations": {"sidecar.istio.io/inject": "false"},
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]}]
+            }
+        },
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+            ]
+        },
+    },
+    "priorityClassName": "training-low",
+    "imagePullSecrets": [{"name": "registry"}],
+    "env": [
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+    ],
+    "volumes": [
+        {"name": "ca", "configMap": {"name": "corp-ca"}},
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}},
+    ],
+    "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+}
+
+
+@pytest.mark.parametrize(
+    ("verb", "workers"), [("train", 1), ("verify", 1), ("train", 3)], ids=["training", "verification", "indexed"]
+)
+def test_the_pod_template_reaches_every_pod(verb: Verb, workers: int) -> None:
+    job = build_job(
+        policy="p", spec=spec(podTemplate=TEMPLATE, serviceAccountName="trainer", workers=workers), version="v2",
+        verb=verb, parent_version="v1", active_version="v1", feedback_through="",
+    )  # fmt: skip
+    tpl = job["spec"]["template"]
+    pod = tpl["spec"]
+    ctr = pod["containers"][0]
+    assert tpl["metadata"]["labels"]["team"] == "vision"
+    assert tpl["metadata"]["labels"][c.LABEL_POLICY] == "p" and tpl["metadata"]["labels"][c.LABEL_COMPONENT] == verb
+    assert "team" not in job["metadata"]["labels"]  # pod template only: Job labels would let Kueue & co. claim it
+    assert tpl["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert pod["affinity"] == TEMPLATE["affinity"]
+    assert pod["priorityClassName"] == "training-low"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["serviceAccountName"] == "trainer" and pod["automountServiceAccountToken"] is False
+    e = env(job)
+    assert e["HTTPS_PROXY"] == "http://proxy:3128"
+    assert e["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "key"}}
+    assert e[c.ENV_MODEL] == "digits"  # the operator's contract is still there
+    assert [v["name"] for v in pod["volumes"]][:3] == ["tmp", "ca", "cache"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in pod["volumes"]
+    assert ctr["volumeMounts"][:2] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True},
+    ]
+    assert (job["spec"].get("completionMode"), len(pod["volumes"])) == (("Indexed", 4) if workers > 1 else (None, 3))
+
+
+def test_without_a_template_the_pod_is_unchanged() -> None:
+    pod = build_job(
+        policy="p", spec=spec(), version="v1", verb="train", parent_version=None, active_version=None,
+        feedback_through="",
+    )["spec"]["template"]  # fmt: skip
+    assert "annotations" not in pod["metadata"]
+    assert not {"affinity", "priorityClassName", "imagePullSecrets"} & pod["spec"].keys()
+    assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]

@@ -145,6 +145,40 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     ("cron fired with reviews pending", {"spec": spec(schedule="15 12 * * *")}, "TrainingDue"),
     (
+        "cron fired, but the day's training budget is spent: no pass until it frees",
+        {
+            "spec": spec(schedule="15 12 * * *", maxTrainingsPerDay=1),
+            "status": idle_status(trainingStarts=[NOW - timedelta(hours=2)]),
+        },
+        None,
+    ),
+    (
+        "cron fired, budget left",
+        {
+            "spec": spec(schedule="15 12 * * *", maxTrainingsPerDay=2),
+            "status": idle_status(trainingStarts=[NOW - timedelta(hours=2)]),
+        },
+        "TrainingDue",
+    ),
+    (
+        "retrain-now while the budget is spent waits too",
+        {
+            "spec": spec(maxTrainingsPerDay=1),
+            "status": idle_status(trainingStarts=[NOW - timedelta(hours=23)]),
+            "annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"},
+        },
+        None,
+    ),
+    (
+        "retrain-now once the oldest start left the window",
+        {
+            "spec": spec(maxTrainingsPerDay=1),
+            "status": idle_status(trainingStarts=[NOW - timedelta(hours=25)]),
+            "annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"},
+        },
+        "RetrainRequested",
+    ),
+    (
         "cron fired, nothing pending: the fire is recorded",
         {"spec": spec(schedule="15 12 * * *"), "status": idle_status(feedback={"cursor": "k"})},
         "ScheduleFired",
@@ -156,6 +190,42 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         "AutoRollback",
     ),
     ("invalid spec, already reported", {"spec": None}, None),
+    (
+        "a training waited for the budget, which has freed",
+        {
+            "spec": spec(maxTrainingsPerDay=1),
+            "status": idle_status(
+                trainingStarts=[NOW - timedelta(hours=24, seconds=1)],
+                conditions=[
+                    {
+                        **idle_status()["conditions"][0],
+                        "type": "Training",
+                        "status": "False",
+                        "reason": "BudgetExhausted",
+                    }
+                ],
+            ),
+        },
+        "BudgetFreed",
+    ),
+    (
+        "a training waits for the budget, still spent",
+        {
+            "spec": spec(maxTrainingsPerDay=1),
+            "status": idle_status(
+                trainingStarts=[NOW - timedelta(hours=23)],
+                conditions=[
+                    {
+                        **idle_status()["conditions"][0],
+                        "type": "Training",
+                        "status": "False",
+                        "reason": "BudgetExhausted",
+                    }
+                ],
+            ),
+        },
+        None,
+    ),
     ("safety-net resync", {"seconds_since_pass": 601.0}, "Resync"),
 ]
 

@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from modelloop.api.artifacts import (
     CURVE_FILE,
@@ -56,10 +56,16 @@ from .checkpoints import (
 from .config import JobConfig
 from .earlystopping import EarlyStopping
 from .feedback import load_feedback
+from .metrics import Evaluation
 from .plugin import ModelPlugin, Split
 from .report import TrainingMetrics, plot_curves
+from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader, worker_count
 
 log = logging.getLogger(__name__)
+
+# The in-memory split (safetensors datasets) or a streamed index of objects (StreamingPlugin).
+Data = Split | IndexedDataset
+EVAL_BATCH = 256
 
 
 def split_train_validation(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -110,6 +116,10 @@ class Trainer:
         self.rt = runtime
         self.checkpoints = CheckpointStore(store, cfg.model, cfg.version)
         self.started = time.monotonic()
+        # Streaming datasets only: built on first use, kept for the run (persistent workers).
+        self._train_sampler = EpochSampler(1)
+        self._train_loader: DataLoader[Any] | None = None
+        self._val_loader: DataLoader[Any] | None = None
 
     def run(self) -> None:
         cfg, hp, runtime = self.cfg, self.hp, self.rt
@@ -124,21 +134,33 @@ class Trainer:
             # The parent first: a damaged parent fails the Job in seconds, before any data is read.
             parent = load_parent_weights(self.store, cfg, cfg.parent_version, workdir) if cfg.parent_version else None
             rt.seed_everything(hp.seed, runtime)
-            base = self.plugin.load_split(self.store, cfg.dataset, "train")
             feedback, snapshot = load_feedback(self.store, self.plugin, cfg.model, cfg.feedback_through)
-            data = base.concat(feedback) if feedback is not None else base
+            data: Data
+            if isinstance(self.plugin, StreamingPlugin):
+                samples = self.plugin.load_samples(self.store, cfg.dataset, "train")
+                source = StoreSource(self.store.config, cfg.dataset)
+                data = IndexedDataset(self.plugin, samples, source, hp.augment, hp.seed, inline=feedback)
+                log.info("streaming %d indexed samples from s3://%s/%s/", len(samples), self.store.bucket, cfg.dataset)
+            else:
+                base = self.plugin.load_split(self.store, cfg.dataset, "train")
+                data = base.concat(feedback) if feedback is not None else base
             train_idx, val_idx = split_train_validation(len(data), hp.validation_fraction, hp.seed)
             train, val = data.subset(train_idx), data.subset(val_idx)
+            if isinstance(val, IndexedDataset):
+                val.augment = False
 
             net = self.plugin.build()
             if parent is not None:
                 where = f"s3://{self.store.bucket}/{cfg.model}/{cfg.parent_version}/{WEIGHTS_FILE}"
                 _load_weights(net, parent, where)
                 log.info("fine-tuning from parent version %s", cfg.parent_version)
+            elif isinstance(self.plugin, StreamingPlugin):
+                self.plugin.initialise(net, self.store)
+                log.info("training from the plug-in's starting weights (no parent version)")
             else:
                 log.info("training from scratch (no parent version)")
             net.to(runtime.device)
-            optimizer = torch.optim.Adam(net.parameters(), lr=hp.learning_rate)
+            optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=hp.learning_rate)
             state = self.resume_into(net, optimizer)
             resumed_from = state.epoch if state.epoch else None
 
@@ -196,14 +218,18 @@ class Trainer:
         net: nn.Module,
         optimizer: torch.optim.Optimizer,
         state: TrainingState,
-        train: Split,
-        val: Split,
+        train: Data,
+        val: Data,
         writer: BackgroundWriter | None,
         resumed_from: int | None,
     ) -> None:
         hp, runtime = self.hp, self.rt
         sampler: DistributedSampler[Any] = DistributedSampler(
-            TensorDataset(train.y), num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=hp.seed
+            TensorDataset(torch.empty(len(train))),
+            num_replicas=runtime.world_size,
+            rank=runtime.rank,
+            shuffle=True,
+            seed=hp.seed,
         )
         # batchSize is the global batch: the same hyperparameters mean the same thing on 1 or N workers.
         per_rank_batch = max(1, math.ceil(hp.batch_size / runtime.world_size))
@@ -214,15 +240,12 @@ class Trainer:
             epoch = state.epoch + 1
             sampler.set_epoch(epoch)
             index = torch.tensor(list(sampler), dtype=torch.int64)
-            x, y = train.x[index], train.y[index]
-            if hp.augment:
-                x = self.plugin.augment(x, epoch_generator(hp.seed, epoch, runtime.rank))
             model.train()
             # Summed on the device: a float() per batch would stall a GPU on every step.
             loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-            for i in range(0, len(index), per_rank_batch):
-                xb = x[i : i + per_rank_batch].to(runtime.device, non_blocking=True)
-                yb = y[i : i + per_rank_batch].to(runtime.device, non_blocking=True)
+            for xb, yb in self._batches(train, index, epoch, per_rank_batch):
+                xb = xb.to(runtime.device, non_blocking=True)
+                yb = yb.to(runtime.device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with runtime.autocast():
                     loss = F.cross_entropy(model(xb).float(), yb)
@@ -233,7 +256,7 @@ class Trainer:
             train_loss = total / count
 
             with runtime.autocast():
-                ev = self.plugin.evaluate(net, val)
+                ev = self._evaluate(net, val)
             improved = state.early_stopping.update(epoch, ev.loss)
             if improved:
                 state.best_model = _snapshot(net)
@@ -273,6 +296,30 @@ class Trainer:
                 state.early_stopping.best_epoch,
             )
 
+    def _batches(self, train: Data, index: Tensor, epoch: int, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if isinstance(train, IndexedDataset):
+            if self._train_loader is None:
+                self._train_sampler = EpochSampler(batch)
+                pin = self.rt.device.type == "cuda"
+                self._train_loader = loader(train, self._train_sampler, worker_count(), pin_memory=pin)
+            self._train_sampler.set(index.tolist(), epoch)
+            yield from self._train_loader
+            return
+        x, y = train.x[index], train.y[index]
+        if self.hp.augment:
+            x = self.plugin.augment(x, epoch_generator(self.hp.seed, epoch, self.rt.rank))
+        for i in range(0, len(index), batch):
+            yield x[i : i + batch], y[i : i + batch]
+
+    def _evaluate(self, net: nn.Module, val: Data) -> Evaluation:
+        if isinstance(val, IndexedDataset):
+            if self._val_loader is None:
+                sampler = EpochSampler(EVAL_BATCH)
+                sampler.set(range(len(val)), 0)
+                self._val_loader = loader(val, sampler, worker_count())
+            return evaluate_stream(self.plugin, net, self._val_loader, self.rt.device)
+        return self.plugin.evaluate(net, val)
+
     def _write_progress(
         self, writer: BackgroundWriter, epoch: int, loss: float, val_loss: float, val_acc: float, resumed: int | None
     ) -> None:
@@ -297,8 +344,8 @@ class Trainer:
         self,
         net: nn.Module,
         state: TrainingState,
-        train: Split,
-        val: Split,
+        train: Data,
+        val: Data,
         snapshot: Any,
         resumed_from: int | None,
         workdir: Path,
@@ -306,7 +353,7 @@ class Trainer:
         cfg = self.cfg
         _load_weights(net, state.best_model, "best weights")
         with rt.inference(self.rt):
-            ev = self.plugin.evaluate(net, val)
+            ev = self._evaluate(net, val)
         out = workdir / "version"
         out.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, out / WEIGHTS_FILE)

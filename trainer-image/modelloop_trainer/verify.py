@@ -42,6 +42,7 @@ from .config import JobConfig
 from .metrics import Evaluation
 from .plugin import ModelPlugin, Split
 from .report import TrainingMetrics
+from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ LATENCY_REQUESTS = 200
 WARMUP_REQUESTS = 20
 THROUGHPUT_BATCH = 32
 THROUGHPUT_SECONDS = 1.0
+PROBE_SAMPLES = 64  # holdout samples decoded for the probe's requests (streamed datasets)
+EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,27 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         baseline = None
         if cfg.active_version and cfg.active_version != cfg.version:
             baseline = load_version(store, plugin, cfg.model, cfg.active_version, workdir, device)
-        holdout = plugin.load_split(store, cfg.dataset, "holdout")
+        streamed: IndexedDataset | None = None
+        if isinstance(plugin, StreamingPlugin):
+            samples = plugin.load_samples(store, cfg.dataset, "holdout")
+            streamed = IndexedDataset(plugin, samples, StoreSource(store.config, cfg.dataset))
+            # The probe needs requests, not the whole holdout: a bounded sample of it, decoded.
+            first = [streamed[i] for i in range(min(PROBE_SAMPLES, len(streamed)))]
+            holdout = Split(torch.stack([x for x, _ in first]), torch.tensor([y for _, y in first]))
+        else:
+            holdout = plugin.load_split(store, cfg.dataset, "holdout")
+
+        def evaluate(net: nn.Module) -> Evaluation:
+            if streamed is None:
+                return plugin.evaluate(net, holdout)
+            sampler = EpochSampler(EVAL_BATCH)
+            sampler.set(range(len(streamed)), 0)
+            # No worker processes: forking beside the probe's running thread is unsafe; still streamed.
+            return evaluate_stream(plugin, net, loader(streamed, sampler, workers=0), device)
 
         def accuracy() -> tuple[Evaluation, Evaluation | None]:
-            cand = plugin.evaluate(candidate.net, holdout)
-            base = plugin.evaluate(baseline.net, holdout) if baseline is not None else None
+            cand = evaluate(candidate.net)
+            base = evaluate(baseline.net) if baseline is not None else None
             return cand, base
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
@@ -164,7 +183,7 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         version=cfg.version,
         manifest_digest=candidate.digest,
         baseline_version=baseline.version if baseline else None,
-        holdout_samples=len(holdout),
+        holdout_samples=len(streamed if streamed is not None else holdout),
         validation_accuracy=candidate.metrics.validation_accuracy,
         holdout_accuracy=cand_eval.accuracy,
         baseline_holdout_accuracy=base_eval.accuracy if base_eval else None,

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 from .cel import immutable, rule, validations
 from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
 from .constants import DEFAULT_PLUGIN
+from .podtemplate import PodTemplate
 from .syntax import CRON_FIELDS, CRON_SHAPE, FIVE_FIELDS, IMAGE_REFERENCE, cron_field_pattern
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -28,6 +29,7 @@ GPU = "nvidia.com/gpu"
 Quantity = Annotated[str, Field(min_length=1, max_length=64)]
 LabelValue = Annotated[str, Field(max_length=63)]
 MAX_RESOURCES = 16
+MAX_TRAININGS_PER_DAY = 100
 
 
 class CredentialsRef(ApiModel):
@@ -162,6 +164,15 @@ class TriggerSpec(ApiModel):
         ge=5,
         le=3600,
         description="How often the operator counts new feedback.",
+    )
+    max_trainings_per_day: int | None = Field(
+        default=None,
+        alias="maxTrainingsPerDay",
+        ge=1,
+        le=MAX_TRAININGS_PER_DAY,
+        description="At most this many trainings start in any rolling 24 h (retries and retrain-now included),"
+        " so a flood of reviews cannot drive unbounded GPU spend; a due training then waits, with"
+        " Training=False reason BudgetExhausted saying when the next may start. Unset: no budget.",
     )
 
 
@@ -356,6 +367,12 @@ class TrainingSpec(ApiModel):
         alias="serviceAccountName",
         pattern=DNS_SUBDOMAIN,
         description="ServiceAccount of the training pods; none needs API access.",
+    )
+    pod_template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        alias="podTemplate",
+        description="Labels, annotations, affinity, priorityClassName, imagePullSecrets, extra env and volumes"
+        " of the training and verification pods (every worker of a distributed training).",
     )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters, description="Passed to the trainer as MODELLOOP_HYPERPARAMETERS."
@@ -796,6 +813,12 @@ class RetrainPolicyStatus(ApiModel):
         default=None,
         alias="lastTrainingTime",
         description="When the last training started (minInterval counts from here).",
+    )
+    training_starts: list[datetime] = Field(
+        default_factory=list,
+        alias="trainingStarts",
+        max_length=MAX_TRAININGS_PER_DAY,
+        description="When the trainings of the last 24 h started: what triggers.maxTrainingsPerDay counts.",
     )
     last_schedule_time: datetime | None = Field(
         default=None, alias="lastScheduleTime", description="Last cron fire time of triggers.schedule handled."

@@ -8,9 +8,13 @@ secretKeyRef; the trainer gets no Kubernetes API access (no token mounted).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from modelloop.api import constants as c
+from modelloop.api.podtemplate import PodTemplate
 from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
 
 Verb = Literal["train", "verify"]
@@ -69,6 +73,27 @@ def _resources(spec: RetrainPolicySpec, verb: Verb) -> dict[str, Any]:
     return out
 
 
+def _dump(items: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    return [x.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for x in items]
+
+
+def _pod_metadata(own: dict[str, str], template: PodTemplate) -> dict[str, Any]:
+    """The operator's labels win: the CRD refuses the reserved keys, this keeps a stale object from selecting wrong."""
+    meta: dict[str, Any] = {"labels": {**template.labels, **own}}
+    if template.annotations:
+        meta["annotations"] = dict(template.annotations)
+    return meta
+
+
+def _apply_template(pod_spec: dict[str, Any], template: PodTemplate) -> None:
+    if template.affinity is not None:
+        pod_spec["affinity"] = template.affinity.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+    if template.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = _dump(template.image_pull_secrets)
+
+
 def build_job(
     *,
     policy: str,
@@ -110,7 +135,7 @@ def build_job(
         "image": t.image,
         "imagePullPolicy": t.image_pull_policy,
         "command": command,
-        "env": _env(spec, version, hyperparameters or t.hyperparameters, extra),
+        "env": _env(spec, version, hyperparameters or t.hyperparameters, extra) + _dump(t.pod_template.env),
         "resources": _resources(spec, verb),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -119,7 +144,7 @@ def build_job(
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *_dump(t.pod_template.volume_mounts)],
     }
     if workers > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": TORCHRUN_PORT}]
@@ -134,7 +159,7 @@ def build_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *_dump(t.pod_template.volumes)],
     }
     if workers > 1:
         pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -145,9 +170,10 @@ def build_job(
         pod_spec["tolerations"] = [x.model_dump(by_alias=True, exclude_none=True) for x in t.tolerations]
     if t.service_account_name:
         pod_spec["serviceAccountName"] = t.service_account_name
+    _apply_template(pod_spec, t.pod_template)
     job_spec: dict[str, Any] = {
         "backoffLimit": t.backoff_limit if verb == "train" else 1,
-        "template": {"metadata": {"labels": dict(lbl)}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(lbl, t.pod_template), "spec": pod_spec},
         # Exit code 2 is a usage/config error from the trainer: retrying cannot fix it.
         "podFailurePolicy": {
             "rules": [

@@ -16,6 +16,7 @@ from enum import Enum
 from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 
+from .budget import decide_budget
 from .rollback import decide_auto_rollback
 from .triggers import TriggerSnapshot, decide_trigger
 from .versions import in_flight
@@ -62,7 +63,10 @@ def full_pass_reason(
     if rollback and rollback != status.handled.rollback_to:
         return "RollbackRequested"
     retrain = annotations.get(retrain_annotation)
-    if retrain and retrain != status.handled.retrain_now:
+    limit = spec.triggers.max_trainings_per_day if spec is not None else None
+    # Out of budget, a due training waits: a pass before the oldest start leaves the window would only say so again.
+    budget = decide_budget(limit, status.training_starts, [], now)
+    if retrain and retrain != status.handled.retrain_now and budget.allowed:
         return "RetrainRequested"
     if status.desired is not None and status.desired.version != status.active_version:
         return "RollingOut"
@@ -74,6 +78,8 @@ def full_pass_reason(
         return "FeedbackUnreadable"
     if feedback == Feedback.NONE and _readable(status) is False:
         return "FeedbackReadableAgain"
+    if budget.allowed and _condition_reason(status, "Training") == "BudgetExhausted":
+        return "BudgetFreed"  # a training (a retry too) waited for the budget
     if spec is not None:
         trig = decide_trigger(
             spec,
@@ -91,9 +97,9 @@ def full_pass_reason(
             ),
             now,
         )
-        if trig.act:
+        if trig.act and budget.allowed:
             return "TrainingDue"
-        if trig.schedule_time is not None and trig.schedule_time != status.last_schedule_time:
+        if not trig.act and trig.schedule_time is not None and trig.schedule_time != status.last_schedule_time:
             return "ScheduleFired"
         desired = status.desired
         auto = decide_auto_rollback(
@@ -116,3 +122,7 @@ def _readable(status: RetrainPolicyStatus) -> bool | None:
         if cond.type == "FeedbackReadable":
             return cond.status == "True"
     return None
+
+
+def _condition_reason(status: RetrainPolicyStatus, kind: str) -> str | None:
+    return next((cond.reason for cond in status.conditions if cond.type == kind), None)

@@ -23,6 +23,7 @@ from modelloop.api.feedback import decode_batch
 from modelloop.api.modelversion import Phase, phase_of
 from modelloop.api.retrainpolicy import (
     MAX_QUARANTINED,
+    MAX_TRAININGS_PER_DAY,
     DesiredVersion,
     LiveAccuracy,
     QuarantinedObject,
@@ -32,6 +33,7 @@ from modelloop.api.retrainpolicy import (
 )
 from modelloop.clients import kube
 from modelloop.clients.objectstore import NotFound, ObjectStore, check_resolvable
+from modelloop.decide.budget import BudgetDecision, decide_budget, recent_starts
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
@@ -229,7 +231,15 @@ def reconcile_policy(
         new.last_schedule_time = trig.schedule_time
     retry = decide_retry(spec.retry, spec.training.hyperparameters, _newest_attempt(mvs, phases), flying, spec.suspend)
     start = decide_next_training(trig, retry)
+    new.training_starts = recent_starts(new.training_starts, now)
+    budget = decide_budget(spec.triggers.max_trainings_per_day, new.training_starts, _versions_created(mvs), now)
+    blocked = start is not None and not budget.allowed
+    if blocked:
+        start = None
+        if trig.act and trig.reason == "Schedule":
+            new.last_schedule_time = old.last_schedule_time  # the fire stays due until the budget allows it
     if start is not None:
+        new.training_starts = recent_starts([*new.training_starts, now], now)[-MAX_TRAININGS_PER_DAY:]
         version = next_version(phases, new.latest_version)
         handled_now = trig.retrain_now_handled if start.reason == trig.reason else None
         _create_version(body, spec, new, namespace, name, version, start, handled_now, now)
@@ -247,11 +257,15 @@ def reconcile_policy(
     conds = _retry_condition(retry, start, new.training_version, body, conds, now, generation, logger)
     metrics.RETRIES_EXHAUSTED.labels(*labels).set(1 if retry.exhausted and start is None else 0)
     training = new.training_version
-    conds = set_condition(
-        conds, "Training", "True" if training else "False",
-        "InFlight" if training else trig.reason,
-        f"version {training} is training or verifying" if training else trig.message, now, generation,
-    )  # fmt: skip
+    metrics.TRAINING_BUDGET_EXHAUSTED.labels(*labels).set(1 if blocked else 0)
+    if blocked:
+        conds = _budget_condition(budget, body, conds, now, generation, logger)
+    else:
+        conds = set_condition(
+            conds, "Training", "True" if training else "False",
+            "InFlight" if training else trig.reason,
+            f"version {training} is training or verifying" if training else trig.message, now, generation,
+        )  # fmt: skip
 
     # What serving sidecars may download ahead of promotion.
     new.candidate = decide_candidate(
@@ -314,6 +328,22 @@ def _series(spec: RetrainPolicySpec, new: RetrainPolicyStatus, mvs: dict[str, An
     if live_series is not None and live_series[0] != active:
         live_series = None
     return metrics.PolicySeries(active=active_series, live=live_series)
+
+
+def _budget_condition(
+    budget: BudgetDecision, body: Any, conds: list[dict[str, Any]], now: datetime, generation: int, logger: Any
+) -> list[dict[str, Any]]:
+    """``Training=False`` reason ``BudgetExhausted``, with one Warning Event when the block begins."""
+    prev = get_condition(conds, "Training")
+    if prev is None or prev["reason"] != "BudgetExhausted":
+        kopf.warn(body, reason="BudgetExhausted", message=budget.message)
+        logger.warning(budget.message)
+    return set_condition(conds, "Training", "False", "BudgetExhausted", budget.message, now, generation)
+
+
+def _versions_created(mvs: dict[str, Any]) -> list[datetime]:
+    created = (parse_rfc3339((mv.get("metadata") or {}).get("creationTimestamp")) for mv in mvs.values())
+    return [t for t in created if t is not None]
 
 
 def _newest_attempt(mvs: dict[str, Any], phases: dict[str, Phase]) -> AttemptView | None:

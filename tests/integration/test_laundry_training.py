@@ -1,0 +1,133 @@
+"""The laundry (ResNet-18) example trains for real: its generated dataset streamed from MinIO by
+DataLoader workers, transfer learning from base weights in the bucket, published like any version."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load, load_file, save
+
+from modelloop.api import constants as c
+from modelloop.api.artifacts import METRICS_FILE, VERIFICATION_FILE, WEIGHTS_FILE, Verification, version_key
+from modelloop.clients.artifactstore import fetch_version
+from modelloop.clients.objectstore import ObjectStore
+from modelloop_dev.minio import MinioServer
+from modelloop_trainer.examples.laundry import LaundryPlugin
+from modelloop_trainer.examples.laundry_data import generate, upload
+from modelloop_trainer.plugin import DatasetError
+from modelloop_trainer.streaming import IndexedDataset, StoreSource
+
+pytestmark = pytest.mark.integration
+
+PLUGIN = "modelloop_trainer.examples.laundry:LaundryPlugin"
+DATASET = "datasets/laundry"
+BASE = "base/resnet18.safetensors"
+SIZE = 64
+HP = {"epochs": 2, "batchSize": 8, "learningRate": 0.001, "seed": 3, "earlyStoppingPatience": 0}
+
+
+@pytest.fixture(scope="module")
+def laundry(
+    minio: MinioServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ObjectStore, dict[str, str]]]:
+    if not minio.alive():
+        minio.start()
+    name = f"laundry-{uuid.uuid4().hex[:10]}"
+    store = minio.store(name)
+    out = tmp_path_factory.mktemp("laundry")
+    generate(out, 30, seed=1, size=SIZE)
+    assert upload(store, out, DATASET) == 30
+    # The tests' own "pretrained" weights: random, but every backbone tensor present and recognisable.
+    base = LaundryPlugin(image_size=SIZE).build().state_dict()
+    store.put_bytes(BASE, save({k: v.contiguous() for k, v in base.items()}))
+    yield store, minio.env(name)
+    store.remove_prefix("")
+
+
+def _env(bucket_env: dict[str, str], version: str, **extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_", "RANK", "WORLD_SIZE"))}
+    return {
+        **clean,
+        **bucket_env,
+        c.ENV_MODEL: "laundry",
+        c.ENV_VERSION: version,
+        c.ENV_DATASET: DATASET,
+        c.ENV_PLUGIN: PLUGIN,
+        c.ENV_HYPERPARAMETERS: json.dumps(HP),
+        "MODELLOOP_LAUNDRY_IMAGE_SIZE": str(SIZE),
+        "MODELLOOP_LAUNDRY_BASE_WEIGHTS": BASE,
+        "MODELLOOP_DATALOADER_WORKERS": "2",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(laundry: tuple[ObjectStore, dict[str, str]]) -> subprocess.CompletedProcess[str]:
+    """laundry/v1: two epochs with a frozen backbone, trained once for the module."""
+    _, bucket_env = laundry
+    env = _env(bucket_env, "v1", MODELLOOP_LAUNDRY_FREEZE_BACKBONE="true")
+    result = subprocess.run(
+        [sys.executable, "-m", "modelloop_trainer", "train"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_resnet18_trains_from_base_weights_streamed_from_minio_and_publishes_a_version(
+    laundry: tuple[ObjectStore, dict[str, str]], trained: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    store, _ = laundry
+    assert "streaming 24 indexed samples" in trained.stderr
+    manifest = fetch_version(store, "laundry", "v1", tmp_path / "v1")
+    assert manifest.plugin == PLUGIN and {f.path for f in manifest.files} >= {WEIGHTS_FILE, METRICS_FILE}
+    metrics = json.loads((tmp_path / "v1" / METRICS_FILE).read_text())
+    assert metrics["epochsRun"] == 2 and set(metrics["perClassAccuracy"]) == {"ok", "defect"}
+    assert metrics["trainSamples"] + metrics["validationSamples"] == 24
+    assert sum(map(sum, metrics["confusionMatrix"])) == metrics["validationSamples"]
+    # Frozen backbone: the published backbone is the base, bit for bit; only the head moved.
+    weights = load_file(tmp_path / "v1" / WEIGHTS_FILE)
+    expected = load(store.get_bytes(BASE))
+    assert all((weights[k] == expected[k]).all() for k in expected if not k.startswith("fc."))
+    assert not (weights["fc.weight"] == expected["fc.weight"]).all()
+
+
+def test_the_verifier_streams_the_holdout_index_and_records_the_measurement(
+    laundry: tuple[ObjectStore, dict[str, str]], trained: subprocess.CompletedProcess[str]
+) -> None:
+    store, bucket_env = laundry
+    result = subprocess.run(
+        [sys.executable, "-m", "modelloop_trainer", "verify"],
+        env=_env(bucket_env, "v1"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    verification = Verification.model_validate_json(store.get_bytes(version_key("laundry", "v1", VERIFICATION_FILE)))
+    assert verification.holdout_samples == 6 and set(verification.per_class_accuracy) == {"ok", "defect"}
+    assert 0 <= verification.holdout_accuracy <= 1 and verification.latency_p95_ms > 0
+
+
+def test_an_object_missing_from_the_bucket_is_named(laundry: tuple[ObjectStore, dict[str, str]]) -> None:
+    store, _ = laundry
+    plugin = LaundryPlugin(image_size=SIZE)
+    rows = b'{"ref": "images/000001.png", "label": "ok"}\n{"ref": "s3://%s/elsewhere/gone.png", "label": "defect"}\n'
+    store.put_bytes("datasets/broken/train.jsonl", rows % store.bucket.encode())
+    samples = plugin.load_samples(store, "datasets/broken", "train")
+    data = IndexedDataset(plugin, samples, StoreSource(store.config, DATASET))
+    assert data[0][0].shape == (3, SIZE, SIZE)
+    with pytest.raises(
+        DatasetError, match=re.escape(f"s3://{store.bucket}/elsewhere/gone.png is listed in the index but missing")
+    ):
+        data[1]
+    with pytest.raises(DatasetError, match=re.escape("datasets/absent/holdout.jsonl is missing")):
+        plugin.load_samples(store, "datasets/absent", "holdout")
