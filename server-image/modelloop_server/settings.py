@@ -31,6 +31,9 @@ ENV_CONTROL_SOCKET = "MODELLOOP_CONTROL_SOCKET"
 ENV_REVIEW_AUTH = "MODELLOOP_REVIEW_AUTH"
 ENV_REVIEW_AUTH_SOCKET = "MODELLOOP_REVIEW_AUTH_SOCKET"
 ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
+# The operator's public key (PEM), mounted from the ConfigMap/Secret the policy's
+# spec.serving.signature.publicKey names; when set, every version must carry a valid model.sig.
+ENV_SIGNING_PUBLIC_KEY = "MODELLOOP_SIGNING_PUBLIC_KEY"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
 DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
@@ -201,6 +204,7 @@ class SidecarSettings:
     control_socket: Path
     review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
     reviewer_tokens_dir: Path | None = None  # static reviewer tokens, one file per reviewer (a Secret volume)
+    signing_public_key: Path | None = None
     keep_versions: int = 3
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
@@ -218,6 +222,7 @@ class SidecarSettings:
             control_socket=_control_socket(e, model_dir),
             review_socket=_review_socket(e, model_dir),
             reviewer_tokens_dir=Path(e[ENV_REVIEWER_TOKENS_DIR]) if e.get(ENV_REVIEWER_TOKENS_DIR) else None,
+            signing_public_key=Path(e[ENV_SIGNING_PUBLIC_KEY]) if e.get(ENV_SIGNING_PUBLIC_KEY) else None,
             keep_versions=_int(e, "MODELLOOP_KEEP_VERSIONS", 3, 2),
             retry_base_seconds=_float(e, "MODELLOOP_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_float(e, "MODELLOOP_RETRY_MAX_SECONDS", 60.0),

@@ -52,14 +52,25 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from modelloop.api import constants as c
-from modelloop.api.artifacts import ArtifactError, ManifestInvalid, check_version, parse_artifact_uri, version_prefix
+from modelloop.api.artifacts import (
+    VERIFICATION_FILE,
+    ArtifactError,
+    ManifestInvalid,
+    check_version,
+    digest_of,
+    parse_artifact_uri,
+    version_key,
+    version_prefix,
+)
+from modelloop.api.signing import SIGNATURE_FILE, SignatureMismatch, compare_signed, signed_digests
 from modelloop.clients.artifactstore import fetch_version
-from modelloop.clients.objectstore import ObjectStore, StoreConfig
+from modelloop.clients.objectstore import NotFound, ObjectStore, StoreConfig
+from modelloop.clients.signing import SignatureInvalid, SigningKeyError, verify_digests
 
 from .control import REVIEW_AUTH_SOCKET_NAME, ControlClient
 from .diskroom import REASON_NO_ROOM, VolumeLimit, disk_usage, room_decision, volume_limit
 from .memory import REASON_TOO_LARGE
-from .modeldir import clean_temp_dirs, prune, verify_local, versions_on_disk
+from .modeldir import clean_temp_dirs, prune, read_local_manifest, verify_local, versions_on_disk
 from .reviewauth import AUDIENCE, SUBRESOURCE, ReviewAuthorizer, StaticTokens, serve_review_auth
 from .settings import SettingsError, SidecarSettings
 
@@ -291,6 +302,8 @@ class Sidecar:
         self._events_lock = threading.Lock()
         self._last_event: dict[tuple[str, str], tuple[str, int]] = {}
         self._volume_limit: tuple[VolumeLimit | None] | None = None
+        self.signature_required = False
+        """The policy sets spec.serving.signature; with a public key mounted, a signature is required anyway."""
 
     # --- watch ------------------------------------------------------------------------------
 
@@ -352,6 +365,7 @@ class Sidecar:
                 self.stop.wait(delay)
 
     def _offer(self, policy: dict[str, Any]) -> None:
+        self.signature_required = bool(((policy.get("spec") or {}).get("serving") or {}).get("signature"))
         try:
             candidate = parse_candidate(policy, self.s.model)
         except DesiredError as e:
@@ -555,9 +569,57 @@ class Sidecar:
             except Exception as e:  # noqa: BLE001 — an Event is best effort; the log line is the record
                 log.warning("could not post Event %s on Pod %s (%s)", reason, self.s.pod_name, e)
 
+    def check_signature(self, d: Desired, path: Path) -> None:
+        """Before loading: ``model.sig`` must verify with the policy's public key and sign exactly these bytes.
+
+        The files on disk were checked against the manifest, and the manifest against the promoted
+        digest, so the signed digests are compared with the manifest's (no re-hashing); the
+        verification.json it binds is small and is fetched to check its digest. Not checked at
+        prefetch: the candidate is signed only once it passes its gates.
+        """
+        key = self.s.signing_public_key
+        if key is not None and not key.exists():
+            key = None  # an optional ConfigMap that is not there: the policy alone decides whether to require one
+        if key is None and not self.signature_required:
+            return
+        where = f"{d.artifact_uri}{SIGNATURE_FILE}"
+        if key is None:
+            raise RejectedForGood(
+                "the policy requires a signature (spec.serving.signature) but this sidecar has no public key: "
+                f"mount the key the policy names at {self.s.signing_public_key or 'a path'} and set "
+                "MODELLOOP_SIGNING_PUBLIC_KEY on the sidecar to it"
+            )
+        bucket, _ = parse_artifact_uri(d.artifact_uri)
+        store = self._store(bucket)
+        fetched: dict[str, bytes] = {}
+        for name in (SIGNATURE_FILE, VERIFICATION_FILE):
+            try:
+                fetched[name] = store.get_bytes(version_key(self.s.model, d.version, name))
+            except NotFound:
+                raise Rejected(
+                    f"signature check failed: {d.artifact_uri}{name} is missing, so the signature cannot be checked "
+                    "and the version is not loaded (the operator signs a version when it passes its gates: see the "
+                    "ModelVersion's Signed condition)"
+                ) from None
+            except Exception as e:  # noqa: BLE001 — MinIO unreachable and the like: heals, retry
+                raise Transient(f"cannot read {d.artifact_uri}{name}: {e}") from None
+        try:
+            manifest, digest = read_local_manifest(path)
+            if digest != d.digest:
+                raise SignatureMismatch(f"{path}/manifest.json has digest {digest}, not the promoted {d.digest}")
+            signed = verify_digests(key, fetched[SIGNATURE_FILE])
+            compare_signed(signed_digests(manifest, digest, digest_of(fetched[VERIFICATION_FILE])), signed, d.version)
+        except ArtifactError as e:
+            raise Rejected(f"signature check failed: {e}") from None
+        except SigningKeyError as e:
+            raise RejectedForGood(f"signature check failed: {e}") from None
+        except (SignatureInvalid, SignatureMismatch) as e:
+            raise RejectedForGood(f"signature check failed: {where}: {e}") from None
+
     def apply(self, d: Desired) -> None:
         prefetched = self.prefetched == d
         path = self.ensure_local(d)
+        self.check_signature(d, path)
         answer = self.reload_server(d, path)
         self.annotate_pod(d)
         if self.served != d:

@@ -627,3 +627,19 @@ def test_no_object_is_a_helm_hook(tools_bin: Path, values: list[str]) -> None:
     assert not list((CHART / "templates").glob("*hook*")) and "helm.sh/hook" not in "".join(
         p.read_text() for p in (CHART / "templates").iterdir()
     )
+
+
+def test_signing_key_is_mounted_read_only_into_the_operator_from_its_own_namespace(tools_bin: Path) -> None:
+    docs = render(tools_bin, "modelloop", "--set", "signing.keySecret=modelloop-signing")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELLOOP_SIGNING_KEY"] == "/etc/modelloop/signing/signing.key"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+    assert mount == {"name": "signing-key", "mountPath": "/etc/modelloop/signing", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"]["secretName"] == "modelloop-signing"
+    assert volume["secret"]["items"] == [{"key": "signing.key", "path": "signing.key"}]
+    unsigned = by_kind(render(tools_bin, "modelloop"), "Deployment")[0]["spec"]["template"]["spec"]
+    assert "signing-key" not in {v["name"] for v in unsigned["volumes"]}

@@ -269,6 +269,17 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
     ),
     "retry-negative-epochs": (setting(retry__extraEpochs=-1), "spec.retry.extraEpochs", "greater than or equal to 0"),
     "rollout-timeout": (setting(serving__rolloutTimeout="soon"), "spec.serving.rolloutTimeout", "should match"),
+    "signature-key-in-both": (
+        setting(serving__signature={"publicKey": {"configMapName": "k", "secretName": "k"}}),
+        "spec.serving.signature.publicKey",
+        "set exactly one of configMapName and secretName",
+    ),
+    "signature-key-nowhere": (
+        setting(serving__signature={"publicKey": {"key": "signing.pub"}}),
+        "spec.serving.signature.publicKey",
+        "set exactly one of configMapName and secretName",
+    ),
+    "signature-without-key": (setting(serving__signature={}), "spec.serving.signature.publicKey", "Required value"),
     "suspend-not-bool": (setting(suspend="yes"), "spec.suspend", "must be of type boolean"),
     "budget-zero": (
         setting(triggers__maxTrainingsPerDay=0),

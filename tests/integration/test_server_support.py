@@ -318,3 +318,27 @@ def start_server(
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 120, "server ready", proc)
     return proc, url, model_dir
+
+
+def signing_keys(directory: Path, name: str = "signing") -> tuple[Path, Path]:
+    """A fresh EC P-256 key pair as PEM files (private, public), as an operator's Secret would hold them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def require_signature(cluster: Cluster) -> None:
+    """Set ``spec.serving.signature`` on the test policy (the sidecar gets the key from its own mount)."""
+    cluster.custom.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, cluster.ns, c.RETRAINPOLICY_PLURAL, POLICY,
+        {"spec": {"serving": {"signature": {"publicKey": {"configMapName": "modelloop-signing"}}}}},
+    )  # fmt: skip

@@ -193,6 +193,13 @@ class ArtifactRef(ApiModel):
         pattern=r"^sha256:[0-9a-f]{64}$",
         description="sha256 of manifest.json; the sidecar loads nothing whose manifest differs.",
     )
+    signature_digest: str | None = Field(
+        default=None,
+        alias="signatureDigest",
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of model.sig, the operator's OpenSSF model-signing bundle over every file's "
+        "digest, the manifest and verification.json; empty while unsigned.",
+    )
 
 
 class ModelVersionStatus(ApiModel):

@@ -486,6 +486,52 @@ class VerificationSpec(ApiModel):
     )
 
 
+class PublicKeyRef(ApiModel):
+    """A PEM public key in a ConfigMap or a Secret of the policy's namespace (exactly one of the two)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "has(self.configMapName) != has(self.secretName)",
+                message="set exactly one of configMapName and secretName: where the public key (PEM) is",
+            )
+        )
+    )
+
+    config_map_name: str | None = Field(
+        default=None,
+        alias="configMapName",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="ConfigMap in the policy's namespace holding the public key.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        alias="secretName",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Secret in the policy's namespace holding the public key.",
+    )
+    key: str = Field(
+        default="signing.pub",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the ConfigMap or Secret whose value is the PEM public key (EC P-256, P-384 or P-521).",
+    )
+
+
+class SignatureSpec(ApiModel):
+    """Serve only versions the operator signed (OpenSSF model signing) with the key pair named here."""
+
+    public_key: PublicKeyRef = Field(
+        alias="publicKey",
+        description="The operator's public key. The serving Deployment mounts it into the reload sidecar "
+        "(MODELLOOP_SIGNING_PUBLIC_KEY); the sidecar refuses a version whose model.sig is missing or "
+        "does not verify with it.",
+    )
+
+
 class ServingSpec(ApiModel):
     """Where verified versions are served; the reload sidecar in each pod hot-swaps them."""
 
@@ -505,6 +551,12 @@ class ServingSpec(ApiModel):
         default=None,
         alias="feedbackCredentials",
         description="Read + feedback-write credentials for serving pods (documentation; mounted by the Deployment).",
+    )
+    signature: SignatureSpec | None = Field(
+        default=None,
+        description="Require the operator's signature on every version before it is promoted and before a "
+        "sidecar loads it. The operator signs verified versions with its private key (a Secret in the "
+        "operator's namespace, never this one); promotion waits for the signature.",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -36,15 +37,17 @@ from modelloop.api.modelversion import (
     phase_of,
 )
 from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
-from modelloop.clients import artifactstore, kube
+from modelloop.clients import artifactstore, kube, signing
 from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop.decide.conditions import set_condition
 from modelloop.decide.gates import evaluate_gates, failing_summary
 from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
+from modelloop.decide.signing import SignAction, decide_signing
 
 from .clock import utc_now
 from .stores import store_for
 
+ENV_SIGNING_KEY = "MODELLOOP_SIGNING_KEY"
 INTERVAL = float(os.environ.get("MODELLOOP_MODELVERSION_INTERVAL", "3"))
 
 
@@ -283,7 +286,8 @@ def _verifying(
     store = store_for(namespace, pspec)
     where = f"s3://{pspec.storage.bucket}/{version_key(mv.model, mv.version, VERIFICATION_FILE)}"
     try:
-        v = Verification.model_validate_json(store.get_bytes(version_key(mv.model, mv.version, VERIFICATION_FILE)))
+        raw = store.get_bytes(version_key(mv.model, mv.version, VERIFICATION_FILE))
+        v = Verification.model_validate_json(raw)
     except NotFound:
         fail(f"verification Job {new.verification_job} completed but wrote no {where}", trained=True)
         return
@@ -314,6 +318,8 @@ def _verifying(
     summary = failing_summary(results)
     new.completion_time = now
     if all(r.passed for r in results):
+        if not _sign(mv, pspec, new, store, raw, body, logger, conds):
+            return
         new.phase = Phase.VERIFIED
         new.message = f"all {len(results)} gates passed"
         conds.set("Verified", "True", "GatesPassed", new.message)
@@ -328,3 +334,47 @@ def _verifying(
         metrics.VERIFICATIONS.labels(namespace, mv.policy, "rejected").inc()
         kopf.warn(body, reason="VerificationFailed", message=new.message)
     logger.info("version %s: %s", mv.version, new.message)
+
+
+def _sign(
+    mv: ModelVersionSpec,
+    pspec: RetrainPolicySpec,
+    new: ModelVersionStatus,
+    store: ObjectStore,
+    verification: bytes,
+    body: Any,
+    logger: Any,
+    conds: _Conditions,
+) -> bool:
+    """Sign a version that passed its gates; False while a required signature cannot be made (stays Verifying).
+
+    Signed here, before the phase turns Verified, so promotion (which only takes Verified versions)
+    waits for the signature without a separate phase.
+    """
+    assert new.artifact
+    required = pspec.serving.signature is not None
+    key = os.environ.get(ENV_SIGNING_KEY, "")
+    decision = decide_signing(required, bool(key))
+    if decision.action == SignAction.SIGN:
+        try:
+            new.artifact.signature_digest = signing.sign_version(
+                store, Path(key), mv.model, mv.version, new.artifact.manifest_digest, verification
+            )
+        except signing.SigningKeyError as e:
+            decision = decide_signing(required, True, str(e))
+        else:
+            conds.set("Signed", "True", decision.reason, f"model.sig {new.artifact.signature_digest}")
+            kopf.info(body, reason="Signed", message=f"signed {mv.version}: model.sig {new.artifact.signature_digest}")
+            return True
+    if decision.reason == "NotRequired":
+        return True  # signing not set up at all: no condition, as before signing existed
+    previous = next((x for x in conds.items if x.get("type") == "Signed"), None)
+    conds.set("Signed", "False", decision.reason, decision.message)
+    if previous is None or previous.get("reason") != decision.reason:
+        kopf.warn(body, reason=decision.reason, message=decision.message)
+        logger.warning("version %s: %s", mv.version, decision.message)
+    if decision.action == SignAction.SKIP:
+        return True
+    new.message = decision.message
+    conds.set("Ready", "False", decision.reason, decision.message)
+    return False
