@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from operator_harness import Operator
+from operator_harness import ALERTS_FOR, Operator
 
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
@@ -30,9 +30,6 @@ KUBE_VERSION = next(
     for line in (REPO / "hack/versions.env").read_text().splitlines()
     if line.startswith("KUBERNETES_VERSION=")
 )  # helm template renders offline: tell it the version the tests run
-ALERTS_FOR = {"ModelloopRolloutStalled": "30s", "ModelloopLiveAccuracyLow": "10s"}
-"""The live-alert tests' ``for:`` overrides (alerts.rules.<Name>.for): long enough to cover an
-operator restart on a loaded machine, short enough to keep the tier quick."""
 
 
 @pytest.fixture(scope="session")

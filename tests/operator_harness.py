@@ -29,6 +29,9 @@ from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import ManagedProcess, http_get, wait_for
 
 POLICY = "digits"
+ALERTS_FOR = {"ModelloopRolloutStalled": "30s", "ModelloopLiveAccuracyLow": "10s"}
+"""The live-alert tests' ``for:`` overrides (alerts.rules.<Name>.for): long enough to cover an
+operator restart on a loaded machine, short enough to keep the tier quick."""
 MODEL = "digits"
 DEPLOYMENT = "web"
 

@@ -2,7 +2,7 @@
 
 promtool proves the rules over series written by hand (tests/promtool); here the series are the
 ones the processes really export. Prometheus (the ``prometheus`` fixture) runs the chart's
-PrometheusRule with ``for:`` shortened (``conftest.ALERTS_FOR``) and scrapes the
+PrometheusRule with ``for:`` shortened (``operator_harness.ALERTS_FOR``) and scrapes the
 ``modelloop-operator`` process and each serving replica (server + sidecar) with the labels the
 chart's ServiceMonitor and PodMonitor give them. As in the operator tests no kubelet runs: the test
 plays the trainer and the verifier; the replicas are local processes for the Deployment's Pods.
@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ALERTS_FOR
 from kubernetes import client
 from operator_harness import (
+    ALERTS_FOR,
     MODEL,
     POLICY,
     Operator,
