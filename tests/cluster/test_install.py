@@ -270,6 +270,7 @@ def test_rollback_annotation_brings_v1_back_with_no_failed_request(
 # it reads on this node.
 TOO_LARGE_SCRIPT = """
 import json, shutil, sys
+from modelloop.api.artifacts import WEIGHTS_FILE
 from modelloop_server.control import ControlClient
 from modelloop_server.settings import SidecarSettings
 s = SidecarSettings.from_env()
@@ -277,7 +278,7 @@ serving = sys.argv[1]
 manifest = json.loads((s.model_dir / serving / "manifest.json").read_text())
 manifest["version"] = "v99"
 for f in manifest["files"]:
-    if f["path"] == "weights.safetensors":
+    if f["path"] == WEIGHTS_FILE:
         f["size"] = 8 << 30
 dest = s.model_dir / "v99"
 dest.mkdir(exist_ok=True)
