@@ -93,6 +93,15 @@ def test_policies_counted_before_this_scheme_continue_from_their_key_cursor() ->
     assert read == [B.key] and state.seen_through is not None
 
 
+def test_after_falling_back_to_the_cursor_what_it_covers_is_never_read_again() -> None:
+    """An operator that lost the status write of a counting pass restores only the key cursor (from the
+    ModelVersion it created); the batches that pass counted, uploaded seconds ago, must not count twice."""
+    restored = CountingState(B.key, None, frozenset())
+    read, state = run([A, B], restored)
+    assert read == [] and B.key in state.recent
+    assert run([A, B, C], state)[0] == [C.key]
+
+
 def test_listing_starts_the_late_window_before_what_was_seen() -> None:
     state = CountingState(B.key, T0, frozenset())
     start = listing_start("digits", state, timedelta(hours=6))

@@ -53,6 +53,8 @@ def test_adopting_a_retrain_now_version_consumes_the_request_and_the_feedback() 
     )
     assert out.handled.retrain_now == "loop-3"
     assert out.last_schedule_time is None
+    # the upload-time state of the lost pass is gone with it: count from the restored cursor once
+    assert (out.feedback.seen_through, out.feedback.recent_keys) == (None, [])
 
 
 def test_adopting_a_feedback_version_leaves_the_retrain_now_record_alone() -> None:

@@ -67,6 +67,8 @@ def after_listing(listing: Iterable[ListedObject], state: CountingState, process
     """The state once every object ``to_process`` returned for ``listing`` is in ``processed``."""
     objects = [o for o in listing if o.key.endswith(".jsonl")]
     done = set(processed)
+    if state.seen_through is None:  # counted by key cursor until now: what sorts at or before it was processed
+        done |= {o.key for o in objects if o.key <= state.cursor}
     newest = max((o.last_modified for o in objects), default=None)
     seen = state.seen_through
     if newest is not None and (seen is None or newest - SETTLE > seen):

@@ -48,6 +48,10 @@ def adopt_unrecorded(status: RetrainPolicyStatus, lost: CreatedVersion, schedule
         out.last_training_time = lost.created_at
     if lost.feedback_through is not None:
         out.feedback.cursor = lost.feedback_through
+        # The lost write also held the upload-time state of what it counted; without it, counting by
+        # upload time would count those batches again. The cursor alone says it: fall back to it once.
+        out.feedback.seen_through = None
+        out.feedback.recent_keys = []
     out.feedback.pending_corrections = 0
     out.feedback.pending_reviews = 0
     if lost.retrain_now is not None:
