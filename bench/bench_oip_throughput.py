@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from bench import report
-from bench.bench_serving_throughput import CONCURRENCY, Server, Window, _start, _total, compare, drive
+from bench.bench_serving_throughput import CONCURRENCY, Server, _start, _total, compare, drive_rounds
 from modelloop.api import constants as c
 from modelloop_dev.processes import ManagedProcess
 from modelloop_server.synthetic import write_local_version
@@ -63,20 +63,8 @@ def start(tmp: Path) -> list[Server]:
 def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
     with tempfile.TemporaryDirectory(prefix="bench-oip-") as tmp_s:
         servers = start(Path(tmp_s))
-        windows: dict[str, list[Window]] = {s.name: [] for s in servers}
         try:
-            for s in servers:
-                drive(s, warmup)
-            for r in range(rounds):
-                for s in servers[r % len(servers) :] + servers[: r % len(servers)]:
-                    w = drive(s, seconds)
-                    windows[s.name].append(w)
-                    print(
-                        f"  round {r + 1}/{rounds} {s.name:>10}: {w.rps:7.1f} req/s, "
-                        f"p99 {report.percentile(w.latencies, 99) * 1e3:6.1f} ms, server CPU per request "
-                        f"{w.cpu_per_request * 1e3:.2f} ms; {w.failed} failed {w.errors}",
-                        flush=True,
-                    )
+            windows = drive_rounds(servers, rounds, seconds, warmup)
         finally:
             servers[0].process.stop()
     base = _total(windows[V1], seconds)

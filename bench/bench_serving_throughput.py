@@ -276,6 +276,25 @@ def _total(ws: list[Window], seconds: float) -> dict[str, float]:
     }
 
 
+def drive_rounds(servers: list[Server], rounds: int, seconds: float, warmup: float) -> dict[str, list[Window]]:
+    """Warm every server up, then drive each for ``seconds`` per round, rotating which goes first."""
+    windows: dict[str, list[Window]] = {s.name: [] for s in servers}
+    for s in servers:
+        drive(s, warmup)
+    for r in range(rounds):
+        for s in servers[r % len(servers) :] + servers[: r % len(servers)]:
+            w = drive(s, seconds)
+            windows[s.name].append(w)
+            print(
+                f"  round {r + 1}/{rounds} {s.name:>10}: {w.rps:7.1f} req/s, "
+                f"p99 {report.percentile(w.latencies, 99) * 1e3:6.1f} ms, CPU per request: server "
+                f"{w.cpu_per_request * 1e3:.2f} ms, probe {w.probe_cpu_per_request * 1e3:.2f} ms; "
+                f"{w.failed} failed {w.errors}",
+                flush=True,
+            )
+    return windows
+
+
 def compare(
     windows: dict[str, list[Window]], name: str, base_name: str, seconds: float, base: dict[str, float], note: str = ""
 ) -> tuple[dict[str, float], list[float], float]:
@@ -297,21 +316,8 @@ def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_s:
         tmp = Path(tmp_s)
         servers = start_servers(tmp, kpy)
-        windows: dict[str, list[Window]] = {s.name: [] for s in servers}
         try:
-            for s in servers:
-                drive(s, warmup)
-            for r in range(rounds):
-                for s in servers[r % len(servers) :] + servers[: r % len(servers)]:
-                    w = drive(s, seconds)
-                    windows[s.name].append(w)
-                    print(
-                        f"  round {r + 1}/{rounds} {s.name:>10}: {w.rps:7.1f} req/s, "
-                        f"p99 {report.percentile(w.latencies, 99) * 1e3:6.1f} ms, CPU per request: server "
-                        f"{w.cpu_per_request * 1e3:.2f} ms, probe {w.probe_cpu_per_request * 1e3:.2f} ms; "
-                        f"{w.failed} failed {w.errors}",
-                        flush=True,
-                    )
+            windows = drive_rounds(servers, rounds, seconds, warmup)
         finally:
             for s in servers:
                 s.process.stop()
