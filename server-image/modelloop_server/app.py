@@ -38,7 +38,7 @@ from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
 from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
-from .bodylimits import nesting_depth
+from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
@@ -79,17 +79,10 @@ async def read_json(request: Request, limit: int, max_depth: int = DEFAULT_MAX_J
     if media != "application/json":
         got = f"{media!r}" if media else "no Content-Type"
         raise Problem(415, f"Content-Type must be application/json, got {got}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        raw = await read_bounded(request, limit)
+    except BodyTooLarge as e:
+        raise Problem(413, str(e)) from None
     if not raw.strip():
         raise Problem(400, f"empty request body: send a JSON object like {_EXAMPLE}")
     depth = nesting_depth(raw)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from starlette.requests import Request
 
 # A JSON string, unrolled so that the match is linear in its length: brackets inside strings do not nest.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -32,3 +33,22 @@ def nesting_depth(raw: bytes) -> int:
     a = np.frombuffer(brackets, np.uint8)
     steps = np.where((a == _OPEN[0]) | (a == _OPEN[1]), 1, -1).astype(np.int64)
     return int(np.cumsum(steps).max())
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit; the message says by how much it may be (answer 413)."""
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes ``limit`` bytes: declared or streamed, never buffered past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -40,7 +40,7 @@ from torch import Tensor
 from modelloop_trainer.plugin import InputError, ModelPlugin
 
 from .batching import RETRY_AFTER_SECONDS, Overloaded
-from .bodylimits import nesting_depth
+from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .metrics import NO_VERSION
 from .model import LoadedModel
 from .settings import DEFAULT_MAX_JSON_DEPTH
@@ -419,17 +419,10 @@ def render_outputs(
 async def _read_body(request: Request, limit: int) -> bytes:
     if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
         raise OIPError(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send it plain")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise OIPError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OIPError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_bounded(request, limit)
+    except BodyTooLarge as e:
+        raise OIPError(413, str(e)) from None
 
 
 def _serving(request: Request) -> Serving:
