@@ -247,12 +247,6 @@ class Driver:
         self.promoted.append(v)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN REGRESSION (issue 17, counting feedback by upload time): after some SIGKILLs a feedback batch "
-    "is counted twice and starts a spurious training (replay: MODELLOOP_FAULT_SEED=3770381633, v10 starts on 6 "
-    "corrections instead of 3). Fix first next session, then remove this mark.",
-)
 def test_operator_sigkilled_at_random_points_across_20_loops(
     control_plane: ControlPlane, minio: MinioServer, namespace: str, bucket: str, api: client.ApiClient, tmp_path: Path
 ) -> None:

@@ -31,7 +31,9 @@ def obj(cut: datetime, uploaded: datetime, suffix: str = "aa", size: int = 100) 
 
 
 def run(listing: list[ListedObject], state: CountingState) -> tuple[list[str], CountingState]:
-    """One complete pass: what it reads, and the state it leaves."""
+    """One complete pass over what the store lists from ``listing_start``: what it reads, the state it leaves."""
+    start = listing_start("digits", state, timedelta(hours=6))
+    listing = [o for o in listing if start is None or o.key > start]
     read = [o.key for o in to_process(listing, state)]
     return read, after_listing(listing, state, read)
 
@@ -88,7 +90,7 @@ def test_a_partial_pass_keeps_what_it_counted() -> None:
 
 def test_policies_counted_before_this_scheme_continue_from_their_key_cursor() -> None:
     old = CountingState(A.key, None, frozenset())
-    assert listing_start("digits", old, timedelta(hours=6)) == A.key
+    assert listing_start("digits", old, timedelta(hours=6)) is None, "the whole prefix, once"
     read, state = run([B], old)
     assert read == [B.key] and state.seen_through is not None
 
@@ -100,6 +102,17 @@ def test_after_falling_back_to_the_cursor_what_it_covers_is_never_read_again() -
     read, state = run([A, B], restored)
     assert read == [] and B.key in state.recent
     assert run([A, B, C], state)[0] == [C.key]
+
+
+def test_after_falling_back_with_a_new_batch_the_ones_the_cursor_covers_are_still_not_read_again() -> None:
+    """The SIGKILL fault test's seed 3770381633: the restored cursor's pass also finds a new batch, so it
+    leaves cursor mode; the covered batches uploaded within the settle time must go into ``recent``."""
+    restored = CountingState(B.key, None, frozenset())
+    c_soon = obj(T0 + 62 * S, T0 + 63 * S, "c")
+    read, state = run([A, B, c_soon], restored)
+    assert read == [c_soon.key] and state.seen_through is not None
+    assert B.key in state.recent
+    assert run([A, B, c_soon], state)[0] == []
 
 
 def test_listing_starts_the_late_window_before_what_was_seen() -> None:

@@ -15,7 +15,10 @@ An object is processed iff it was uploaded after ``seen_through`` and is not in 
 listing starts at the key named ``late_window`` before ``seen_through``: a batch uploaded more
 than that after its key's time is not seen (it is still trained on: the trainer reads every key up
 to its bound). Both are in the policy's status, so a restarted operator neither skips nor recounts.
-A policy counted before this scheme (``seen_through`` unset) counts after its key cursor once.
+A policy counted before this scheme, or whose upload-time state was lost with a status write
+(``seen_through`` unset), counts after its key cursor once, from a listing of the whole prefix: the
+batches at or before the cursor that were uploaded in the last ``SETTLE`` must be in that listing to
+be remembered in ``recent``, or the next pass would count them again.
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ class CountingState:
 
 
 def listing_start(model: str, state: CountingState, late_window: timedelta) -> str | None:
-    """``start_after`` of the listing: ``late_window`` before what was seen, or the old key cursor."""
+    """``start_after`` of the listing: ``late_window`` before what was seen; the whole prefix in cursor mode."""
     if state.seen_through is None:
-        return state.cursor or None
+        return None
     return key_at(model, state.seen_through - late_window)
 
 
