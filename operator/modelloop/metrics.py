@@ -1,11 +1,25 @@
-"""Every Prometheus metric the operator exports, defined once (documented in docs/metrics.md)."""
+"""Every Prometheus metric the operator exports, defined once (documented in docs/metrics.md).
+
+Two kinds. Counters and histograms count what this process did (trainings started, rollbacks,
+reconcile errors) and start at 0 with it. State gauges (the active version, pending feedback, live
+accuracy, a version's phase, exhausted retries or budget) are not set by the reconcile: the
+:class:`StateCollector` derives them at every scrape from the policies' and ModelVersions' status
+as the watch delivered it, so they are right from the first scrape after a restart, and a
+series goes away with the status field or the object it came from.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("modelloop.metrics")
 
 _P = ("namespace", "policy")
 
@@ -36,33 +50,15 @@ ROLLOUT_DURATION = Histogram(
     _P,
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
-ACTIVE_VERSION = Gauge(
-    "modelloop_active_version_info", "1 for the active version of each policy.", [*_P, "model", "version", "digest"]
-)
-PENDING_CORRECTIONS = Gauge("modelloop_feedback_pending_corrections", "Corrections since the last training.", _P)
 FEEDBACK_QUARANTINED = Counter(
     "modelloop_feedback_quarantined_total",
     "Feedback objects skipped as malformed or oversized (not counted, not trained on).",
     _P,
 )
-PENDING_REVIEWS = Gauge("modelloop_feedback_pending_reviews", "Reviews since the last training.", _P)
-LIVE_ACCURACY = Gauge(
-    "modelloop_live_accuracy", "Reviewed accuracy of the active version since its promotion.", [*_P, "version"]
-)
 TRAINING_RETRIES = Counter(
     "modelloop_training_retries_total",
     "Retries started after a failed or rejected training (reason: Failed or Rejected).",
     [*_P, "reason"],
-)
-RETRIES_EXHAUSTED = Gauge(
-    "modelloop_training_retries_exhausted",
-    "1 while the newest version failed or was rejected on its last allowed attempt (spec.retry.maxAttempts).",
-    _P,
-)
-TRAINING_BUDGET_EXHAUSTED = Gauge(
-    "modelloop_training_budget_exhausted",
-    "1 while a due training waits because triggers.maxTrainingsPerDay trainings started in the last 24 h.",
-    _P,
 )
 RECONCILE_ERRORS = Counter(
     "modelloop_reconcile_errors_total", "Reconcile passes that raised (kind, error type).", [*_P, "kind", "error"]
@@ -76,43 +72,169 @@ LEADER_TRANSITIONS = Counter(
 )
 
 
+# --- state gauges, derived from status at every scrape -------------------------------------------
+
+STATUS_FIELDS = ("activeVersion", "desired", "feedback", "liveAccuracy", "conditions")
+"""The RetrainPolicy status fields the state gauges read (all a watch cache needs to keep)."""
+
+
 @dataclass(frozen=True)
-class PolicySeries:
-    """The per-version series one policy exports; what a full pass publishes, replacing the last."""
+class VersionState:
+    """A ModelVersion as the watch last delivered it."""
 
-    active: tuple[str, str, str] | None = None
-    """(model, version, digest) of the active version."""
-    live: tuple[str, float] | None = None
-    """(version, accuracy) of the active version's live accuracy, once reviews measured it."""
-
-
-_published: dict[tuple[str, str], PolicySeries] = {}
+    version: str
+    phase: str
+    digest: str | None = None
+    """status.artifact.manifestDigest, once training published a manifest."""
 
 
-def publish_policy(namespace: str, policy: str, series: PolicySeries) -> None:
-    """Set a policy's per-version series from its status, removing the ones of retired versions.
+@dataclass(frozen=True)
+class PolicyState:
+    """A RetrainPolicy's status (the API server's, or this replica's own last write) and its versions."""
 
-    Called by every full pass, so a restarted operator exports the active version again at its
-    first pass (the stalled-rollout alert compares every serving pod's digest with it), and a
-    version that stops being active leaves no stale live-accuracy series behind.
+    namespace: str
+    name: str
+    model: str
+    status: Mapping[str, Any]
+    versions: tuple[VersionState, ...] = field(default=())
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    p = ["namespace", "policy"]
+    fams = [
+        GaugeMetricFamily(
+            "modelloop_active_version_info",
+            "1 for the active version of each policy (status.activeVersion and its manifest digest).",
+            labels=[*p, "model", "version", "digest"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_desired_version_info",
+            "1 for the version serving pods are told to load (status.desired); differs from the active one mid-rollout.",
+            labels=[*p, "model", "version", "digest", "reason"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_feedback_pending_corrections", "Corrections since the last training (status.feedback).", labels=p
+        ),
+        GaugeMetricFamily(
+            "modelloop_feedback_pending_reviews", "Reviews since the last training (status.feedback).", labels=p
+        ),
+        GaugeMetricFamily(
+            "modelloop_live_accuracy",
+            "Reviewed accuracy of the active version since its promotion (status.liveAccuracy).",
+            labels=[*p, "version"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_training_retries_exhausted",
+            "1 while the newest version failed or was rejected on its last allowed attempt (condition RetriesExhausted).",
+            labels=p,
+        ),
+        GaugeMetricFamily(
+            "modelloop_training_budget_exhausted",
+            "1 while a due training waits because triggers.maxTrainingsPerDay trainings started in the last 24 h"
+            " (condition Training, reason BudgetExhausted).",
+            labels=p,
+        ),
+        GaugeMetricFamily(
+            "modelloop_version_phase",
+            "1 for each ModelVersion, labelled with its status.phase; gone once the version is deleted (retention).",
+            labels=[*p, "version", "phase"],
+        ),
+    ]
+    return {f.name: f for f in fams}
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def _policy_samples(p: PolicyState) -> list[tuple[str, list[str], float]]:
+    """(family, label values, value) of one policy; raises on a status it cannot read."""
+    st = p.status
+    ids = [p.namespace, p.name]
+    out: list[tuple[str, list[str], float]] = []
+    active = st.get("activeVersion")
+    desired = st.get("desired") or {}
+    digests = {v.version: v.digest for v in p.versions}
+    if active:
+        digest = desired.get("manifestDigest") if desired.get("version") == active else digests.get(active)
+        if digest:
+            out.append(("modelloop_active_version_info", [*ids, p.model, active, digest], 1))
+    if desired.get("version") and desired.get("manifestDigest"):
+        labels = [*ids, p.model, desired["version"], desired["manifestDigest"], desired.get("reason") or ""]
+        out.append(("modelloop_desired_version_info", labels, 1))
+    feedback = st.get("feedback") or {}
+    out.append(("modelloop_feedback_pending_corrections", ids, float(feedback.get("pendingCorrections") or 0)))
+    out.append(("modelloop_feedback_pending_reviews", ids, float(feedback.get("pendingReviews") or 0)))
+    live = st.get("liveAccuracy") or {}
+    # Measured for the active version only: a version that stopped being active has no series.
+    if active and live.get("version") == active and live.get("accuracy") is not None:
+        out.append(("modelloop_live_accuracy", [*ids, active], float(live["accuracy"])))
+    exhausted = _condition(st, "RetriesExhausted").get("status") == "True"
+    out.append(("modelloop_training_retries_exhausted", ids, 1 if exhausted else 0))
+    blocked = _condition(st, "Training").get("reason") == "BudgetExhausted"
+    out.append(("modelloop_training_budget_exhausted", ids, 1 if blocked else 0))
+    for v in sorted(p.versions, key=lambda v: v.version):
+        out.append(("modelloop_version_phase", [*ids, v.version, v.phase], 1))
+    return out
+
+
+def state_families(policies: Iterable[PolicyState]) -> list[Metric]:
+    """The state gauges of these policies; every family, empty ones included (``describe`` uses them)."""
+    fams = _families()
+    for p in policies:
+        try:
+            found = _policy_samples(p)
+        except (TypeError, ValueError, AttributeError) as e:
+            # A status this version cannot read must cost that policy's series, not the whole scrape.
+            log.warning(
+                "no state metrics for %s/%s: unreadable status: %s: %s", p.namespace, p.name, type(e).__name__, e
+            )
+            continue
+        for name, labels, value in found:
+            fams[name].add_metric(labels, value)
+    return list(fams.values())
+
+
+_acting = False
+
+
+def set_leader(acting: bool) -> None:
+    """Whether this replica acts: ``modelloop_operator_leader``, and whether it exports the state gauges.
+
+    A standby runs no watch, so it would export nothing anyway; during a hand-over the replica
+    that stops acting stops exporting at once, so two replicas never both report a policy's state
+    (the alert rules aggregate with max/min/unless by namespace and policy, so a scrape that
+    overlaps still counts each policy once).
     """
-    key = (namespace, policy)
-    old = _published.get(key, PolicySeries())
-    if old.active is not None and old.active != series.active:
-        ACTIVE_VERSION.remove(namespace, policy, *old.active)
-    if old.live is not None and (series.live is None or old.live[0] != series.live[0]):
-        LIVE_ACCURACY.remove(namespace, policy, old.live[0])
-    if series.active is not None:
-        ACTIVE_VERSION.labels(namespace, policy, *series.active).set(1)
-    if series.live is not None:
-        LIVE_ACCURACY.labels(namespace, policy, series.live[0]).set(series.live[1])
-    _published[key] = series
+    global _acting
+    _acting = acting
+    LEADER.set(1 if acting else 0)
 
 
-def forget_policy(namespace: str, policy: str) -> None:
-    """Remove every per-policy series (the policy is deleted, or this replica stopped acting for it)."""
-    publish_policy(namespace, policy, PolicySeries())
-    _published.pop((namespace, policy), None)
-    for gauge in (PENDING_CORRECTIONS, PENDING_REVIEWS, RETRIES_EXHAUSTED, TRAINING_BUDGET_EXHAUSTED):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, policy)
+class StateCollector(Collector):
+    """Yields the state gauges from a snapshot of the watched status, fresh at every scrape."""
+
+    def __init__(self, source: Callable[[], Iterable[PolicyState]]) -> None:
+        self.source = source
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(state_families(()))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(state_families(self.source() if _acting else ()))
+
+
+_collector: StateCollector | None = None
+
+
+def register_state_source(source: Callable[[], Iterable[PolicyState]]) -> None:
+    """Exports the state gauges from ``source`` (the operator's watch caches); a second call replaces it."""
+    global _collector
+    if _collector is None:
+        _collector = StateCollector(source)
+        REGISTRY.register(_collector)
+    else:
+        _collector.source = source

@@ -24,6 +24,7 @@ METRIC_MODULES = [ROOT / "operator/modelloop/metrics.py", ROOT / "server-image/m
 SUFFIXES = {
     "Counter": ("_total",),
     "Gauge": ("",),
+    "GaugeMetricFamily": ("",),  # the state gauges metrics.StateCollector derives from status
     "Histogram": ("_bucket", "_sum", "_count"),
     "Summary": ("_sum", "_count"),
 }

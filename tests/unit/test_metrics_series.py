@@ -1,70 +1,213 @@
-"""Per-version series stay true: a retired version's series goes away, the active one is always exported."""
+"""The state gauges are a pure function of status: status dicts in, samples out.
+
+They are what ``modelloop.metrics.StateCollector`` yields at every scrape from the watch caches, so
+a restarted operator exports them from what the API server holds, and a series goes away with the
+status field or the object it came from (a retired version's live accuracy, a pruned version's
+phase, a deleted policy's everything).
+"""
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from prometheus_client import REGISTRY
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from modelloop import metrics
-from modelloop.metrics import PolicySeries, forget_policy, publish_policy
+from modelloop.metrics import PolicyState, StateCollector, VersionState, state_families
 
-D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+D1, D2, D3 = ("sha256:" + d * 64 for d in "123")
+Sample = tuple[str, tuple[tuple[str, str], ...], float]
 
 
-def _active(ns: str) -> dict[str, str]:
-    """version -> digest of every modelloop_active_version_info series of the namespace."""
+def samples(policies: Iterable[PolicyState]) -> set[Sample]:
+    return {(s.name, tuple(sorted(s.labels.items())), s.value) for f in state_families(policies) for s in f.samples}
+
+
+def s(name: str, value: float, **labels: str) -> Sample:
+    return (name, tuple(sorted({"namespace": "ns", "policy": "p", **labels}.items())), value)
+
+
+def quiet(corrections: float = 0, reviews: float = 0, retries: float = 0, budget: float = 0) -> set[Sample]:
+    """The four per-policy gauges every policy has, whatever its status."""
     return {
-        s.labels["version"]: s.labels["digest"]
-        for fam in REGISTRY.collect()
-        if fam.name == "modelloop_active_version_info"
-        for s in fam.samples
-        if s.labels["namespace"] == ns and s.value == 1
+        s("modelloop_feedback_pending_corrections", corrections),
+        s("modelloop_feedback_pending_reviews", reviews),
+        s("modelloop_training_retries_exhausted", retries),
+        s("modelloop_training_budget_exhausted", budget),
     }
 
 
-def _live(ns: str) -> dict[str, float]:
-    return {
-        s.labels["version"]: s.value
-        for fam in REGISTRY.collect()
-        if fam.name == "modelloop_live_accuracy"
-        for s in fam.samples
-        if s.labels["namespace"] == ns
-    }
+def policy(status: Mapping[str, Any], *versions: VersionState) -> PolicyState:
+    return PolicyState("ns", "p", "digits", status, versions)
 
 
-def test_promotion_replaces_both_series_of_the_retired_version() -> None:
-    ns = "t-" + secrets.token_hex(4)
-    publish_policy(ns, "p", PolicySeries(active=("m", "v1", D1), live=("v1", 0.93)))
-    assert (_active(ns), _live(ns)) == ({"v1": D1}, {"v1": 0.93})
+DESIRED_V2 = {"version": "v2", "manifestDigest": D2, "reason": "Promotion", "artifactURI": "s3://b/digits/v2/"}
+CASES: list[tuple[str, PolicyState, set[Sample]]] = [
+    ("a new policy, no status yet", policy({}), quiet()),
+    (
+        "training v1: its phase, nothing active",
+        policy({"feedback": {"pendingCorrections": 7, "pendingReviews": 9}}, VersionState("v1", "Training")),
+        quiet(7, 9) | {s("modelloop_version_phase", 1, version="v1", phase="Training")},
+    ),
+    (
+        "after a restart: status alone names the active version; digest from its ModelVersion",
+        policy({"activeVersion": "v1"}, VersionState("v1", "Active", D1)),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v1", digest=D1),
+            s("modelloop_version_phase", 1, version="v1", phase="Active"),
+        },
+    ),
+    (
+        "active without a known digest (its ModelVersion not watched yet): no info series rather than a wrong one",
+        policy({"activeVersion": "v1"}),
+        quiet(),
+    ),
+    (
+        "mid-rollout: v1 active, v2 desired, each with its own digest",
+        policy(
+            {"activeVersion": "v1", "desired": DESIRED_V2},
+            VersionState("v1", "Active", D1),
+            VersionState("v2", "Promoting", D2),
+        ),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v1", digest=D1),
+            s("modelloop_desired_version_info", 1, model="digits", version="v2", digest=D2, reason="Promotion"),
+            s("modelloop_version_phase", 1, version="v1", phase="Active"),
+            s("modelloop_version_phase", 1, version="v2", phase="Promoting"),
+        },
+    ),
+    (
+        "promoted: the active digest is the desired one's",
+        policy({"activeVersion": "v2", "desired": DESIRED_V2}, VersionState("v2", "Active", None)),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v2", digest=D2),
+            s("modelloop_desired_version_info", 1, model="digits", version="v2", digest=D2, reason="Promotion"),
+            s("modelloop_version_phase", 1, version="v2", phase="Active"),
+        },
+    ),
+    (
+        "live accuracy of the active version",
+        policy(
+            {"activeVersion": "v1", "liveAccuracy": {"version": "v1", "reviews": 10, "correct": 9, "accuracy": 0.9}},
+            VersionState("v1", "Active", D1),
+        ),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v1", digest=D1),
+            s("modelloop_live_accuracy", 0.9, version="v1"),
+            s("modelloop_version_phase", 1, version="v1", phase="Active"),
+        },
+    ),
+    (
+        "v1 retired, v2 not reviewed yet: no live series for either (v1's is gone, not frozen)",
+        policy(
+            {"activeVersion": "v2", "liveAccuracy": {"version": "v1", "accuracy": 0.9}},
+            VersionState("v1", "Superseded", D1),
+            VersionState("v2", "Active", D2),
+        ),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v2", digest=D2),
+            s("modelloop_version_phase", 1, version="v1", phase="Superseded"),
+            s("modelloop_version_phase", 1, version="v2", phase="Active"),
+        },
+    ),
+    (
+        "reviews counted but no accuracy yet: no live series",
+        policy(
+            {"activeVersion": "v1", "liveAccuracy": {"version": "v1", "reviews": 0}}, VersionState("v1", "Active", D1)
+        ),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v1", digest=D1),
+            s("modelloop_version_phase", 1, version="v1", phase="Active"),
+        },
+    ),
+    (
+        "v1 pruned by retention: its phase series is gone with its ModelVersion",
+        policy({"activeVersion": "v3"}, VersionState("v2", "Superseded", D2), VersionState("v3", "Active", D3)),
+        quiet()
+        | {
+            s("modelloop_active_version_info", 1, model="digits", version="v3", digest=D3),
+            s("modelloop_version_phase", 1, version="v2", phase="Superseded"),
+            s("modelloop_version_phase", 1, version="v3", phase="Active"),
+        },
+    ),
+    (
+        "retries exhausted (condition True)",
+        policy({"conditions": [{"type": "RetriesExhausted", "status": "True", "reason": "RetriesExhausted"}]}),
+        quiet(retries=1),
+    ),
+    (
+        "retrying again after exhaustion (condition False)",
+        policy({"conditions": [{"type": "RetriesExhausted", "status": "False", "reason": "NewAttempt"}]}),
+        quiet(),
+    ),
+    (
+        "budget exhausted: Training=False reason BudgetExhausted",
+        policy({"conditions": [{"type": "Training", "status": "False", "reason": "BudgetExhausted"}]}),
+        quiet(budget=1),
+    ),
+    (
+        "budget freed: Training=True InFlight",
+        policy({"conditions": [{"type": "Training", "status": "True", "reason": "InFlight"}]}),
+        quiet(),
+    ),
+]
 
-    # v2 promoted: no reviews of it yet, so no live series; v1's is gone rather than frozen at 0.93.
-    publish_policy(ns, "p", PolicySeries(active=("m", "v2", D2), live=None))
-    assert (_active(ns), _live(ns)) == ({"v2": D2}, {})
 
-    publish_policy(ns, "p", PolicySeries(active=("m", "v2", D2), live=("v2", 0.5)))
-    publish_policy(ns, "p", PolicySeries(active=("m", "v2", D2), live=("v2", 0.6)))
-    assert _live(ns) == {"v2": 0.6}
+@pytest.mark.parametrize(("case", "state", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_state_gauges_from_status(case: str, state: PolicyState, expected: set[Sample]) -> None:
+    assert samples([state]) == expected
 
 
-def test_a_restarted_operator_exports_the_active_version_at_its_first_pass() -> None:
-    """The module state is what a restart loses: a pass from status alone rebuilds the series."""
-    ns = "t-" + secrets.token_hex(4)
-    publish_policy(ns, "p", PolicySeries(active=("m", "v3", D1)))
-    metrics._published.clear()  # a new process knows nothing of what the last one exported
-    for fam in (metrics.ACTIVE_VERSION, metrics.LIVE_ACCURACY):
-        fam.clear()
-    assert _active(ns) == {}
-    publish_policy(ns, "p", PolicySeries(active=("m", "v3", D1)))
-    assert _active(ns) == {"v3": D1}
+def test_policies_are_independent_and_a_deleted_one_leaves_nothing() -> None:
+    a = PolicyState("ns", "a", "m", {"activeVersion": "v1"}, (VersionState("v1", "Active", D1),))
+    b = PolicyState("ns", "b", "n", {"liveAccuracy": {"version": "v7", "accuracy": 0.5}, "activeVersion": "v7"})
+    both, only_b = samples([a, b]), samples([b])
+    assert {x for x in both if ("policy", "a") in x[1]} and not {x for x in only_b if ("policy", "a") in x[1]}
+    assert {x for x in both if ("policy", "b") in x[1]} == only_b
 
 
-def test_policies_are_independent_and_forgotten_on_deletion() -> None:
-    ns = "t-" + secrets.token_hex(4)
-    publish_policy(ns, "a", PolicySeries(active=("m", "v1", D1), live=("v1", 0.9)))
-    publish_policy(ns, "b", PolicySeries(active=("n", "v7", D2)))
-    metrics.RETRIES_EXHAUSTED.labels(ns, "a").set(1)
-    forget_policy(ns, "a")
-    assert (_active(ns), _live(ns)) == ({"v7": D2}, {})
-    assert REGISTRY.get_sample_value("modelloop_training_retries_exhausted", {"namespace": ns, "policy": "a"}) is None
-    forget_policy(ns, "a")  # twice (a daemon stopped and its policy deleted) is harmless
+def test_an_unreadable_status_costs_its_policy_not_the_scrape() -> None:
+    bad = PolicyState(
+        "ns",
+        "bad",
+        "m",
+        {
+            "activeVersion": "v1",
+            "desired": {"version": "v1", "manifestDigest": D1},
+            "feedback": {"pendingCorrections": "many"},
+        },
+    )
+    good = policy({"activeVersion": "v1"}, VersionState("v1", "Active", D1))
+    assert samples([bad, good]) == samples([good])
+
+
+def test_every_family_is_described_even_when_empty() -> None:
+    names = {f.name for f in state_families(())}
+    assert "modelloop_active_version_info" in names and "modelloop_live_accuracy" in names
+    assert all(not f.samples for f in state_families(()))
+
+
+def test_the_collector_exports_only_while_this_replica_acts() -> None:
+    """A standby (or a leader handing over) exports no state: only one replica reports a policy."""
+    state = policy({"activeVersion": "v1"}, VersionState("v1", "Active", D1))
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: [state]))
+    try:
+        metrics.set_leader(False)
+        assert b"modelloop_active_version_info{" not in generate_latest(registry)
+        metrics.set_leader(True)
+        text = generate_latest(registry).decode()
+        assert (
+            f'modelloop_active_version_info{{digest="{D1}",model="digits",namespace="ns",policy="p",version="v1"}} 1.0'
+            in text
+        )
+    finally:
+        metrics.set_leader(False)

@@ -180,7 +180,7 @@ class Elector:
                 if outcome.action is not Action.WAIT:
                     waited = self._monotonic() - started
                     self._leading_since = self._monotonic()
-                    metrics.LEADER.set(1)
+                    metrics.set_leader(True)
                     metrics.LEADER_TRANSITIONS.inc()
                     log.info(
                         "became leader of lease %s after %.1f s as standby: %s; starting the handlers",
@@ -339,7 +339,7 @@ class Elector:
             return False
 
         self._held = None
-        metrics.LEADER.set(0)
+        metrics.set_leader(False)
         fut = asyncio.get_running_loop().run_in_executor(self._pool, give_up)
         await asyncio.wait({fut}, timeout=cfg.renew_deadline)
         if fut.done() and fut.exception() is None and fut.result():

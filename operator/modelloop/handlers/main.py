@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         "namespaces": [] if args.all_namespaces else namespaces,
     }
     if election is None:
-        metrics.LEADER.set(1)
+        metrics.set_leader(True)
         # kopf's default identity comes from getpass.getuser(), which fails for a uid without a
         # passwd entry (the images run as 65532): name the process ourselves.
         identity = os.environ.get("POD_NAME") or socket.gethostname()
@@ -275,7 +275,7 @@ def _exit_lost(cfg: ElectionConfig, lost: Lost) -> NoReturn:
     exits, in-flight handler passes die with it, and the kubelet restarts it as a standby. The
     handlers are level-based and idempotent, so the next leader simply continues.
     """
-    metrics.LEADER.set(0)
+    metrics.set_leader(False)
     log.error("lost lease %s: %s; exiting so that only one replica acts", cfg.lease, lost.why)
     _flush_and_exit(LOST_LEASE_EXIT_CODE)
 

@@ -14,6 +14,10 @@ and the watched ModelVersion phases: an idle policy costs no API request at all.
 A full pass reads the policy fresh from the API server (the watched copy may lag behind the
 daemon's own last write), and so stays level-based and idempotent. A full pass at least every
 ``MODELLOOP_POLICY_RESYNC`` seconds is the safety net for anything not watched.
+
+The same watch caches feed the operator's state gauges (:func:`state_snapshot`, read by
+:class:`modelloop.metrics.StateCollector` at every scrape): right after a start they hold what
+the API server holds, before any pass has run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import random
 import time
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import kopf
 from pydantic import ValidationError
@@ -53,11 +57,27 @@ RESYNC = float(os.environ.get("MODELLOOP_POLICY_RESYNC", "600"))
 MAX_BACKOFF = 60.0
 
 PolicyKey = tuple[str, str]
+
+
+class WatchedVersion(NamedTuple):
+    version: str
+    phase: Phase
+    digest: str | None
+
+
+class WatchedPolicy(NamedTuple):
+    model: str
+    status: dict[str, Any]
+    """Only the fields the state gauges read (metrics.STATUS_FIELDS), copied from the event."""
+
+
 _wakers: dict[PolicyKey, asyncio.Event] = {}
-# (namespace, policy) -> ModelVersion name -> (version, phase), from the watch. Not a kopf index:
-# kopf holds every handler back until its indexes are pre-populated, in time that grows faster
-# than the square of the object count (minutes for 4,000 ModelVersions).
-_versions: dict[PolicyKey, dict[str, tuple[str, Phase]]] = {}
+# (namespace, policy) -> ModelVersion name -> its version, phase and digest, from the watch. Not a
+# kopf index: kopf holds every handler back until its indexes are pre-populated, in time that
+# grows faster than the square of the object count (minutes for 4,000 ModelVersions).
+_versions: dict[PolicyKey, dict[str, WatchedVersion]] = {}
+_policies: dict[PolicyKey, WatchedPolicy] = {}
+_loops: dict[PolicyKey, PolicyLoop] = {}
 
 
 def _wake(key: PolicyKey) -> None:
@@ -78,14 +98,47 @@ async def modelversion_changed(
     if event.get("type") == "DELETED":
         _versions.get(key, {}).pop(name, None)
     else:
-        _versions.setdefault(key, {})[name] = (version, phase_of(status))
+        digest = (status.get("artifact") or {}).get("manifestDigest")
+        _versions.setdefault(key, {})[name] = WatchedVersion(version, phase_of(status), digest)
     _wake(key)
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL)
-async def retrainpolicy_changed(namespace: str | None, name: str | None, **_: Any) -> None:
-    if namespace and name:
-        _wake((namespace, name))
+async def retrainpolicy_changed(
+    event: kopf.RawEvent, namespace: str | None, name: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> None:
+    """Keeps ``_policies`` current (for the state gauges) and wakes the policy's daemon."""
+    if not namespace or not name:
+        return
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        _policies.pop(key, None)
+    else:
+        picked = {k: status[k] for k in metrics.STATUS_FIELDS if status.get(k) is not None}
+        _policies[key] = WatchedPolicy(str(spec.get("model") or ""), copy.deepcopy(picked))
+    _wake(key)
+
+
+def state_snapshot() -> list[metrics.PolicyState]:
+    """Every watched policy with its versions, for a scrape (called on the metrics server's thread).
+
+    The status is this replica's own last write where its daemon has one (it is the status's only
+    writer, and the watch may deliver that write late), else the watched one. The dicts are
+    copied with ``list()`` (atomic under the GIL) and never mutated in place, only replaced.
+    """
+    out = []
+    for key, watched in list(_policies.items()):
+        loop = _loops.get(key)
+        written = loop.written if loop is not None else None
+        status = written if written is not None else watched.status
+        versions = tuple(
+            metrics.VersionState(v.version, v.phase.value, v.digest) for v in list(_versions.get(key, {}).values())
+        )
+        out.append(metrics.PolicyState(key[0], key[1], watched.model, status, versions))
+    return out
+
+
+metrics.register_state_source(state_snapshot)
 
 
 @kopf.daemon(c.GROUP, c.VERSION, c.RETRAINPOLICY_PLURAL, cancellation_timeout=30)
@@ -102,18 +155,19 @@ async def retrainpolicy_daemon(
     wake = asyncio.Event()
     _wakers[key] = wake
     loop = PolicyLoop(namespace, name, logger)
+    _loops[key] = loop
     try:
         while not stopped:
             wake.clear()  # before the step: an event during the step wakes the next one at once
             snapshot = copy.deepcopy(dict(body))
-            phases = dict(_versions.get(key, {}).values())
+            phases = {v.version: v.phase for v in _versions.get(key, {}).values()}
             delay = await asyncio.to_thread(loop.step, snapshot, phases)
             await _sleep(wake, stopped, delay)
     finally:
         if _wakers.get(key) is wake:
             del _wakers[key]
-            # Deleted, or this replica stopped acting: whoever acts next exports the policy's series.
-            metrics.forget_policy(namespace, name)
+        if _loops.get(key) is loop:
+            del _loops[key]
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:

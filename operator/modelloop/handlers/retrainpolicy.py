@@ -255,9 +255,7 @@ def reconcile_policy(
             kopf.info(body, reason="TrainingStarted", message=f"{version}: {start.message}")
         logger.info("starting %s: %s", version, start.message)
     conds = _retry_condition(retry, start, new.training_version, body, conds, now, generation, logger)
-    metrics.RETRIES_EXHAUSTED.labels(*labels).set(1 if retry.exhausted and start is None else 0)
     training = new.training_version
-    metrics.TRAINING_BUDGET_EXHAUSTED.labels(*labels).set(1 if blocked else 0)
     if blocked:
         conds = _budget_condition(budget, body, conds, now, generation, logger)
     else:
@@ -306,28 +304,7 @@ def reconcile_policy(
     else:
         conds = set_condition(conds, "Ready", "True", "Serving", f"serving {new.active_version}", now, generation)
     new.observed_generation = generation
-    metrics.PENDING_CORRECTIONS.labels(*labels).set(new.feedback.pending_corrections)
-    metrics.PENDING_REVIEWS.labels(*labels).set(new.feedback.pending_reviews)
-    metrics.publish_policy(namespace, name, _series(spec, new, mvs))
     return _diff(old, new, conds)
-
-
-def _series(spec: RetrainPolicySpec, new: RetrainPolicyStatus, mvs: dict[str, Any]) -> metrics.PolicySeries:
-    """The per-version metrics as status says they are (rebuilt by every pass, a restart's first included)."""
-    active_series: tuple[str, str, str] | None = None
-    active = new.active_version
-    if active is not None:
-        if new.desired is not None and new.desired.version == active:
-            digest: str | None = new.desired.manifest_digest
-        else:
-            digest = (((mvs.get(active) or {}).get("status") or {}).get("artifact") or {}).get("manifestDigest")
-        if digest:
-            active_series = (spec.model, active, digest)
-    live = new.live_accuracy
-    live_series = (live.version, live.accuracy) if live.version and live.accuracy is not None else None
-    if live_series is not None and live_series[0] != active:
-        live_series = None
-    return metrics.PolicySeries(active=active_series, live=live_series)
 
 
 def _budget_condition(
