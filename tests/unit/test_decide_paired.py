@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from modelloop.api.retrainpolicy import ShadowRolloutSpec
 from modelloop.decide.paired import (
     DEFAULT_MIN_REVIEWS,
     PairedSettings,
@@ -20,6 +21,7 @@ from modelloop.decide.paired import (
     discordance_lower_bound,
     discordance_upper_bound,
     look_level,
+    paired_settings,
 )
 
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
@@ -108,6 +110,12 @@ def test_a_zero_margin_is_mcnemars_test() -> None:
     assert d.p_promote == pytest.approx(11 / 1024)
     # identical models are never shown to be "not worse" with no margin to spend
     assert decide_paired(_tally(60, 0, 0, 0), settings, NOW, NOW).verdict == Verdict.COLLECT
+
+
+def test_the_defaults_are_the_policy_defaults() -> None:
+    assert paired_settings(ShadowRolloutSpec()) == DEFAULTS
+    spec = ShadowRolloutSpec.model_validate({"minReviews": 50, "margin": 0.0, "alpha": 0.01, "maxDuration": "36h"})
+    assert paired_settings(spec) == PairedSettings(50, 0.0, 0.01, timedelta(hours=36))
 
 
 def test_negative_counts_are_refused() -> None:

@@ -42,6 +42,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from modelloop.api.retrainpolicy import ShadowRolloutSpec
+
+from .durations import parse_duration
+
 DEFAULT_MIN_REVIEWS = 200
 DEFAULT_MARGIN = 0.02
 DEFAULT_ALPHA = 0.05
@@ -106,6 +110,16 @@ class PairedDecision:
     """p-value against "worse by the margin or more" (small: promote)."""
     p_reject: float | None = None
     """p-value against "no worse than the margin" (small: reject)."""
+
+
+def paired_settings(spec: ShadowRolloutSpec) -> PairedSettings:
+    """``spec.rollout.shadow`` (the schema has checked every field) as the decision's settings."""
+    return PairedSettings(
+        min_reviews=spec.min_reviews,
+        margin=spec.margin,
+        alpha=spec.alpha,
+        max_duration=parse_duration(spec.max_duration),
+    )
 
 
 def _log_pmf(k: int, n: int, p: float) -> float:
@@ -186,7 +200,7 @@ def discordance_upper_bound(m: int, n: int, alpha: float) -> float:
     if m >= n:
         return 1.0
     if m == 0:
-        return 1 - alpha ** (1 / n)
+        return 1.0 - float(alpha ** (1 / n))
     return _solve(lambda q: binomial_lower_tail(m, n, q) - alpha, m / n, 1.0)
 
 
@@ -196,7 +210,7 @@ def discordance_lower_bound(m: int, n: int, alpha: float) -> float:
     if m <= 0:
         return 0.0
     if m >= n:
-        return alpha ** (1 / n)
+        return float(alpha ** (1 / n))
     return _solve(lambda q: binomial_upper_tail(m, n, q) - alpha, 0.0, m / n)
 
 
@@ -207,8 +221,8 @@ def _pi0(q: float, margin: float) -> float:
 
 def look_level(reviews: int, min_reviews: int, alpha: float) -> float:
     """``alpha / 2^(k+1)`` where ``k`` counts the doublings of the reviews past ``min_reviews``."""
-    k = max(0, int(math.floor(math.log2(reviews / min_reviews)))) if reviews >= min_reviews else 0
-    return alpha / 2 ** (k + 1)
+    k = max(0, (reviews // min_reviews).bit_length() - 1)
+    return alpha / float(2 ** (k + 1))
 
 
 def decide_paired(
