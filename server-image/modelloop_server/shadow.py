@@ -196,24 +196,33 @@ class ShadowScorer:
                 tuple(predicted[at : at + n].tolist()),
             )
             at += n
-            self._record(pair)
+            self._record(pair, counted=self._shadow() is model)
 
-    def _record(self, pair: ShadowPair) -> None:
-        m, v = self._metrics, pair.candidate_version
+    def _record(self, pair: ShadowPair, counted: bool) -> None:
+        """Keep and announce the pair; count it only while its model is still the shadow (a pass in
+        flight when the candidate was promoted or withdrawn must not bring its forgotten series back)."""
+        v = pair.candidate_version
+        scored = agreed = 0
         with self._lock:
             self._pairs[pair.request_id] = pair
             self._pairs.move_to_end(pair.request_id)
             while len(self._pairs) > self._pairs_kept:
                 self._pairs.popitem(last=False)
-            scored, agreed = self._counts.get(v, (0, 0))
-            scored, agreed = scored + len(pair.active), agreed + pair.agreed
-            self._counts[v] = (scored, agreed)
-        m.shadow_scored.labels(v).inc()
-        m.shadow_predictions.labels(v).inc(len(pair.active))
-        m.shadow_agreed.labels(v).inc(pair.agreed)
-        m.shadow_agreement.labels(v).set(agreed / scored if scored else 0.0)
+            if counted:
+                scored, agreed = self._counts.get(v, (0, 0))
+                scored, agreed = scored + len(pair.active), agreed + pair.agreed
+                self._counts[v] = (scored, agreed)
+        if counted:
+            self._count(pair, scored, agreed)
         for listener in self._listeners:
             try:
                 listener(pair)
             except Exception as e:  # noqa: BLE001 — a listener's bug must not stop shadow scoring
                 log.warning("shadow pair listener %r failed: %s", listener, e)
+
+    def _count(self, pair: ShadowPair, scored: int, agreed: int) -> None:
+        m, v = self._metrics, pair.candidate_version
+        m.shadow_scored.labels(v).inc()
+        m.shadow_predictions.labels(v).inc(len(pair.active))
+        m.shadow_agreed.labels(v).inc(pair.agreed)
+        m.shadow_agreement.labels(v).set(agreed / scored if scored else 0.0)

@@ -30,7 +30,7 @@ else changes: serving is untouched, and the promotion (if it comes) tries the do
 
 Shadow: once the candidate is on disk and passes the same checks a promotion makes (manifest
 digest, hashes, and the signature when the policy or a mounted key requires one; an unsigned
-candidate is retried every ``SHADOW_RETRY_SECONDS`` until the operator signs it), the sidecar asks
+candidate is retried with backoff, at least every ``SHADOW_RETRY_SECONDS``, until the operator signs it), the sidecar asks
 the server (``POST /v1/shadow``) to load it beside the serving model, where it scores live inputs
 off the response path (:mod:`modelloop_server.shadow`). The server refuses it with 409 when it
 would not fit in the memory limit (Event ``ShadowSkipped``; serving and promotion are unaffected).
@@ -713,11 +713,8 @@ class Sidecar:
             return
         except (Rejected, Transient) as e:
             self._shadow_attempts += 1
-            delay = (
-                SHADOW_RETRY_SECONDS
-                if isinstance(e, Rejected)
-                else backoff(self._shadow_attempts, self.s.retry_base_seconds, self.s.retry_max_seconds)
-            )
+            cap = min(SHADOW_RETRY_SECONDS, self.s.retry_max_seconds)
+            delay = backoff(self._shadow_attempts, self.s.retry_base_seconds, cap)
             self._shadow_retry_at = time.monotonic() + delay
             log.info("candidate %s not loaded as the shadow yet (%s); retry in %.0fs", d, e, delay)
             return

@@ -6,21 +6,42 @@ a withdrawn candidate is unloaded, and a saturated shadow queue drops shadow wor
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from test_server_support import Cluster, control, publish_versions, start_server
+from test_server_support import (
+    MODEL,
+    Cluster,
+    control,
+    publish_versions,
+    require_signature,
+    signing_keys,
+    start_server,
+)
 
+from modelloop.api import constants as c
+from modelloop.api.artifacts import VERIFICATION_FILE, version_key
+from modelloop.clients.objectstore import ObjectStore
+from modelloop.clients.signing import sign_version
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import wait_for
+from modelloop_server.settings import ENV_SIGNING_PUBLIC_KEY
 
 pytestmark = pytest.mark.integration
 
 DIGIT = [float((i * 7) % 17) for i in range(64)]
+
+
+def _sign(store: ObjectStore, key: Path, version: str, digest: str) -> None:
+    """What the operator does when a version passes its gates (as tests/integration/test_sidecar_signature.py)."""
+    verification = json.dumps({"version": version, "manifestDigest": digest, "holdoutAccuracy": 0.95}).encode()
+    store.put_bytes(version_key(MODEL, version, VERIFICATION_FILE), verification)
+    sign_version(store, key, MODEL, version, digest, verification)
 
 
 def _shadow(model_dir: Path) -> dict[str, Any]:
@@ -107,6 +128,49 @@ def test_candidate_is_scored_in_the_shadow_then_promoted_without_a_second_load(
         wait_for(lambda: _shadow_version(replica.model_dir) is None, 60, "the withdrawn v3 unloaded", replica.sidecar)
         assert replica.serving() == "v2"
         assert all(r.status_code == 200 for r in _predict_many(replica.base, 20, 4))
+    finally:
+        replica.stop()
+        cluster.close()
+
+
+def test_only_a_signed_candidate_is_shadowed_when_signatures_are_required(
+    control_plane: ControlPlane, minio: MinioServer, namespace: str, bucket: str, tmp_path: Path
+) -> None:
+    store = minio.store(bucket)
+    private, public = signing_keys(tmp_path)
+    other, _ = signing_keys(tmp_path, "attacker")
+    digests = publish_versions(minio, bucket, ["v1", "v2", "v3"])
+    _sign(store, private, "v1", digests["v1"])
+    _sign(store, other, "v3", digests["v3"])  # signed, with a key the policy does not name
+    cluster = Cluster(control_plane, namespace, minio, bucket)
+    require_signature(cluster)
+    pod = "digits-0"
+    replica = cluster.start_replica(
+        tmp_path, pod, "v1", digests["v1"], sidecar_env={ENV_SIGNING_PUBLIC_KEY: str(public)}
+    )
+    try:
+        # v2 is being verified: prefetched, but not shadowed until the operator signs it
+        cluster.patch_status({"candidate": cluster.ref("v2", digests["v2"])})
+        wait_for(
+            lambda: "v2 (" in replica.sidecar.log_path.read_text()
+            and "not loaded as the shadow yet" in replica.sidecar.log_path.read_text(),
+            60, "the sidecar to hold back the unsigned v2", replica.sidecar,
+        )  # fmt: skip
+        assert cluster.pod_annotations(pod).get(c.ANNOTATION_PREFETCHED_DIGEST) == digests["v2"]
+        assert _shadow_version(replica.model_dir) is None, "an unsigned candidate was loaded"
+        _sign(store, private, "v2", digests["v2"])
+        wait_for(lambda: _shadow_version(replica.model_dir) == "v2", 60, "the signed v2 shadowed", replica.sidecar)
+
+        # a candidate signed with another key is never loaded; the withdrawn v2 is unloaded
+        cluster.patch_status({"candidate": cluster.ref("v3", digests["v3"])})
+
+        def skipped() -> list[str]:
+            return [e.message or "" for e in cluster.events(pod) if e.reason == "ShadowSkipped"]
+
+        wait_for(lambda: bool(skipped()), 60, "a ShadowSkipped Event for v3", replica.sidecar)
+        assert "v3" in skipped()[0] and "signature" in skipped()[0], skipped()
+        wait_for(lambda: _shadow_version(replica.model_dir) is None, 30, "v2 unloaded", replica.sidecar)
+        assert replica.serving() == "v1"
     finally:
         replica.stop()
         cluster.close()
