@@ -550,7 +550,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             shadow=ShadowScorer(
                 lambda: holder.shadow,
                 m,
-                settings.shadow_queue_requests,
+                settings.shadow_queue_rows,
                 settings.shadow_pairs_kept,
                 settings.shadow_batch_rows,
             ),

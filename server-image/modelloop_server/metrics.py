@@ -137,7 +137,7 @@ class ServerMetrics:
         self.shadow_dropped = Counter(
             "modelloop_server_shadow_dropped_requests",
             "Answered requests the shadow candidate did not score because its queue was full "
-            "(MODELLOOP_SHADOW_QUEUE): shadow work is shed under load so that answers never wait for it. "
+            "(MODELLOOP_SHADOW_QUEUE_ROWS input rows): shadow work is shed under load so that answers never wait for it. "
             "A high share only thins the paired sample; raise the queue or add CPU if reviews come too slowly.",
             ["candidate"],
             registry=r,

@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,24 +69,29 @@ class _Job:
 
 
 class ShadowScorer:
-    """A bounded queue and one worker thread scoring queued requests on the shadow model.
+    """A queue bounded in input rows and one worker thread scoring queued requests on the shadow model.
 
-    ``shadow`` is read at submit time (the holder's attribute, rebound atomically on load and
-    unload), so a request is scored by the candidate that was loaded when it was answered.
+    Bounded in rows, not requests, as the inference queue is: a queue of large image batches must
+    not hold gigabytes of inputs. ``shadow`` is read at submit time (the holder's attribute,
+    rebound atomically on load and unload), so a request is scored by the candidate that was
+    loaded when it was answered.
     """
 
     def __init__(
         self,
         shadow: Callable[[], LoadedModel | None],
         metrics: ServerMetrics,
-        queue_requests: int = 256,
+        queue_rows: int = 256,
         pairs_kept: int = 10_000,
         batch_rows: int = 64,
     ) -> None:
         self._shadow = shadow
         self._metrics = metrics
-        self._queue: queue.Queue[_Job | None] = queue.Queue(max(1, queue_requests))
-        self._enabled = queue_requests > 0
+        self._jobs: deque[_Job] = deque()
+        self._rows = 0
+        self._max_rows = queue_rows
+        self._cond = threading.Condition()
+        self._closed = False
         self._pairs: OrderedDict[str, ShadowPair] = OrderedDict()
         self._pairs_kept = pairs_kept
         self._batch_rows = batch_rows
@@ -98,19 +102,19 @@ class ShadowScorer:
         self._started = False
 
     def start(self) -> None:
-        if self._enabled and not self._started:
+        if self._max_rows > 0 and not self._started:
             self._started = True
             self._worker.start()
 
     def close(self) -> None:
-        """Stop the worker after the job in hand; queued shadow work is abandoned (it was optional)."""
-        if not self._started:
-            return
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        self._queue.put(None)
-        self._worker.join(timeout=10)
+        """Stop the worker after the pass in hand; queued shadow work is abandoned (it was optional)."""
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._rows = 0
+            self._cond.notify_all()
+        if self._started:
+            self._worker.join(timeout=10)
 
     def add_listener(self, listener: Callable[[ShadowPair], None]) -> None:
         """``listener(pair)`` runs on the shadow thread for every scored request; it must not block for long."""
@@ -121,17 +125,22 @@ class ShadowScorer:
         model = self._shadow()
         if model is None or model is active:
             return
-        if not self._enabled:
-            self._metrics.shadow_dropped.labels(model.version).inc()
-            return
-        try:
-            self._queue.put_nowait(_Job(model, request_id, active.version, x, probs))
-        except queue.Full:
+        rows = x.shape[0]
+        with self._cond:
+            # an empty queue takes a request of any size, as the inference queue does
+            full = self._closed or self._max_rows <= 0 or bool(self._jobs and self._rows + rows > self._max_rows)
+            if not full:
+                self._jobs.append(_Job(model, request_id, active.version, x, probs))
+                self._rows += rows
+                self._cond.notify()
+        if full:
             self._metrics.shadow_dropped.labels(model.version).inc()
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for the shadow model."""
+        with self._cond:
+            return len(self._jobs)
 
     def pair(self, request_id: str) -> ShadowPair | None:
         with self._lock:
@@ -158,22 +167,21 @@ class ShadowScorer:
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICE)
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            batch = [job]
-            rows = job.x.shape[0]
-            with contextlib.suppress(queue.Empty):
-                while rows < self._batch_rows:
-                    more = self._queue.get_nowait()
-                    if more is None:
-                        self._score(batch)
-                        return
-                    if more.model is not job.model:
-                        self._score(batch)
-                        batch, rows, job = [], 0, more
-                    batch.append(more)
-                    rows += more.x.shape[0]
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = [self._jobs.popleft()]
+                rows = batch[0].x.shape[0]
+                while (
+                    self._jobs
+                    and self._jobs[0].model is batch[0].model
+                    and rows + self._jobs[0].x.shape[0] <= self._batch_rows
+                ):
+                    rows += self._jobs[0].x.shape[0]
+                    batch.append(self._jobs.popleft())
+                self._rows -= rows
             self._score(batch)
 
     def _score(self, batch: list[_Job]) -> None:

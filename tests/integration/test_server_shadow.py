@@ -178,7 +178,7 @@ def test_only_a_signed_candidate_is_shadowed_when_signatures_are_required(
 
 def test_a_saturated_shadow_queue_drops_shadow_work_and_no_request(tmp_path: Path) -> None:
     proc, url, model_dir = start_server(
-        tmp_path, current="v1", MODELLOOP_SHADOW_QUEUE="1", MODELLOOP_SHADOW_BATCH_ROWS="1"
+        tmp_path, current="v1", MODELLOOP_SHADOW_QUEUE_ROWS="8", MODELLOOP_SHADOW_BATCH_ROWS="1"
     )
     try:
         r = control(model_dir, "POST", "/v1/shadow", {"version": "v2", "path": str(model_dir / "v2")})
@@ -204,7 +204,9 @@ def test_a_saturated_shadow_queue_drops_shadow_work_and_no_request(tmp_path: Pat
             )
 
         wait_for(settled, 30, "every request scored or dropped", proc)
-        assert value("modelloop_server_shadow_dropped_requests_total") > 0, "a queue of 1 under 16 clients never filled"
+        assert value("modelloop_server_shadow_dropped_requests_total") > 0, (
+            "a queue of one request under 16 clients never filled"
+        )
         assert value("modelloop_server_shadow_scored_requests_total") > 0
         r = control(model_dir, "DELETE", "/v1/shadow")
         assert r.status_code == 200 and r.json()["unloaded"] == "v2" and r.json()["shadow"] is None

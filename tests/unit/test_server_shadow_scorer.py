@@ -66,7 +66,7 @@ def test_unloading_the_shadow_leaves_serving_alone(holder: ModelHolder, tmp_path
 def test_scored_pairs_match_both_models_on_the_same_input(holder: ModelHolder, tmp_path: Path) -> None:
     holder.load_shadow("v3", tmp_path / "v3")
     metrics = ServerMetrics()
-    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_requests=64, pairs_kept=1000)
+    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_rows=64, pairs_kept=1000)
     heard: list[ShadowPair] = []
     done = threading.Event()
 
@@ -111,7 +111,7 @@ def test_scored_pairs_match_both_models_on_the_same_input(holder: ModelHolder, t
 def test_a_full_queue_drops_shadow_work_without_blocking(holder: ModelHolder, tmp_path: Path) -> None:
     holder.load_shadow("v2", tmp_path / "v2")
     metrics = ServerMetrics()
-    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_requests=3)  # not started: nothing drains the queue
+    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_rows=3)  # not started: nothing drains the queue
     active = holder.current
     assert active is not None
     x = torch.zeros((1, 64))
@@ -123,7 +123,7 @@ def test_a_full_queue_drops_shadow_work_without_blocking(holder: ModelHolder, tm
 
 def test_nothing_is_queued_without_a_shadow(holder: ModelHolder) -> None:
     metrics = ServerMetrics()
-    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_requests=3)
+    scorer = ShadowScorer(lambda: holder.shadow, metrics, queue_rows=3)
     active = holder.current
     assert active is not None
     x = torch.zeros((1, 64))
