@@ -317,6 +317,9 @@ class Sidecar:
         self._shadow_refused: Desired | None = None
         self._shadow_retry_at = 0.0
         self._shadow_attempts = 0
+        self._server_shadow_known = False
+        """False until the server's own shadow has been asked for: a restarted sidecar must not leave one
+        loaded for a candidate withdrawn while it was down."""
         self.prefetch_wake = threading.Event()
         self._events_lock = threading.Lock()
         self._last_event: dict[tuple[str, str], tuple[str, int]] = {}
@@ -686,6 +689,8 @@ class Sidecar:
     def sync_shadow(self) -> None:
         """Make the server's shadow model the prefetched candidate, or none when the candidate is withdrawn."""
         d = self.candidate
+        if not self._server_shadow_known:
+            self._learn_server_shadow()
         old = self.shadowed
         if old is not None and old != d and old not in (self.desired, self.pending, self.served):
             self.unload_shadow(old)
@@ -727,6 +732,26 @@ class Sidecar:
             "it answers no client",
             warning=False,
         )
+
+    def _learn_server_shadow(self) -> None:
+        """Unload a shadow the server still holds for a candidate withdrawn while this sidecar was down.
+
+        One the candidate still names is left loaded: asking for it again costs no load.
+        """
+        try:
+            status, raw = self.control.request("GET", "/v1/shadow", timeout=5)
+            version = ((json.loads(raw).get("shadow") or {}).get("version") if status == 200 else None) or None
+        except (OSError, ValueError, AttributeError):
+            return  # the server is not up yet: ask again on the next pass
+        self._server_shadow_known = True
+        keep = {v.version for v in (self.candidate, self.desired, self.pending, self.served) if v is not None}
+        if version is not None and version not in keep:
+            log.info("the model server still shadows %s, which is no longer the candidate; unloading it", version)
+            try:
+                self.control.request("DELETE", "/v1/shadow", timeout=30)
+            except OSError as e:
+                self._server_shadow_known = False
+                log.warning("cannot unload the stale shadow %s yet (%s); retrying", version, e)
 
     def shadow_server(self, d: Desired, path: Path) -> dict[str, Any]:
         body = json.dumps({"version": d.version, "path": str(path)}).encode()

@@ -127,6 +127,15 @@ def test_candidate_is_scored_in_the_shadow_then_promoted_without_a_second_load(
         cluster.patch_status({"candidate": None})
         wait_for(lambda: _shadow_version(replica.model_dir) is None, 60, "the withdrawn v3 unloaded", replica.sidecar)
         assert replica.serving() == "v2"
+
+        # withdrawn while the sidecar is down: the restarted sidecar unloads what the server still shadows
+        cluster.patch_status({"candidate": cluster.ref("v3", digests["v3"])})
+        wait_for(lambda: _shadow_version(replica.model_dir) == "v3", 60, "v3 shadowed again", replica.sidecar)
+        replica.sidecar.stop()
+        cluster.patch_status({"candidate": None})
+        replica.sidecar.start()
+        wait_for(lambda: _shadow_version(replica.model_dir) is None, 60, "the stale v3 unloaded", replica.sidecar)
+        assert replica.serving() == "v2"
         assert all(r.status_code == 200 for r in _predict_many(replica.base, 20, 4))
     finally:
         replica.stop()
