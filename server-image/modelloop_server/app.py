@@ -43,11 +43,12 @@ from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
-from .model import LoadedModel, ModelHolder
+from .model import LoadedModel, ModelHolder, SwapResult
 from .modeldir import startup_version, write_current
 from .oip import routes as oip_routes
 from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
 from .settings import DEFAULT_MAX_JSON_DEPTH, ENV_REVIEW_AUTH, ServerSettings, SettingsError
+from .shadow import ShadowScorer
 
 log = logging.getLogger("modelloop_server")
 
@@ -158,17 +159,25 @@ class Serving:
     flush_wakeup: asyncio.Event
     reviews: ReviewGate
     auth_pool: ThreadPoolExecutor
+    shadow: ShadowScorer
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(model.version, model.digest).set(1)
         self.metrics.ready.set(1)
+        self.publish_shadow()
         try:
             write_current(self.settings.model_dir, model.version)
         except OSError as e:
             log.warning(
                 "cannot record the serving version in %s (%s); a restart loads the newest", self.settings.model_dir, e
             )
+
+    def publish_shadow(self) -> None:
+        self.metrics.shadow_info.clear()
+        shadow, cur = self.holder.shadow, self.holder.current
+        if shadow is not None:
+            self.metrics.shadow_info.labels(shadow.version, shadow.digest, cur.version if cur else NO_VERSION).set(1)
 
 
 def _headers(model: LoadedModel, request_id: str) -> dict[str, str]:
@@ -204,6 +213,7 @@ async def predict(request: Request) -> Response:
         headers = {"X-Request-Id": request_id, **p.headers}
         return json_response({"error": p.message, "requestId": request_id}, p.status, headers)
     assert model is not None
+    s.shadow.submit(request_id, model, x, probs)
     answers = _answer(probs, s.plugin.class_names)
     body: dict[str, Any] = {"requestId": request_id, "version": model.version, "digest": model.digest}
     if batched:
@@ -282,23 +292,7 @@ async def reload(request: Request) -> Response:
     """Served on the control socket only (see :mod:`modelloop_server.control`): the public port has no such route."""
     s: Serving = request.app.state.serving
     try:
-        body = await read_json(request, 64 << 10)
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("version"), str)
-            or not isinstance(body.get("path"), str)
-        ):
-            raise Problem(422, 'reload body must be {"version": "v<N>", "path": "<dir under the model dir>"}')
-        try:
-            version = check_version(body["version"])
-        except ValueError as e:
-            raise Problem(422, str(e)) from None
-        root = s.settings.model_dir.resolve()
-        path = Path(body["path"]).resolve()
-        if not path.is_relative_to(root) or path == root:
-            raise Problem(403, f"path {body['path']!r} is not a version directory under {root}")
-        if not path.is_dir():
-            raise Problem(404, f"{path} does not exist")
+        version, path = _version_dir(s, await read_json(request, 64 << 10), "reload")
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(s.load_pool, s.holder.load, version, path)
@@ -314,15 +308,21 @@ async def reload(request: Request) -> Response:
             raise Problem(422, str(e)) from None
     except Problem as p:
         return json_response({"error": p.message}, p.status)
+    if result.from_shadow:
+        s.shadow.forget(result.model.version)
     if result.replaced is not None or not result.from_memory:
-        s.metrics.swaps.labels("memory" if result.from_memory else "loaded").inc()
+        s.metrics.swaps.labels(_swap_kind(result)).inc()
         s.metrics.swap_seconds.observe(result.swap_seconds)
         if not result.from_memory:
             s.metrics.load_seconds.observe(result.model.load_seconds)
     s.publish(result.model)
     old = result.replaced.version if result.replaced else None
     how = (
-        "kept in memory, no load" if result.from_memory else f"loaded and warmed up in {result.model.load_seconds:.3f}s"
+        "promoted from the shadow, no second load"
+        if result.from_shadow
+        else "kept in memory, no load"
+        if result.from_memory
+        else f"loaded and warmed up in {result.model.load_seconds:.3f}s"
     )
     log.info(
         "now serving %s (%s), replacing %s; %s, swap %.1fµs",
@@ -334,10 +334,101 @@ async def reload(request: Request) -> Response:
             "digest": result.model.digest,
             "previous": old,
             "fromMemory": result.from_memory,
+            "fromShadow": result.from_shadow,
             "loadSeconds": result.model.load_seconds,
             "swapSeconds": result.swap_seconds,
         }
     )
+
+
+def _swap_kind(result: SwapResult) -> str:
+    return "shadow" if result.from_shadow else "memory" if result.from_memory else "loaded"
+
+
+def _version_dir(s: Serving, body: Any, what: str) -> tuple[str, Path]:
+    """(version, directory) from a reload or shadow body, with the same checks for both."""
+    if not isinstance(body, dict) or not isinstance(body.get("version"), str) or not isinstance(body.get("path"), str):
+        raise Problem(422, f'{what} body must be {{"version": "v<N>", "path": "<dir under the model dir>"}}')
+    try:
+        version = check_version(body["version"])
+    except ValueError as e:
+        raise Problem(422, str(e)) from None
+    root = s.settings.model_dir.resolve()
+    path = Path(body["path"]).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise Problem(403, f"path {body['path']!r} is not a version directory under {root}")
+    if not path.is_dir():
+        raise Problem(404, f"{path} does not exist")
+    return version, path
+
+
+def _shadow_state(s: Serving) -> dict[str, Any]:
+    shadow, cur = s.holder.shadow, s.holder.current
+    out: dict[str, Any] = {"active": cur.version if cur else None, "shadow": None, "queued": s.shadow.queued}
+    if shadow is not None:
+        scored, agreed = s.shadow.counts(shadow.version)
+        out["shadow"] = {
+            "version": shadow.version,
+            "digest": shadow.digest,
+            "predictions": scored,
+            "agreed": agreed,
+            "agreement": agreed / scored if scored else None,
+        }
+    return out
+
+
+async def shadow_load(request: Request) -> Response:
+    """Control socket only: load the candidate beside the serving model to score live inputs in the shadow."""
+    s: Serving = request.app.state.serving
+    try:
+        version, path = _version_dir(s, await read_json(request, 64 << 10), "shadow")
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(s.load_pool, s.holder.load_shadow, version, path)
+        except ModelTooLarge as e:
+            return _too_large(s, e)
+        except ArtifactError as e:
+            s.metrics.reload_refusals.labels(REFUSED_INVALID).inc()
+            log.error("refused to load %s from %s as the shadow: %s; serving is unaffected", version, path, e)
+            raise Problem(422, str(e)) from None
+    except Problem as p:
+        return json_response({"error": p.message}, p.status)
+    if result.replaced is not None and result.replaced is not result.model:
+        s.shadow.forget(result.replaced.version)
+    s.publish_shadow()
+    if result.replaced is not result.model:
+        how = "kept in memory, no load" if result.from_memory else f"loaded in {result.model.load_seconds:.3f}s"
+        log.info(
+            "shadow scoring %s (%s) beside %s; %s", result.model.version, result.model.digest,
+            s.holder.current.version if s.holder.current else "nothing", how,
+        )  # fmt: skip
+    return json_response({**_shadow_state(s), "fromMemory": result.from_memory})
+
+
+async def shadow_unload(request: Request) -> Response:
+    """Control socket only: stop shadow scoring (the candidate was withdrawn)."""
+    s: Serving = request.app.state.serving
+    old = s.holder.unload_shadow()
+    if old is not None:
+        s.shadow.forget(old.version)
+        log.info("stopped shadow scoring %s", old.version)
+    s.publish_shadow()
+    return json_response({**_shadow_state(s), "unloaded": old.version if old else None})
+
+
+async def shadow_get(request: Request) -> Response:
+    """Control socket only: the shadow's tallies, and with ``?requestId=`` that request's prediction pair."""
+    s: Serving = request.app.state.serving
+    body = _shadow_state(s)
+    request_id = request.query_params.get("requestId")
+    if request_id is not None:
+        pair = s.shadow.pair(request_id)
+        if pair is None:
+            return json_response(
+                {"error": f"no shadow pair for request {request_id!r} (not scored, or forgotten)"}, 404
+            )
+        body["pair"] = pair.as_json()
+    return json_response(body)
 
 
 def _too_large(s: Serving, e: ModelTooLarge) -> Response:
@@ -373,7 +464,10 @@ async def readyz(request: Request) -> Response:
     model = s.holder.current
     if model is None:
         return json_response({"ready": False, "reason": "no model loaded yet (waiting for the sidecar)"}, 503)
-    return json_response({"ready": True, "version": model.version, "digest": model.digest})
+    shadow = s.holder.shadow
+    return json_response(
+        {"ready": True, "version": model.version, "digest": model.digest, "shadow": shadow.version if shadow else None}
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -419,14 +513,15 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         p = plugin or load_plugin(settings.plugin)
         m = ServerMetrics()
         infer_pool = ThreadPoolExecutor(threads, thread_name_prefix="infer", initializer=_one_torch_thread)
+        holder = ModelHolder(
+            p,
+            settings.warmup_passes,
+            MemoryCheck(settings.cgroup_root, settings.memory_overhead_factor, settings.memory_reserve_bytes),
+        )
         s = Serving(
             settings=settings,
             plugin=p,
-            holder=ModelHolder(
-                p,
-                settings.warmup_passes,
-                MemoryCheck(settings.cgroup_root, settings.memory_overhead_factor, settings.memory_reserve_bytes),
-            ),
+            holder=holder,
             metrics=m,
             feedback=FeedbackBuffer(
                 settings.model,
@@ -452,7 +547,15 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 RateLimiter(settings.review_rate_per_minute / 60.0, settings.review_burst),
             ),
             auth_pool=ThreadPoolExecutor(4, thread_name_prefix="review-auth"),
+            shadow=ShadowScorer(
+                lambda: holder.shadow,
+                m,
+                settings.shadow_queue_rows,
+                settings.shadow_pairs_kept,
+                settings.shadow_batch_rows,
+            ),
         )
+        s.shadow.start()
         app.state.serving = s
         if settings.review_auth == MODE_OFF:
             log.warning(
@@ -504,6 +607,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
             s.batcher.close()
+            s.shadow.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool):
                 pool.shutdown(wait=True)
 
@@ -525,6 +629,9 @@ def create_control_app() -> Starlette:
     """The routes of the control socket: what the Pod's own sidecar needs, and nothing the world may call."""
     routes = [
         Route("/v1/reload", reload, methods=["POST"]),
+        Route("/v1/shadow", shadow_load, methods=["POST"]),
+        Route("/v1/shadow", shadow_unload, methods=["DELETE"]),
+        Route("/v1/shadow", shadow_get, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

@@ -121,3 +121,49 @@ class ServerMetrics:
             "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES new reviews are refused with 503.",
             registry=r,
         )
+        self.shadow_info = Gauge(
+            "modelloop_server_shadow_info",
+            "1 for the candidate version loaded as a shadow beside the serving one (scores live inputs off the "
+            "response path; never answers a client). Absent when no shadow is loaded.",
+            ["version", "digest", "active"],
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "modelloop_server_shadow_scored_requests",
+            "Answered requests the shadow candidate also scored, by candidate version.",
+            ["candidate"],
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "modelloop_server_shadow_dropped_requests",
+            "Answered requests the shadow candidate did not score because its queue was full "
+            "(MODELLOOP_SHADOW_QUEUE_ROWS input rows): shadow work is shed under load so that answers never wait for it. "
+            "A high share only thins the paired sample; raise the queue or add CPU if reviews come too slowly.",
+            ["candidate"],
+            registry=r,
+        )
+        self.shadow_failed = Counter(
+            "modelloop_server_shadow_failed_requests",
+            "Requests the shadow candidate raised an error on (the client got the active model's answer).",
+            ["candidate"],
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            "modelloop_server_shadow_predictions",
+            "Predictions (rows) scored by the shadow candidate; the denominator of the agreement ratio.",
+            ["candidate"],
+            registry=r,
+        )
+        self.shadow_agreed = Counter(
+            "modelloop_server_shadow_agreed_predictions",
+            "Shadow-scored predictions where the candidate predicted the same class as the serving model.",
+            ["candidate"],
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "modelloop_server_shadow_agreement_ratio",
+            "Share of shadow-scored predictions where candidate and serving model agree, since the candidate "
+            "was loaded. Agreement is not accuracy: reviews of the disagreements decide promotion.",
+            ["candidate"],
+            registry=r,
+        )

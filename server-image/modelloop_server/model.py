@@ -5,6 +5,10 @@ and only then published by rebinding a single attribute (atomic in Python). A re
 attribute once and keeps the object for its whole life, so a request in flight during a swap
 finishes on the version it started with. The version it replaced stays in memory as
 ``previous``: rolling back to it needs no download, no load and no warm-up.
+
+A candidate may be loaded as ``shadow`` (see :mod:`modelloop_server.shadow`): it answers nobody,
+it scores the same inputs off the response path. Promoting it is the same atomic rebinding, with
+no second load: the shadow object itself becomes ``current``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, check_version
+from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, ManifestFile, check_version
 from modelloop_trainer.plugin import ModelPlugin
 
 from .memory import MemoryCheck, size
@@ -123,6 +128,14 @@ class SwapResult:
     replaced: LoadedModel | None
     swap_seconds: float
     from_memory: bool
+    from_shadow: bool = False
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    model: LoadedModel
+    replaced: LoadedModel | None
+    from_memory: bool
 
 
 class ModelHolder:
@@ -138,6 +151,7 @@ class ModelHolder:
         self.memory = memory
         self.current: LoadedModel | None = None
         self.previous: LoadedModel | None = None
+        self.shadow: LoadedModel | None = None
         self._load_lock = threading.Lock()
 
     def load(self, version: str, path: Path) -> SwapResult:
@@ -149,28 +163,67 @@ class ModelHolder:
         with self._load_lock:
             cur, prev = self.current, self.previous
             manifest, digest = read_local_manifest(path)
+            shadow = self.shadow
             if cur is not None and (cur.version, cur.digest) == (version, digest):
                 return SwapResult(cur, None, 0.0, True)
-            if prev is not None and (prev.version, prev.digest) == (version, digest):
+            from_shadow = shadow is not None and (shadow.version, shadow.digest) == (version, digest)
+            if shadow is not None and from_shadow:
+                new, from_memory = shadow, True
+            elif prev is not None and (prev.version, prev.digest) == (version, digest):
                 new, from_memory = prev, True
             else:
-                if self.memory is not None:
-                    weights = [f.size for f in manifest.files if f.path == WEIGHTS_FILE]
-                    if weights:  # none: load_version refuses the version with a clearer message
-                        self.memory.admit(version, weights[0], _held(cur, prev))
+                self._admit(version, manifest.files, _held(cur, prev, shadow))
                 new, from_memory = load_version(self.plugin, version, path, self.warmup_passes), False
             started = time.perf_counter()
             self.current = new
             swap_seconds = time.perf_counter() - started
+            if from_shadow:
+                self.shadow = None
             self.previous = cur
-            return SwapResult(new, cur, swap_seconds, from_memory)
+            return SwapResult(new, cur, swap_seconds, from_memory, from_shadow)
+
+    def load_shadow(self, version: str, path: Path) -> ShadowResult:
+        """Load ``version`` beside the serving model to score in the shadow; answers nobody.
+
+        Verified like any load (manifest, weights, warm-up) and admitted against the memory limit
+        with everything else resident. The kept previous model is reused when it is the one asked for.
+        """
+        with self._load_lock:
+            cur, prev, old = self.current, self.previous, self.shadow
+            manifest, digest = read_local_manifest(path)
+            if cur is not None and (cur.version, cur.digest) == (version, digest):
+                raise ArtifactError(f"{version} ({digest}) is the serving version; it cannot also be its own shadow")
+            if old is not None and (old.version, old.digest) == (version, digest):
+                return ShadowResult(old, None, True)
+            if prev is not None and (prev.version, prev.digest) == (version, digest):
+                new, from_memory = prev, True
+            else:
+                self._admit(version, manifest.files, _held(cur, prev, old))
+                new, from_memory = load_version(self.plugin, version, path, self.warmup_passes), False
+            self.shadow = new
+            return ShadowResult(new, old, from_memory)
+
+    def unload_shadow(self) -> LoadedModel | None:
+        """Stop shadow scoring; the model is freed once the requests queued for it are scored."""
+        with self._load_lock:
+            old, self.shadow = self.shadow, None
+            return old
+
+    def _admit(self, version: str, files: Sequence[ManifestFile], held: str) -> None:
+        if self.memory is None:
+            return
+        weights = [f.size for f in files if f.path == WEIGHTS_FILE]
+        if weights:  # none: load_version refuses the version with a clearer message
+            self.memory.admit(version, weights[0], held)
 
 
-def _held(cur: LoadedModel | None, prev: LoadedModel | None) -> str:
-    """What stays resident while a new version loads: the serving model and the one kept for rollback."""
+def _held(cur: LoadedModel | None, prev: LoadedModel | None, shadow: LoadedModel | None = None) -> str:
+    """What stays resident while a new version loads: serving, kept for rollback, and the shadow."""
     parts = []
     if cur is not None:
         parts.append(f"{cur.version} serving ({size(cur.resident_bytes)})")
     if prev is not None:
         parts.append(f"{prev.version} kept for rollback ({size(prev.resident_bytes)})")
-    return "with " + " and ".join(parts) + " resident" if parts else ""
+    if shadow is not None:
+        parts.append(f"{shadow.version} in shadow ({size(shadow.resident_bytes)})")
+    return "with " + ", ".join(parts) + " resident" if parts else ""

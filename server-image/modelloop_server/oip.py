@@ -498,6 +498,7 @@ async def infer(request: Request) -> Response:
         return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})
     assert model is not None
     request_id = req.id or header_id or uuid.uuid4().hex
+    s.shadow.submit(request_id, model, req.x, probs)
     tensors, chunks = render_outputs(probs, s.plugin.class_names, req.outputs)
     body: dict[str, Any] = {"model_name": s.settings.model, "model_version": model.version, "outputs": tensors}
     if req.id is not None:

@@ -148,6 +148,9 @@ class ServerSettings:
     cgroup_root: Path = DEFAULT_CGROUP_ROOT  # where the container's memory limit is read; tests point it at a fake
     memory_overhead_factor: float = DEFAULT_OVERHEAD_FACTOR  # load estimate: weights file size x this + reserve
     memory_reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    shadow_queue_rows: int = 256  # input rows waiting for the shadow model; beyond it shadow work is dropped (0: off)
+    shadow_pairs_kept: int = 10_000  # (active, candidate) prediction pairs kept in memory by request id
+    shadow_batch_rows: int = 64  # rows one shadow forward pass may take from the queue
 
     @property
     def spool_dir(self) -> Path:
@@ -191,6 +194,9 @@ class ServerSettings:
             cgroup_root=Path(e.get(ENV_CGROUP_ROOT) or DEFAULT_CGROUP_ROOT),
             memory_overhead_factor=_factor(e, ENV_MEMORY_OVERHEAD_FACTOR, DEFAULT_OVERHEAD_FACTOR),
             memory_reserve_bytes=_int(e, ENV_MEMORY_RESERVE_BYTES, DEFAULT_RESERVE_BYTES),
+            shadow_queue_rows=_int(e, "MODELLOOP_SHADOW_QUEUE_ROWS", 256),
+            shadow_pairs_kept=_int(e, "MODELLOOP_SHADOW_PAIRS", 10_000, 1),
+            shadow_batch_rows=_int(e, "MODELLOOP_SHADOW_BATCH_ROWS", 64, 1),
         )
 
 

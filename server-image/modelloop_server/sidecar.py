@@ -27,6 +27,16 @@ so does one that would overflow the model volume's emptyDir ``sizeLimit`` (Event
 API server being down is retried with backoff; a full disk cleans up the partial download. A
 candidate that fails verification gets a Warning Event ``CandidatePrefetchFailed`` and nothing
 else changes: serving is untouched, and the promotion (if it comes) tries the download again.
+
+Shadow: once the candidate is on disk and passes the same checks a promotion makes (manifest
+digest, hashes, and the signature when the policy or a mounted key requires one; an unsigned
+candidate is retried with backoff, at least every ``SHADOW_RETRY_SECONDS``, until the operator signs it), the sidecar asks
+the server (``POST /v1/shadow``) to load it beside the serving model, where it scores live inputs
+off the response path (:mod:`modelloop_server.shadow`). The server refuses it with 409 when it
+would not fit in the memory limit (Event ``ShadowSkipped``; serving and promotion are unaffected).
+When the candidate is promoted the server makes the shadow model the serving one with no second
+load; when it is withdrawn (rejected, failed, overtaken) the sidecar unloads it
+(``DELETE /v1/shadow``).
 """
 
 from __future__ import annotations
@@ -81,6 +91,9 @@ REASON_REJECTED = "ArtifactRejected"
 REASON_DOWNLOAD_FAILED = "ArtifactDownloadFailed"
 REASON_LOADED = "ModelLoaded"
 REASON_PREFETCH_FAILED = "CandidatePrefetchFailed"
+REASON_SHADOW_LOADED = "ShadowLoaded"
+REASON_SHADOW_SKIPPED = "ShadowSkipped"
+SHADOW_RETRY_SECONDS = 30.0
 REJECTED_RETRY_SECONDS = 300.0
 
 
@@ -298,6 +311,15 @@ class Sidecar:
         self.previous: str | None = None
         self.candidate: Desired | None = None
         self.prefetched: Desired | None = None
+        self.desired: Desired | None = None
+        """The newest ``status.desired`` seen by the watch (``pending`` lags it until the main loop takes it)."""
+        self.shadowed: Desired | None = None
+        self._shadow_refused: Desired | None = None
+        self._shadow_retry_at = 0.0
+        self._shadow_attempts = 0
+        self._server_shadow_known = False
+        """False until the server's own shadow has been asked for: a restarted sidecar must not leave one
+        loaded for a candidate withdrawn while it was down."""
         self.prefetch_wake = threading.Event()
         self._events_lock = threading.Lock()
         self._last_event: dict[tuple[str, str], tuple[str, int]] = {}
@@ -367,6 +389,14 @@ class Sidecar:
     def _offer(self, policy: dict[str, Any]) -> None:
         self.signature_required = bool(((policy.get("spec") or {}).get("serving") or {}).get("signature"))
         try:
+            desired: Desired | None = parse_desired(policy, self.s.model)
+            desired_ok = True
+        except DesiredError as e:
+            log.error("%s; keeping the current model", e)
+            desired, desired_ok = None, False
+        if desired is not None:
+            self.desired = desired  # before the candidate changes: a promoted shadow must not look withdrawn
+        try:
             candidate = parse_candidate(policy, self.s.model)
         except DesiredError as e:
             log.error("%s; not prefetching it", e)
@@ -374,12 +404,7 @@ class Sidecar:
         if candidate != self.candidate:
             self.candidate = candidate
             self.prefetch_wake.set()
-        try:
-            desired = parse_desired(policy, self.s.model)
-        except DesiredError as e:
-            log.error("%s; keeping the current model", e)
-            return
-        if desired is not None:
+        if desired_ok and desired is not None:
             self.slot.offer(desired)
 
     # --- reconcile --------------------------------------------------------------------------
@@ -622,8 +647,12 @@ class Sidecar:
         self.check_signature(d, path)
         answer = self.reload_server(d, path)
         self.annotate_pod(d)
+        if answer.get("fromShadow") or self.shadowed == d:
+            self.shadowed = None  # the server promoted the shadow model itself
         if self.served != d:
-            if not answer.get("fromMemory"):
+            if answer.get("fromShadow"):
+                how = "promoted from the shadow: the prefetched copy, already loaded, no download and no second load"
+            elif not answer.get("fromMemory"):
                 how = "loaded and warmed up" + (" from the prefetched copy (no download)" if prefetched else "")
             elif answer.get("previous"):
                 how = "from memory (instant rollback, no load)"
@@ -655,6 +684,106 @@ class Sidecar:
         log.info("prefetched candidate %s; promoting it will need no download", d)
         self.prune_disk()
 
+    # --- shadow ---------------------------------------------------------------------------
+
+    def sync_shadow(self) -> None:
+        """Make the server's shadow model the prefetched candidate, or none when the candidate is withdrawn."""
+        d = self.candidate
+        if not self._server_shadow_known:
+            self._learn_server_shadow()
+        old = self.shadowed
+        if old is not None and old != d and old not in (self.desired, self.pending, self.served):
+            self.unload_shadow(old)
+        if (
+            d is None
+            or self.downloads.busy(PROMOTION)
+            or d != self.prefetched
+            or d == self.shadowed
+            or d == self._shadow_refused
+            or d in (self.desired, self.pending, self.served)
+            or time.monotonic() < self._shadow_retry_at
+        ):
+            return
+        path = self.s.model_dir / d.version
+        if not path.is_dir():
+            return
+        try:
+            self.check_signature(d, path)
+            answer = self.shadow_server(d, path)
+        except (TooLarge, RejectedForGood) as e:
+            self._shadow_refused = d
+            msg = f"not scoring candidate {d.version} in the shadow: {e}; serving and its promotion are unaffected"
+            log.error("%s", msg)
+            self.event(REASON_SHADOW_SKIPPED, msg)
+            return
+        except (Rejected, Transient) as e:
+            self._shadow_attempts += 1
+            cap = min(SHADOW_RETRY_SECONDS, self.s.retry_max_seconds)
+            delay = backoff(self._shadow_attempts, self.s.retry_base_seconds, cap)
+            self._shadow_retry_at = time.monotonic() + delay
+            log.info("candidate %s not loaded as the shadow yet (%s); retry in %.0fs", d, e, delay)
+            return
+        self.shadowed, self._shadow_attempts, self._shadow_retry_at = d, 0, 0.0
+        how = "kept in memory" if answer.get("fromMemory") else "loaded"
+        log.info("candidate %s %s as the shadow: it scores live inputs, answers nobody", d, how)
+        self.event(
+            REASON_SHADOW_LOADED,
+            f"scoring candidate {d.version} ({d.digest}) in the shadow beside {answer.get('active')}; "
+            "it answers no client",
+            warning=False,
+        )
+
+    def _learn_server_shadow(self) -> None:
+        """Unload a shadow the server still holds for a candidate withdrawn while this sidecar was down.
+
+        One the candidate still names is left loaded: asking for it again costs no load.
+        """
+        try:
+            status, raw = self.control.request("GET", "/v1/shadow", timeout=5)
+            version = ((json.loads(raw).get("shadow") or {}).get("version") if status == 200 else None) or None
+        except (OSError, ValueError, AttributeError):
+            return  # the server is not up yet: ask again on the next pass
+        self._server_shadow_known = True
+        keep = {v.version for v in (self.candidate, self.desired, self.pending, self.served) if v is not None}
+        if version is not None and version not in keep:
+            log.info("the model server still shadows %s, which is no longer the candidate; unloading it", version)
+            try:
+                self.control.request("DELETE", "/v1/shadow", timeout=30)
+            except OSError as e:
+                self._server_shadow_known = False
+                log.warning("cannot unload the stale shadow %s yet (%s); retrying", version, e)
+
+    def shadow_server(self, d: Desired, path: Path) -> dict[str, Any]:
+        body = json.dumps({"version": d.version, "path": str(path)}).encode()
+        try:
+            status, raw = self.control.request("POST", "/v1/shadow", body, timeout=120)
+        except OSError as e:
+            raise Transient(f"the model server's control socket {self.s.control_socket} is unreachable: {e}") from None
+        detail = raw[:8192].decode(errors="replace")
+        if status == 200:
+            try:
+                answer: dict[str, Any] = json.loads(raw)
+            except ValueError:
+                raise Transient(f"the model server answered shadow {d.version} with non-JSON: {detail}") from None
+            return answer
+        if status == 409:
+            raise TooLarge(f"the model server refused it before loading: {too_large_message(detail) or detail}")
+        if status == 422:
+            raise RejectedForGood(f"the model server refused {d.version}: {detail}")
+        raise Transient(f"the model server answered HTTP {status} to shadow {d.version}: {detail}")
+
+    def unload_shadow(self, d: Desired) -> None:
+        try:
+            status, raw = self.control.request("DELETE", "/v1/shadow", timeout=30)
+        except OSError as e:
+            log.warning("cannot unload shadow %s yet (%s); retrying", d, e)
+            return
+        if status != 200:
+            log.warning("the model server answered HTTP %d to unloading shadow %s: %r", status, d, raw[:500])
+            return
+        self.shadowed = None
+        log.info("stopped shadow scoring %s: it is no longer the candidate", d)
+
     def prefetch_loop(self) -> None:
         """Low priority: nothing before the desired version is served, nothing during a promotion download."""
         tried: Desired | None = None
@@ -662,10 +791,14 @@ class Sidecar:
         attempts = 0
         retry_at = 0.0
         while not self.stop.is_set():
-            self.prefetch_wake.wait(max(0.05, min(5.0, retry_at - time.monotonic())) if retry_at else 5.0)
+            due = [t for t in (retry_at, self._shadow_retry_at) if t]
+            self.prefetch_wake.wait(max(0.05, min(5.0, min(due) - time.monotonic())) if due else 5.0)
             self.prefetch_wake.clear()
+            if self.stop.is_set():
+                continue
+            self.sync_shadow()
             d = self.candidate
-            if self.stop.is_set() or d is None or d == refused:
+            if d is None or d == refused:
                 continue
             if d == self.prefetched and (self.s.model_dir / d.version).is_dir():
                 continue
@@ -678,6 +811,7 @@ class Sidecar:
             try:
                 self.prefetch(d)
                 attempts, retry_at = 0, 0.0
+                self.sync_shadow()
             except Rejected as e:
                 refused = d
                 still = self.served.version if self.served else "nothing"
@@ -731,6 +865,8 @@ class Sidecar:
                 if self.server_version() not in (self.pending.version, None):  # None: unreachable, ask again later
                     log.warning("the model server no longer serves %s (restarted?); loading it again", self.pending)
                     self.served = None
+                    self.shadowed = None  # a restarted server holds no shadow either
+                    self.prefetch_wake.set()
             if self.pending == self.served or time.monotonic() < retry_at:
                 continue
             try:

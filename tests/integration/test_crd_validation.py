@@ -269,6 +269,22 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
     ),
     "retry-negative-epochs": (setting(retry__extraEpochs=-1), "spec.retry.extraEpochs", "greater than or equal to 0"),
     "rollout-timeout": (setting(serving__rolloutTimeout="soon"), "spec.serving.rolloutTimeout", "should match"),
+    "shadow-zero-duration": (
+        setting(rollout__shadow={"maxDuration": "0h0m"}),
+        "spec.rollout.shadow.maxDuration",
+        "maxDuration must be longer than zero",
+    ),
+    "shadow-margin-too-wide": (
+        setting(rollout__shadow={"margin": 0.6}),
+        "spec.rollout.shadow.margin",
+        "less than or equal to 0.5",
+    ),
+    "shadow-alpha-zero": (setting(rollout__shadow={"alpha": 0}), "spec.rollout.shadow.alpha", "greater than 0"),
+    "shadow-no-reviews": (
+        setting(rollout__shadow={"minReviews": 0}),
+        "spec.rollout.shadow.minReviews",
+        "greater than or equal to 1",
+    ),
     "signature-key-in-both": (
         setting(serving__signature={"publicKey": {"configMapName": "k", "secretName": "k"}}),
         "spec.serving.signature.publicKey",

@@ -579,6 +579,58 @@ class AutoRollbackSpec(ApiModel):
     )
 
 
+class ShadowRolloutSpec(ApiModel):
+    """The shadow stage: a verified candidate scores live inputs beside the active version, reviews label
+    both answers, and McNemar's exact test with a non-inferiority margin decides (decide/paired.py)."""
+
+    min_reviews: int = Field(
+        default=200,
+        alias="minReviews",
+        ge=1,
+        le=1_000_000,
+        description="Reviewed shadow-scored requests needed before the paired test may promote or reject.",
+    )
+    margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=0.5,
+        description="How much lower the candidate's live accuracy may be than the active version's and still "
+        "be promoted (0.02: two percentage points). 0 asks McNemar's test for 'no worse' with no allowance, "
+        "which identical models never pass.",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.5,
+        description="Error rate of the test: the probability of promoting a candidate worse than the margin, "
+        "over all looks (halved each time the reviews double past minReviews).",
+    )
+    max_duration: str = Field(
+        default="7d",
+        alias="maxDuration",
+        pattern=DURATION,
+        max_length=32,
+        description="How long the shadow stage may collect reviews; a candidate not proven within the margin "
+        "by then is rejected (never promoted without evidence).",
+        json_schema_extra=validations(
+            rule(
+                "!self.matches('^(0+(\\\\.0+)?(ms|s|m|h|d))+$')",
+                message="maxDuration must be longer than zero (for example 7d or 36h)",
+            )
+        ),
+    )
+
+
+class RolloutSpec(ApiModel):
+    """How a verified version reaches every replica: decided by live reviews."""
+
+    shadow: ShadowRolloutSpec = Field(
+        default_factory=ShadowRolloutSpec,
+        description="The shadow stage: the candidate scores the same live inputs off the response path; the "
+        "paired review tally decides promotion.",
+    )
+
+
 class RetentionSpec(ApiModel):
     """Old versions are pruned; the active and previous versions are always kept."""
 
@@ -649,6 +701,11 @@ class RetrainPolicySpec(ApiModel):
         default_factory=AutoRollbackSpec,
         alias="autoRollback",
         description="Roll back automatically when live accuracy drops.",
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How a verified version is rolled out: the shadow stage's review count, margin, error rate "
+        "and time limit.",
     )
     retention: RetentionSpec = Field(
         default_factory=RetentionSpec, description="How many versions to keep in the bucket and the cluster."
