@@ -58,8 +58,65 @@ class CredentialsRef(ApiModel):
     )
 
 
+class CABundleRef(ApiModel):
+    """A PEM bundle of CA certificates in a ConfigMap of the policy's namespace (for example one
+    that cert-manager's trust-manager writes), trusted to sign the object store's certificate."""
+
+    config_map: str = Field(
+        alias="configMap",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="ConfigMap in the policy's namespace holding the bundle.",
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the ConfigMap whose value is the PEM bundle (one or more CA certificates).",
+    )
+
+
+class StorageTLS(ApiModel):
+    """How the operator, trainer, verifier and sidecar check the object store's certificate."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.caBundle) || self.enabled",
+                message="caBundle is only used over TLS: set enabled to true or remove caBundle",
+                field_path=".caBundle",
+            )
+        )
+    )
+
+    enabled: bool = Field(
+        default=True,
+        description="Reach the endpoint over HTTPS and verify its certificate (always verified, never skipped).",
+    )
+    ca_bundle: CABundleRef | None = Field(
+        default=None,
+        alias="caBundle",
+        description=(
+            "CA certificates to verify the endpoint with, for a store whose certificate a private CA signed;"
+            " when absent, the system's public CAs are used."
+        ),
+    )
+
+
 class StorageSpec(ApiModel):
     """The S3-compatible object store holding datasets, feedback and every version's artifacts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.secure) || !has(self.tls) || self.secure == self.tls.enabled",
+                message="secure is the older spelling of tls.enabled and disagrees with it: remove secure",
+                field_path=".secure",
+            )
+        )
+    )
 
     endpoint: str = Field(
         min_length=1,
@@ -67,7 +124,21 @@ class StorageSpec(ApiModel):
         pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
         description="S3 endpoint host[:port], without scheme.",
     )
-    secure: bool = Field(default=False, description="Use HTTPS to reach the endpoint.")
+    secure: bool | None = Field(
+        default=None,
+        description=(
+            "Deprecated: use tls.enabled. Kept so that policies written before tls existed keep their"
+            " scheme; plain HTTP when neither is set."
+        ),
+    )
+    tls: StorageTLS | None = Field(
+        default=None,
+        description=(
+            "TLS to the endpoint: on when this is present (unless enabled is false), with an optional CA bundle"
+            " for a private CA. Absent (and secure unset): plain HTTP, for a store inside the cluster's"
+            " trust boundary only."
+        ),
+    )
     region: str | None = Field(default=None, max_length=63, description="S3 region, where the store needs one.")
     bucket: str = Field(
         min_length=3,
@@ -79,6 +150,17 @@ class StorageSpec(ApiModel):
         alias="trainerCredentials",
         description="Read-write credentials, mounted only into training and verification pods.",
     )
+
+    @property
+    def use_tls(self) -> bool:
+        """Whether clients speak HTTPS: ``tls.enabled`` when ``tls`` is present, else the older ``secure``."""
+        if self.tls is not None:
+            return self.tls.enabled
+        return bool(self.secure)
+
+    @property
+    def ca_bundle(self) -> CABundleRef | None:
+        return self.tls.ca_bundle if self.tls is not None and self.tls.enabled else None
 
 
 class DatasetSpec(ApiModel):
