@@ -108,6 +108,13 @@ def classify(failure: Failure, attempt: int, base: float, cap: float) -> ErrorVe
     if failure.stage is Stage.STORAGE:
         if failure.error == "TLSError":
             return transient("StorageTLSFailed", _tls_message(failure), cap)
+        if "HTTP request to an HTTPS server" in failure.detail:
+            return transient(
+                "StorageTLSRequired",
+                f"{subject} serves HTTPS only: set spec.storage.tls (with caBundle when a private CA signed"
+                " its certificate)",
+                cap,
+            )
         if failure.s3_code in _DENIED_S3:
             return transient(
                 "StorageAccessDenied",
@@ -139,6 +146,11 @@ def classify(failure: Failure, attempt: int, base: float, cap: float) -> ErrorVe
 def _tls_message(failure: Failure) -> str:
     """A certificate the operator does not trust needs the CA; an endpoint without TLS needs the flag or the port."""
     head = f"TLS verification failed for {failure.endpoint or failure.subject}: {failure.detail}"
+    if "mismatch" in failure.detail:
+        return (
+            f"{head}; the certificate does not name that host: use a name it covers in spec.storage.endpoint"
+            " or reissue it with this one"
+        )
     if "plain HTTP" in failure.detail:
         return (
             f"{head}; point spec.storage.endpoint at the store's TLS port, or set spec.storage.tls.enabled"
