@@ -117,6 +117,18 @@ def create_s3_secret(api: client.ApiClient, minio: MinioServer, namespace: str) 
     )
 
 
+def create_ca_bundle(api: client.ApiClient, namespace: str, pem: bytes, name: str = "s3-ca") -> None:
+    """A ConfigMap ``name`` with the PEM under ``ca.crt``, as trust-manager writes one; replaced if it exists."""
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"name": name}, "data": {"ca.crt": pem.decode()}}
+    try:
+        core.create_namespaced_config_map(namespace, body)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        core.replace_namespaced_config_map(name, namespace, body)
+
+
 def create_fixtures(api: client.ApiClient, minio: MinioServer, namespace: str, replicas: int = 2) -> None:
     """The trainer's S3 Secret and the serving Deployment (its Pods are created, never run)."""
     create_s3_secret(api, minio, namespace)
