@@ -86,7 +86,13 @@ def policy_body(minio: MinioServer, bucket: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": POLICY},
         "spec": {
             "model": MODEL,
-            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
+            "storage": {
+                "endpoint": minio.endpoint,
+                "bucket": bucket,
+                "trainerCredentials": {"secretName": "s3"},
+                # TLS is the default; the shared test MinIO serves plain HTTP (minio_tls serves TLS).
+                "tls": {"enabled": minio.tls is not None},
+            },
             "dataset": {"path": "datasets/digits"},
             "training": {"image": "modelloop-trainer:dev", "backoffLimit": 1},
             "triggers": {"checkIntervalSeconds": 5, "feedback": {"minSamples": 3, "minInterval": "0s"}},

@@ -208,7 +208,13 @@ def test_the_ca_bundle_is_mounted_read_only_and_named_to_the_trainer(verb: Verb)
 
 @pytest.mark.parametrize(
     ("storage", "secure"),
-    [({}, "false"), ({"secure": True}, "true"), ({"tls": {}}, "true"), ({"tls": {"enabled": False}}, "false")],
+    [
+        ({}, "true"),
+        ({"secure": False}, "false"),
+        ({"secure": True}, "true"),
+        ({"tls": {}}, "true"),
+        ({"tls": {"enabled": False}}, "false"),
+    ],
 )
 def test_tls_without_a_bundle_uses_the_system_cas(storage: dict[str, Any], secure: str) -> None:
     job = build_job(policy="p", spec=_with_storage(**storage), version="v2", verb="train", parent_version=None,

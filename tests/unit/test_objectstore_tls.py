@@ -56,8 +56,8 @@ def test_tls_failure_reasons() -> None:
 @pytest.mark.parametrize(
     ("storage", "tls", "bundle"),
     [
-        ({}, False, None),
-        ({"secure": False}, False, None),
+        ({}, True, None),  # TLS by default
+        ({"secure": False}, False, None),  # what every policy stored before tls existed carries
         ({"secure": True}, True, None),
         ({"tls": {}}, True, None),
         ({"tls": {"enabled": False}}, False, None),

@@ -128,15 +128,15 @@ class StorageSpec(ApiModel):
         default=None,
         description=(
             "Deprecated: use tls.enabled. Kept so that policies written before tls existed keep their"
-            " scheme; plain HTTP when neither is set."
+            " scheme (they were stored with secure: false, which still means plain HTTP)."
         ),
     )
     tls: StorageTLS | None = Field(
         default=None,
         description=(
-            "TLS to the endpoint: on when this is present (unless enabled is false), with an optional CA bundle"
-            " for a private CA. Absent (and secure unset): plain HTTP, for a store inside the cluster's"
-            " trust boundary only."
+            "TLS to the endpoint, with an optional CA bundle for a private CA. On by default (absent, and"
+            " secure unset, means HTTPS verified against the system CAs); enabled: false for plain HTTP to"
+            " a store inside the namespace's trust boundary only."
         ),
     )
     region: str | None = Field(default=None, max_length=63, description="S3 region, where the store needs one.")
@@ -153,10 +153,11 @@ class StorageSpec(ApiModel):
 
     @property
     def use_tls(self) -> bool:
-        """Whether clients speak HTTPS: ``tls.enabled`` when ``tls`` is present, else the older ``secure``."""
+        """Whether clients speak HTTPS: ``tls.enabled`` when ``tls`` is present, else the older ``secure``,
+        else yes (TLS by default; policies stored before ``tls`` existed carry ``secure: false``)."""
         if self.tls is not None:
             return self.tls.enabled
-        return bool(self.secure)
+        return True if self.secure is None else self.secure
 
     @property
     def ca_bundle(self) -> CABundleRef | None:
