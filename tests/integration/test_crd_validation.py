@@ -152,11 +152,6 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
         "spec.storage.tls.caBundle",
         "caBundle is only used over TLS",
     ),
-    "secure-disagrees-with-tls": (
-        setting(storage__secure=False, storage__tls={"enabled": True}),
-        "spec.storage.secure",
-        "secure is the older spelling of tls.enabled",
-    ),
     "ca-bundle-key-with-slash": (
         setting(storage__tls={"caBundle": {"configMap": "trust", "key": "../ca.crt"}}),
         "spec.storage.tls.caBundle.key",

@@ -63,6 +63,10 @@ def test_tls_failure_reasons() -> None:
         ({"tls": {"enabled": False}}, False, None),
         ({"tls": {"caBundle": {"configMap": "trust"}}}, True, ("trust", "ca.crt")),
         ({"secure": True, "tls": {"caBundle": {"configMap": "trust", "key": "b.pem"}}}, True, ("trust", "b.pem")),
+        # a policy stored with the old default (secure: false) to which tls is added: tls wins, no need to
+        # remove a field the user never wrote
+        ({"secure": False, "tls": {"caBundle": {"configMap": "trust"}}}, True, ("trust", "ca.crt")),
+        ({"secure": True, "tls": {"enabled": False}}, False, None),
     ],
 )
 def test_which_storage_specs_use_tls(storage: dict[str, object], tls: bool, bundle: tuple[str, str] | None) -> None:

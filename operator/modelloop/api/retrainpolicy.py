@@ -108,16 +108,6 @@ class StorageTLS(ApiModel):
 class StorageSpec(ApiModel):
     """The S3-compatible object store holding datasets, feedback and every version's artifacts."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            rule(
-                "!has(self.secure) || !has(self.tls) || self.secure == self.tls.enabled",
-                message="secure is the older spelling of tls.enabled and disagrees with it: remove secure",
-                field_path=".secure",
-            )
-        )
-    )
-
     endpoint: str = Field(
         min_length=1,
         max_length=253,
@@ -127,8 +117,8 @@ class StorageSpec(ApiModel):
     secure: bool | None = Field(
         default=None,
         description=(
-            "Deprecated: use tls.enabled. Kept so that policies written before tls existed keep their"
-            " scheme (they were stored with secure: false, which still means plain HTTP)."
+            "Deprecated: use tls, which wins when both are set. Kept so that policies stored before tls"
+            " existed keep their scheme (the old default stored secure: false: plain HTTP)."
         ),
     )
     tls: StorageTLS | None = Field(
