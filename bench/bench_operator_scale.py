@@ -77,7 +77,12 @@ def policy_body(i: int, endpoint: str, interval: int) -> dict[str, Any]:
         "metadata": {"name": f"model-{i:04d}", "namespace": NAMESPACE},
         "spec": {
             "model": f"model-{i:04d}",
-            "storage": {"endpoint": endpoint, "bucket": "scale-bench", "trainerCredentials": {"secretName": SECRET}},
+            "storage": {
+                "endpoint": endpoint,
+                "bucket": "scale-bench",
+                "trainerCredentials": {"secretName": SECRET},
+                "tls": {"enabled": False},  # the bench's MinIO serves plain HTTP
+            },
             "dataset": {"path": "datasets/digits"},
             # Idle means idle: no schedule, and a threshold the (empty) feedback never reaches.
             "triggers": {"feedback": {"minSamples": 10_000_000}, "checkIntervalSeconds": interval},

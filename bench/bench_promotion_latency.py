@@ -105,7 +105,12 @@ def policy_body(endpoint: str) -> dict[str, Any]:
         "metadata": {"name": POLICY, "namespace": NAMESPACE},
         "spec": {
             "model": MODEL,
-            "storage": {"endpoint": endpoint, "bucket": BUCKET, "trainerCredentials": {"secretName": "s3"}},
+            "storage": {
+                "endpoint": endpoint,
+                "bucket": BUCKET,
+                "trainerCredentials": {"secretName": "s3"},
+                "tls": {"enabled": False},  # the bench's MinIO serves plain HTTP
+            },
             "dataset": {"path": "datasets/digits"},
             "triggers": {"feedback": {"minSamples": 10_000_000}},
             "training": {"image": "modelloop/trainer:dev", "plugin": PLUGIN},

@@ -19,6 +19,7 @@ from operator_harness import ALERTS_FOR, Operator
 
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
+from modelloop_dev.pki import TestCA
 from modelloop_dev.processes import free_port, locate_tools, wait_for
 from modelloop_dev.prometheus import ChartPrometheus
 
@@ -63,6 +64,30 @@ def minio(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> TestCA:
+    """The CA that signed ``minio_tls``'s certificate: what a client must be given to trust it."""
+    return TestCA("modelloop-test-storage-ca")
+
+
+@pytest.fixture(scope="session")
+def minio_tls(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory, tls_ca: TestCA) -> Iterator[MinioServer]:
+    """A second MinIO serving HTTPS only, its certificate (for 127.0.0.1 and localhost) signed by ``tls_ca``."""
+    server = MinioServer(tools_bin, tmp_path_factory.mktemp("minio-tls"), tls=tls_ca.server()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_bucket(minio_tls: MinioServer) -> str:
+    """A fresh bucket on ``minio_tls``."""
+    name = "t-" + secrets.token_hex(6)
+    minio_tls.store(name)
+    return name
 
 
 @pytest.fixture

@@ -86,7 +86,13 @@ def policy_body(minio: MinioServer, bucket: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": POLICY},
         "spec": {
             "model": MODEL,
-            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
+            "storage": {
+                "endpoint": minio.endpoint,
+                "bucket": bucket,
+                "trainerCredentials": {"secretName": "s3"},
+                # TLS is the default; the shared test MinIO serves plain HTTP (minio_tls serves TLS).
+                "tls": {"enabled": minio.tls is not None},
+            },
             "dataset": {"path": "datasets/digits"},
             "training": {"image": "modelloop-trainer:dev", "backoffLimit": 1},
             "triggers": {"checkIntervalSeconds": 5, "feedback": {"minSamples": 3, "minInterval": "0s"}},
@@ -115,6 +121,18 @@ def create_s3_secret(api: client.ApiClient, minio: MinioServer, namespace: str) 
             },
         },
     )
+
+
+def create_ca_bundle(api: client.ApiClient, namespace: str, pem: bytes, name: str = "s3-ca") -> None:
+    """A ConfigMap ``name`` with the PEM under ``ca.crt``, as trust-manager writes one; replaced if it exists."""
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"name": name}, "data": {"ca.crt": pem.decode()}}
+    try:
+        core.create_namespaced_config_map(namespace, body)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        core.replace_namespaced_config_map(name, namespace, body)
 
 
 def create_fixtures(api: client.ApiClient, minio: MinioServer, namespace: str, replicas: int = 2) -> None:

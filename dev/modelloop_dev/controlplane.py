@@ -10,8 +10,6 @@ the operator's ServiceAccount permissions are exercised as in a cluster.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -22,11 +20,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
+from modelloop_dev.pki import cert as _cert
+from modelloop_dev.pki import key as _key
+from modelloop_dev.pki import name as _name
+from modelloop_dev.pki import pem_key as _pem_key
 from modelloop_dev.processes import ManagedProcess, free_port, http_get, wait_for
 
 if TYPE_CHECKING:
@@ -40,62 +39,6 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 # a kubelet registers with. Pod CIDRs come from the kubelet's configuration, never from node-ipam.
 DISABLED_CONTROLLERS = ("node-ipam-controller", "node-lifecycle-controller", "taint-eviction-controller")
 DISABLED_WITH_A_NODE = ("node-ipam-controller",)
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    server_names: tuple[str, ...] = (),
-    server_ips: tuple[str, ...] = (),
-    client: bool = False,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        b = b.add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_names or server_ips else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        )
-        b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if server_names or server_ips:
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips]
-        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
 
 
 class KubectlFailed(subprocess.CalledProcessError):

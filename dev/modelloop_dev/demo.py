@@ -105,7 +105,7 @@ def policy_spec(
         "model": model,
         "storage": {
             "endpoint": s3.endpoint,
-            "secure": False,
+            "tls": {"enabled": False},  # the demo's MinIO serves plain HTTP on loopback
             "bucket": s3.bucket,
             "trainerCredentials": {"secretName": trainer_secret},
         },

@@ -34,7 +34,7 @@ from torch import Tensor
 from modelloop.api import constants as c
 from modelloop.api.artifacts import ArtifactError, check_version
 from modelloop.api.feedback import FeedbackRecord
-from modelloop.clients.objectstore import ObjectStore
+from modelloop.clients.objectstore import CABundleInvalid, ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
 from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
@@ -691,8 +691,8 @@ def main() -> None:
     if os.environ.get(c.ENV_BUCKET):
         try:
             store = ObjectStore.from_env(attempts=2, base_delay=0.2, max_delay=1.0)
-        except RuntimeError as e:
-            raise SystemExit(f"modelloop-server: {e}") from None
+        except (RuntimeError, CABundleInvalid) as e:
+            raise SystemExit(f"modelloop-server: bad object store configuration: {e}") from None
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, store)
     config = uvicorn.Config(

@@ -24,7 +24,9 @@ server refuses because it would not fit in the container's memory limit gets Eve
 ``ModelTooLarge`` with the server's message (sizes, limit, what to change) and the same retry rule;
 so does one that would overflow the model volume's emptyDir ``sizeLimit`` (Event
 ``ModelVolumeTooSmall``, refused before downloading: the kubelet would evict every replica at once). MinIO or the
-API server being down is retried with backoff; a full disk cleans up the partial download. A
+API server being down is retried with backoff; a full disk cleans up the partial download. A store
+whose certificate is not trusted (or that does not speak TLS) is retried too, but its Event
+``StorageTLSFailed`` goes out at the first failure and says which CA file or flag to set. A
 candidate that fails verification gets a Warning Event ``CandidatePrefetchFailed`` and nothing
 else changes: serving is untouched, and the promotion (if it comes) tries the download again.
 
@@ -74,7 +76,7 @@ from modelloop.api.artifacts import (
 )
 from modelloop.api.signing import SIGNATURE_FILE, SignatureMismatch, compare_signed, signed_digests
 from modelloop.clients.artifactstore import fetch_version
-from modelloop.clients.objectstore import NotFound, ObjectStore, StoreConfig
+from modelloop.clients.objectstore import CABundleInvalid, NotFound, ObjectStore, StoreConfig, tls_context, tls_failure
 from modelloop.clients.signing import SignatureInvalid, SigningKeyError, verify_digests
 
 from .control import REVIEW_AUTH_SOCKET_NAME, ControlClient
@@ -89,6 +91,7 @@ log = logging.getLogger("modelloop_sidecar")
 COMPONENT = "modelloop-sidecar"
 REASON_REJECTED = "ArtifactRejected"
 REASON_DOWNLOAD_FAILED = "ArtifactDownloadFailed"
+REASON_TLS_FAILED = "StorageTLSFailed"
 REASON_LOADED = "ModelLoaded"
 REASON_PREFETCH_FAILED = "CandidatePrefetchFailed"
 REASON_SHADOW_LOADED = "ShadowLoaded"
@@ -243,6 +246,21 @@ class NoRoom(Rejected):
 
 class Transient(Exception):
     """Something that heals (MinIO, the API server or the model server unreachable); retry with backoff."""
+
+
+class StorageTLSFailed(Transient):
+    """The store's certificate is not trusted, or it does not speak TLS: retried, but said at once (an Event)."""
+
+
+def tls_failed_message(endpoint: str, why: str) -> str:
+    if "plain HTTP" in why:
+        advice = f"point {c.ENV_S3_ENDPOINT} at its TLS port, or set {c.ENV_S3_SECURE}=false if it serves plain HTTP"
+    else:
+        advice = (
+            f"set {c.ENV_S3_CA_FILE} to the CA that signed it (mount the ConfigMap the policy names in"
+            " spec.storage.tls.caBundle)"
+        )
+    return f"TLS verification failed for {endpoint}: {why}; {advice}"
 
 
 PROMOTION = "promotion"
@@ -479,6 +497,8 @@ class Sidecar:
             raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
         except Exception as e:
             clean_temp_dirs(self.s.model_dir, d.version)
+            if (why := tls_failure(e)) is not None:
+                raise StorageTLSFailed(tls_failed_message(self.store_config.endpoint, why)) from e
             raise Transient(f"downloading {d.version} from {d.artifact_uri} failed: {e}") from e
         self.download_counts[kind] += 1
         log.info(
@@ -892,7 +912,9 @@ class Sidecar:
                 delay = backoff(attempts, self.s.retry_base_seconds, self.s.retry_max_seconds)
                 retry_at = time.monotonic() + delay
                 log.warning("cannot apply %s yet: %s; retry %d in %.1fs", self.pending, e, attempts, delay)
-                if attempts == 3 or "disk full" in str(e):
+                if isinstance(e, StorageTLSFailed):
+                    self.event(REASON_TLS_FAILED, f"{e}; still serving the previous model, retrying")
+                elif attempts == 3 or "disk full" in str(e):
                     self.event(REASON_DOWNLOAD_FAILED, f"{e}; still serving the previous model, retrying")
         if self._watch is not None:
             self._watch.stop()  # type: ignore[no-untyped-call]
@@ -912,7 +934,8 @@ def main() -> None:
     try:
         settings = SidecarSettings.from_env()
         store_config = StoreConfig.from_env()
-    except (SettingsError, RuntimeError) as e:
+        tls_context(store_config)  # an unreadable CA bundle is a configuration error, said at start
+    except (SettingsError, RuntimeError, CABundleInvalid) as e:
         raise SystemExit(f"modelloop-sidecar: bad configuration: {e}") from None
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar(settings, load_kube_config(), store_config)

@@ -234,7 +234,8 @@ def test_rbac_is_least_privilege(tools_bin: Path) -> None:
     assert granted[("", "pods")] == {"get", "list", "watch"}
     assert granted[("apps", "deployments")] == {"get", "list", "watch"}
     assert "update" not in granted[("batch", "jobs")]
-    assert ("", "configmaps") not in granted and ("", "pods/exec") not in granted
+    assert granted[("", "configmaps")] == {"get"}  # spec.storage.tls.caBundle
+    assert ("", "pods/exec") not in granted
 
 
 def test_aggregated_user_roles(tools_bin: Path) -> None:
@@ -352,6 +353,7 @@ def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namesp
         ("list", "pods"),
         ("watch", "deployments.apps"),
         ("get", "secrets"),
+        ("get", "configmaps"),
         ("create", "events"),
         ("create", "leases.coordination.k8s.io"),
         ("get", "leases.coordination.k8s.io/modelloop"),
@@ -364,7 +366,7 @@ def test_api_server_enforces_least_privilege(control_plane: ControlPlane, namesp
         ("create", "pods"),
         ("patch", "deployments.apps"),
         ("create", "pods/exec"),
-        ("get", "configmaps"),
+        ("list", "configmaps"),
         ("delete", "events"),
         ("update", "leases.coordination.k8s.io/someone-elses"),
         ("get", "leases.coordination.k8s.io/someone-elses"),

@@ -147,6 +147,16 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
     "model-missing": (lambda spec: drop(spec, "model"), "spec.model", "Required value"),
     "bucket-uppercase": (setting(storage__bucket="My_Bucket"), "spec.storage.bucket", "should match"),
     "endpoint-with-scheme": (setting(storage__endpoint="http://minio:9000"), "spec.storage.endpoint", "should match"),
+    "ca-bundle-without-tls": (
+        setting(storage__tls={"enabled": False, "caBundle": {"configMap": "trust"}}),
+        "spec.storage.tls.caBundle",
+        "caBundle is only used over TLS",
+    ),
+    "ca-bundle-key-with-slash": (
+        setting(storage__tls={"caBundle": {"configMap": "trust", "key": "../ca.crt"}}),
+        "spec.storage.tls.caBundle.key",
+        "should match",
+    ),
     "credentials-missing": (
         lambda spec: drop(spec, "storage.trainerCredentials"),
         "spec.storage.trainerCredentials",

@@ -73,7 +73,11 @@ def test_missing_secret_is_reported_then_healed_without_a_spec_change(
     create_policy(api, policy_body(minio, bucket), ns)
     op = Operator(control_plane, ns, tmp_path / "operator.log").start()
     try:
-        wait_for(lambda: bool(warnings(api, ns, "SecretNotFound")), 60, "a SecretNotFound Warning Event", op.proc)
+        wait_for(
+            lambda: bool(warnings(api, ns, "SecretNotFound")) and "FeedbackReadable" in conditions(api, ns),
+            60, "a SecretNotFound Warning Event and the condition (the Event goes out before the status write)",
+            op.proc,
+        )  # fmt: skip
         readable = conditions(api, ns)["FeedbackReadable"]
         assert (readable["status"], readable["reason"]) == ("False", "SecretNotFound")
         assert f"Secret {ns}/s3 not found" in readable["message"] and "retrying in" in readable["message"]

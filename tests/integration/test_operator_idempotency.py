@@ -50,7 +50,12 @@ def _policy(api: client.ApiClient, minio: MinioServer, bucket: str, ns: str) -> 
         "metadata": {"name": "digits"},
         "spec": {
             "model": "digits",
-            "storage": {"endpoint": minio.endpoint, "bucket": bucket, "trainerCredentials": {"secretName": "s3"}},
+            "storage": {
+                "endpoint": minio.endpoint,
+                "bucket": bucket,
+                "trainerCredentials": {"secretName": "s3"},
+                "tls": {"enabled": False},  # the test MinIO serves plain HTTP
+            },
             "dataset": {"path": "datasets/digits"},
             "training": {"image": "modelloop-trainer:dev"},
             "serving": {"deployment": "web"},

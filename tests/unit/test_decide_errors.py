@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from minio.error import S3Error
 
 from modelloop.api.retrainpolicy import RetrainPolicySpec
+from modelloop.clients.objectstore import CABundleInvalid
 from modelloop.decide.errors import Failure, InvalidSpec, Stage, backoff, classify, unusable_spec
 from modelloop.handlers.failures import failure_of
 
@@ -78,6 +80,34 @@ CASES: dict[str, tuple[Failure, int, bool, str, float | None, tuple[str, ...]]] 
     "conflict": (
         Failure(Stage.KUBERNETES, "ApiException", "409 Conflict", http_status=409),
         1, False, "APIServerError", 4.0, ("409",),
+    ),
+    "store certificate not trusted": (
+        Failure(Stage.STORAGE, "TLSError", "certificate not trusted (unable to get local issuer certificate)",
+                subject=S3, endpoint="minio.example:9000"),
+        1, False, "StorageTLSFailed", CAP,
+        ("TLS verification failed for minio.example:9000: certificate not trusted (unable to get local issuer",
+         "set spec.storage.tls.caBundle to the CA that signed it", "retrying in 60s"),
+    ),
+    "store certificate names another host": (
+        Failure(Stage.STORAGE, "TLSError", "certificate not trusted (Hostname mismatch, certificate is not valid for"
+                " 'minio')", subject=S3, endpoint="minio:9000"),
+        1, False, "StorageTLSFailed", CAP, ("does not name that host", "spec.storage.endpoint"),
+    ),
+    "TLS to a plain-HTTP store": (
+        Failure(Stage.STORAGE, "TLSError", "the endpoint does not answer in TLS, it may serve plain HTTP"
+                " (WRONG_VERSION_NUMBER)", subject=S3, endpoint="minio:9000"),
+        1, False, "StorageTLSFailed", CAP,
+        ("TLS verification failed for minio:9000", "spec.storage.tls.enabled to false", "TLS port"),
+    ),
+    "plain HTTP to an HTTPS-only store": (
+        Failure(Stage.STORAGE, "InvalidResponseError", "non-XML response from server; Response code: 400, Body:"
+                " Client sent an HTTP request to an HTTPS server.", subject=S3),
+        1, False, "StorageTLSRequired", CAP, ("serves HTTPS only", "set spec.storage.tls", "caBundle"),
+    ),
+    "CA bundle ConfigMap missing": (
+        Failure(Stage.CREDENTIALS, "CABundleInvalid", "ConfigMap ns/s3-ca (spec.storage.tls.caBundle) not found:"
+                " create it in the policy's namespace", subject="Secret ns/s3"),
+        1, False, "CABundleInvalid", CAP, ("ConfigMap ns/s3-ca", "spec.storage.tls.caBundle", "retrying in 60s"),
     ),
     "a bug": (
         Failure(Stage.INTERNAL, "KeyError", "'manifestDigest'"),
@@ -157,3 +187,33 @@ def test_a_lookup_that_timed_out_reads_as_a_name_that_does_not_resolve() -> None
     verdict = classify(failure, 1, BASE, CAP)
     assert (verdict.reason, failure.error) == ("StorageUnreachable", "NameResolutionError")
     assert "does not resolve" in verdict.message and "within 5s" in verdict.message
+
+
+def _tls_error(inner: ssl.SSLError) -> urllib3.exceptions.SSLError:
+    """What urllib3 raises with retries off: its SSLError, the ssl module's as its context."""
+    try:
+        try:
+            raise inner
+        except ssl.SSLError as e:
+            raise urllib3.exceptions.SSLError(e) from None
+    except urllib3.exceptions.SSLError as outer:
+        outer.__context__ = inner
+        return outer
+
+
+def test_failure_of_reads_a_tls_failure_as_storage_whatever_the_caller_guessed() -> None:
+    untrusted = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    untrusted.verify_message = "unable to get local issuer certificate"
+    failure = failure_of(_tls_error(untrusted), Stage.STORAGE, S3, endpoint="minio:9000")
+    assert (failure.stage, failure.error, failure.endpoint) == (Stage.STORAGE, "TLSError", "minio:9000")
+    assert failure.detail == "certificate not trusted (unable to get local issuer certificate)"
+
+    plain = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    plain.reason = "WRONG_VERSION_NUMBER"
+    assert "plain HTTP" in failure_of(_tls_error(plain), storage_host="minio").detail
+
+
+def test_a_ca_bundle_problem_is_its_own_failure() -> None:
+    failure = failure_of(CABundleInvalid("ConfigMap ns/s3-ca has no key ca.crt"), Stage.CREDENTIALS, "Secret ns/s3")
+    assert (failure.stage, failure.error) == (Stage.CREDENTIALS, "CABundleInvalid")
+    assert classify(failure, 1, BASE, CAP).reason == "CABundleInvalid"

@@ -179,3 +179,45 @@ def test_without_a_template_the_pod_is_unchanged() -> None:
     assert "annotations" not in pod["metadata"]
     assert not {"affinity", "priorityClassName", "imagePullSecrets"} & pod["spec"].keys()
     assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+
+
+def _with_storage(**storage: Any) -> RetrainPolicySpec:
+    base = spec().model_dump(by_alias=True, exclude_none=True)
+    base["storage"].update(storage)
+    return RetrainPolicySpec.model_validate(base)
+
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+@pytest.mark.parametrize("verb", ["train", "verify"])
+def test_the_ca_bundle_is_mounted_read_only_and_named_to_the_trainer(verb: Verb) -> None:
+    s = _with_storage(tls={"caBundle": {"configMap": "trust-bundle", "key": "bundle.pem"}})
+    job = build_job(policy="p", spec=s, version="v2", verb=verb, parent_version=None, active_version=None,
+                    feedback_through="")  # fmt: skip
+    e = env(job)
+    assert (e[c.ENV_S3_SECURE], e[c.ENV_S3_CA_FILE]) == ("true", f"{c.S3_CA_DIR}/bundle.pem")
+    pod = _pod(job)
+    (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    assert volume["configMap"] == {"name": "trust-bundle", "items": [{"key": "bundle.pem", "path": "bundle.pem"}]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": c.S3_CA_DIR, "readOnly": True}
+
+
+@pytest.mark.parametrize(
+    ("storage", "secure"),
+    [
+        ({}, "true"),
+        ({"secure": False}, "false"),
+        ({"secure": True}, "true"),
+        ({"tls": {}}, "true"),
+        ({"tls": {"enabled": False}}, "false"),
+    ],
+)
+def test_tls_without_a_bundle_uses_the_system_cas(storage: dict[str, Any], secure: str) -> None:
+    job = build_job(policy="p", spec=_with_storage(**storage), version="v2", verb="train", parent_version=None,
+                    active_version=None, feedback_through="")  # fmt: skip
+    assert env(job)[c.ENV_S3_SECURE] == secure and c.ENV_S3_CA_FILE not in env(job)
+    assert not [v for v in _pod(job)["volumes"] if "configMap" in v]

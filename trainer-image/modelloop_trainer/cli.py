@@ -19,7 +19,7 @@ from pathlib import Path
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import ArtifactError
-from modelloop.clients.objectstore import ObjectStore
+from modelloop.clients.objectstore import CABundleInvalid, ObjectStore, tls_failure
 
 from .config import ConfigError, from_env
 from .plugin import DatasetError, InputError, load_plugin
@@ -29,7 +29,7 @@ log = logging.getLogger("modelloop_trainer")
 TERMINATION_LOG = Path("/dev/termination-log")
 ENV_TERMINATION_LOG = "MODELLOOP_TERMINATION_LOG"  # docs/contracts.md: the development node's stand-in
 # Failures whose message is the whole story; anything else also gets a traceback on stderr.
-EXPECTED = (ArtifactError, ConfigError, DatasetError, InputError, FloatingPointError)
+EXPECTED = (ArtifactError, ConfigError, DatasetError, InputError, FloatingPointError, CABundleInvalid)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _report_failure(verb: str, err: BaseException) -> None:
-    if not isinstance(err, EXPECTED):
+def _report_failure(verb: str, err: BaseException, environ: dict[str, str] | None = None) -> None:
+    why = tls_failure(err)
+    if not isinstance(err, EXPECTED) and why is None:
         traceback.print_exception(err, file=sys.stderr)
     reason = f"{verb} failed: {type(err).__name__}: {' '.join(str(err).split())}"
+    if why is not None:
+        e = environ or {}
+        trusted = e.get(c.ENV_S3_CA_FILE) or "the system CAs"
+        reason = (
+            f"{verb} failed: TLS verification failed for {e.get(c.ENV_S3_ENDPOINT, 'the object store')}: {why};"
+            f" trusted: {trusted}; set spec.storage.tls.caBundle to the CA that signed it"
+        )
     sys.stderr.write(reason + "\n")
     sys.stderr.flush()
     # The development node names its stand-in; otherwise only where Kubernetes created the file,
@@ -87,7 +95,7 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
             verify(cfg, store, plugin)
         return 0
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the process's last word, reported below
-        _report_failure(args.verb, e)
+        _report_failure(args.verb, e, environ)
         return 1
 
 

@@ -58,6 +58,53 @@ class CredentialsRef(ApiModel):
     )
 
 
+class CABundleRef(ApiModel):
+    """A PEM bundle of CA certificates in a ConfigMap of the policy's namespace (for example one
+    that cert-manager's trust-manager writes), trusted to sign the object store's certificate."""
+
+    config_map: str = Field(
+        alias="configMap",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="ConfigMap in the policy's namespace holding the bundle.",
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the ConfigMap whose value is the PEM bundle (one or more CA certificates).",
+    )
+
+
+class StorageTLS(ApiModel):
+    """How the operator, trainer, verifier and sidecar check the object store's certificate."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.caBundle) || self.enabled",
+                message="caBundle is only used over TLS: set enabled to true or remove caBundle",
+                field_path=".caBundle",
+            )
+        )
+    )
+
+    enabled: bool = Field(
+        default=True,
+        description="Reach the endpoint over HTTPS and verify its certificate (always verified, never skipped).",
+    )
+    ca_bundle: CABundleRef | None = Field(
+        default=None,
+        alias="caBundle",
+        description=(
+            "CA certificates to verify the endpoint with, for a store whose certificate a private CA signed;"
+            " when absent, the system's public CAs are used."
+        ),
+    )
+
+
 class StorageSpec(ApiModel):
     """The S3-compatible object store holding datasets, feedback and every version's artifacts."""
 
@@ -67,7 +114,21 @@ class StorageSpec(ApiModel):
         pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
         description="S3 endpoint host[:port], without scheme.",
     )
-    secure: bool = Field(default=False, description="Use HTTPS to reach the endpoint.")
+    secure: bool | None = Field(
+        default=None,
+        description=(
+            "Deprecated: use tls, which wins when both are set. Kept so that policies stored before tls"
+            " existed keep their scheme (the old default stored secure: false: plain HTTP)."
+        ),
+    )
+    tls: StorageTLS | None = Field(
+        default=None,
+        description=(
+            "TLS to the endpoint, with an optional CA bundle for a private CA. On by default (absent, and"
+            " secure unset, means HTTPS verified against the system CAs); enabled: false for plain HTTP to"
+            " a store inside the namespace's trust boundary only."
+        ),
+    )
     region: str | None = Field(default=None, max_length=63, description="S3 region, where the store needs one.")
     bucket: str = Field(
         min_length=3,
@@ -79,6 +140,18 @@ class StorageSpec(ApiModel):
         alias="trainerCredentials",
         description="Read-write credentials, mounted only into training and verification pods.",
     )
+
+    @property
+    def use_tls(self) -> bool:
+        """Whether clients speak HTTPS: ``tls.enabled`` when ``tls`` is present, else the older ``secure``,
+        else yes (TLS by default; policies stored before ``tls`` existed carry ``secure: false``)."""
+        if self.tls is not None:
+            return self.tls.enabled
+        return True if self.secure is None else self.secure
+
+    @property
+    def ca_bundle(self) -> CABundleRef | None:
+        return self.tls.ca_bundle if self.tls is not None and self.tls.enabled else None
 
 
 class DatasetSpec(ApiModel):

@@ -150,6 +150,15 @@ def read_secret_keys(namespace: str, name: str, keys: tuple[str, str]) -> tuple[
     return a, b, str(secret.metadata.resource_version if secret.metadata else "")
 
 
+def read_configmap_key(namespace: str, name: str, key: str) -> tuple[str, str]:
+    """(value of ``key``, resourceVersion) of a ConfigMap; KeyError naming both when the key is missing."""
+    cm = core().read_namespaced_config_map(name, namespace)
+    data = cm.data or {}
+    if key not in data:
+        raise KeyError(f"ConfigMap {namespace}/{name} has no key {key}")
+    return str(data[key]), str(cm.metadata.resource_version if cm.metadata else "")
+
+
 def deployment_serving(namespace: str, name: str) -> tuple[int, list[tuple[str, str | None, bool]]] | None:
     """(spec.replicas, [(pod, serving digest, terminating)]) or None if the Deployment is missing."""
     try:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,10 @@ class StoreConfig:
     bucket: str
     secure: bool = False
     region: str | None = None
+    ca_file: str | None = None
+    """A PEM bundle of the CAs to verify the endpoint with (a mounted ConfigMap); system CAs when None."""
+    ca_data: str | None = None
+    """The same, as text (the operator reads the ConfigMap instead of mounting it)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StoreConfig:
@@ -55,14 +60,68 @@ class StoreConfig:
         missing = [k for k in (c.ENV_S3_ENDPOINT, c.ENV_ACCESS_KEY, c.ENV_SECRET_KEY, c.ENV_BUCKET) if not e.get(k)]
         if missing:
             raise RuntimeError(f"object store not configured: set {', '.join(missing)}")
+        secure = e.get(c.ENV_S3_SECURE, "false").lower() == "true"
+        ca_file = e.get(c.ENV_S3_CA_FILE) or None
+        if ca_file and not secure:
+            raise RuntimeError(
+                f"{c.ENV_S3_CA_FILE}={ca_file} is set but {c.ENV_S3_SECURE} is not true: a CA bundle is only"
+                f" used over TLS; set {c.ENV_S3_SECURE}=true"
+            )
         return cls(
             endpoint=e[c.ENV_S3_ENDPOINT],
             access_key=e[c.ENV_ACCESS_KEY],
             secret_key=e[c.ENV_SECRET_KEY],
             bucket=e[c.ENV_BUCKET],
-            secure=e.get(c.ENV_S3_SECURE, "false").lower() == "true",
+            secure=secure,
             region=e.get(c.ENV_S3_REGION) or None,
+            ca_file=ca_file,
         )
+
+
+def tls_context(config: StoreConfig) -> ssl.SSLContext | None:
+    """The verifying TLS context for ``config``: its CA bundle when it names one, else the system CAs.
+
+    Built eagerly so that an unreadable or non-PEM bundle is an error at start-up naming the file,
+    not a handshake failure on the first request. Verification is never turned off.
+    """
+    if not config.secure:
+        return None
+    if config.ca_file is None and config.ca_data is None:
+        return ssl.create_default_context()
+    where = config.ca_file or "the CA bundle"
+    try:
+        return ssl.create_default_context(cafile=config.ca_file, cadata=config.ca_data)
+    except (ssl.SSLError, ValueError) as e:
+        raise CABundleInvalid(f"{where} holds no usable PEM CA certificate ({e})") from e
+    except OSError as e:
+        raise CABundleInvalid(f"cannot read {where}: {e.strerror or e}") from e
+
+
+class CABundleInvalid(ValueError):
+    """The configured CA bundle cannot be used (missing file, not PEM): waiting does not fix it."""
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why the TLS handshake with the store failed, when that is what ``exc`` is; else None.
+
+    The operator turns it into a condition and the sidecar into an Event: a wrong CA or a plain-HTTP
+    endpoint reached over TLS fails the same way on every retry, so it must say so, not look like an
+    outage.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate not trusted ({e.verify_message or e.reason})"
+        if isinstance(e, ssl.SSLError):
+            text = f"{e.reason or ''} {e}".upper()
+            if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH_TOO_LONG" in text:
+                return f"the endpoint does not answer in TLS, it may serve plain HTTP ({e.reason})"
+            return f"TLS handshake failed ({e.reason or e})"
+        reason = getattr(e, "reason", None)
+        e = reason if isinstance(reason, BaseException) else (e.__cause__ or e.__context__)
+    return None
 
 
 # Local disk conditions that waiting does not heal: retrying only delays the refusal.
@@ -70,6 +129,8 @@ _LOCAL_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def _transient(err: BaseException) -> bool:
+    if tls_failure(err) is not None:
+        return False  # the same certificate fails the same way on the next try
     if isinstance(err, S3Error):
         return err.code in _TRANSIENT_S3
     if isinstance(err, OSError) and err.errno in _LOCAL_PERMANENT_ERRNOS:
@@ -117,7 +178,9 @@ class ObjectStore:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=60.0), maxsize=16, retries=False)
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0), maxsize=16, retries=False, ssl_context=tls_context(config)
+        )
         self.client = Minio(
             config.endpoint,
             access_key=config.access_key,

@@ -43,6 +43,8 @@ class Failure:
     http_status: int | None = None
     subject: str = ""
     """What was being reached: ``endpoint/bucket``, ``Secret ns/name``; named in the message."""
+    endpoint: str = ""
+    """The object store's host:port, for messages about the store's TLS."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,22 @@ def classify(failure: Failure, attempt: int, base: float, cap: float) -> ErrorVe
             return transient("SecretNotFound", f"{subject} not found: create it in the policy's namespace", cap)
         if failure.http_status == 403:
             return transient("Forbidden", f"the operator may not read {subject} ({what}): grant it get on secrets", cap)
+        if failure.error == "CABundleInvalid":
+            return transient("CABundleInvalid", failure.detail, cap)
         if failure.error == "KeyError":
             missing = failure.detail.strip("\"'")
             return transient("CredentialsInvalid", f"{missing}: add it or fix spec.storage.trainerCredentials", cap)
         return transient("CredentialsUnreadable", f"cannot read {subject}: {what}", soon)
     if failure.stage is Stage.STORAGE:
+        if failure.error == "TLSError":
+            return transient("StorageTLSFailed", _tls_message(failure), cap)
+        if "HTTP request to an HTTPS server" in failure.detail:
+            return transient(
+                "StorageTLSRequired",
+                f"{subject} serves HTTPS only: set spec.storage.tls (with caBundle when a private CA signed"
+                " its certificate)",
+                cap,
+            )
         if failure.s3_code in _DENIED_S3:
             return transient(
                 "StorageAccessDenied",
@@ -128,6 +141,22 @@ def classify(failure: Failure, attempt: int, base: float, cap: float) -> ErrorVe
             return permanent("RejectedByAPIServer", f"the API server refused what the operator wrote: {what}")
         return transient("APIServerError", f"Kubernetes API call failed: {what}", soon)
     return transient("ReconcileError", f"reconcile failed: {what}", soon)
+
+
+def _tls_message(failure: Failure) -> str:
+    """A certificate the operator does not trust needs the CA; an endpoint without TLS needs the flag or the port."""
+    head = f"TLS verification failed for {failure.endpoint or failure.subject}: {failure.detail}"
+    if "mismatch" in failure.detail:
+        return (
+            f"{head}; the certificate does not name that host: use a name it covers in spec.storage.endpoint"
+            " or reissue it with this one"
+        )
+    if "plain HTTP" in failure.detail:
+        return (
+            f"{head}; point spec.storage.endpoint at the store's TLS port, or set spec.storage.tls.enabled"
+            " to false if it is reachable only inside the cluster"
+        )
+    return f"{head}; set spec.storage.tls.caBundle to the CA that signed it"
 
 
 def _seconds(delay: float) -> str:

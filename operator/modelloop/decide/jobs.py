@@ -19,6 +19,7 @@ from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
 
 Verb = Literal["train", "verify"]
 TORCHRUN_PORT = 29500
+CA_VOLUME = "modelloop-storage-ca"  # spec.storage.tls.caBundle, mounted read-only at S3_CA_DIR
 
 
 def job_name(policy: str, version: str, verb: Verb) -> str:
@@ -44,11 +45,12 @@ def _env(
         c.ENV_VERSION: version,
         c.ENV_BUCKET: spec.storage.bucket,
         c.ENV_S3_ENDPOINT: spec.storage.endpoint,
-        c.ENV_S3_SECURE: "true" if spec.storage.secure else "false",
+        c.ENV_S3_SECURE: "true" if spec.storage.use_tls else "false",
         c.ENV_DATASET: spec.dataset.path,
         c.ENV_PLUGIN: spec.training.plugin,
         c.ENV_HYPERPARAMETERS: json.dumps(hyperparameters.model_dump(by_alias=True), sort_keys=True),
         **({c.ENV_S3_REGION: spec.storage.region} if spec.storage.region else {}),
+        **({c.ENV_S3_CA_FILE: f"{c.S3_CA_DIR}/{spec.storage.ca_bundle.key}"} if spec.storage.ca_bundle else {}),
         **extra,
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
@@ -161,6 +163,14 @@ def build_job(
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, *_dump(t.pod_template.volumes)],
     }
+    if (bundle := spec.storage.ca_bundle) is not None:
+        pod_spec["volumes"].append(
+            {
+                "name": CA_VOLUME,
+                "configMap": {"name": bundle.config_map, "items": [{"key": bundle.key, "path": bundle.key}]},
+            }
+        )
+        container["volumeMounts"].append({"name": CA_VOLUME, "mountPath": c.S3_CA_DIR, "readOnly": True})
     if workers > 1:
         pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         pod_spec["subdomain"] = name

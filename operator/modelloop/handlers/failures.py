@@ -17,14 +17,23 @@ from kubernetes.client.exceptions import ApiException
 from minio.error import S3Error
 from pydantic import ValidationError
 
+from modelloop.clients.objectstore import CABundleInvalid, tls_failure
 from modelloop.decide.conditions import get_condition, set_condition
 from modelloop.decide.errors import ErrorVerdict, Failure, InvalidSpec, Stage
 
 
-def failure_of(exc: BaseException, stage: Stage | None = None, subject: str = "", storage_host: str = "") -> Failure:
+def failure_of(
+    exc: BaseException, stage: Stage | None = None, subject: str = "", storage_host: str = "", endpoint: str = ""
+) -> Failure:
     """``stage`` when the caller knows it; otherwise inferred from the exception (``storage_host``
-    tells an object-store connection error from one to the API server: both come from urllib3)."""
+    tells an object-store connection error from one to the API server: both come from urllib3).
+    ``endpoint``: the store's host:port, named when its TLS handshake fails."""
     error, detail = type(exc).__name__, _one_line(exc)
+    if isinstance(exc, CABundleInvalid):
+        return Failure(Stage.CREDENTIALS, "CABundleInvalid", detail, subject=subject)
+    tls = tls_failure(exc)
+    if tls is not None and (stage in (None, Stage.STORAGE)):
+        return Failure(Stage.STORAGE, "TLSError", tls, subject=subject, endpoint=endpoint or storage_host)
     if isinstance(exc, ApiException):
         return Failure(stage or Stage.KUBERNETES, error, _api_detail(exc), http_status=exc.status, subject=subject)
     if isinstance(exc, S3Error):

@@ -158,7 +158,7 @@ def reconcile_policy(
             else f"s3://{spec.storage.bucket}/{feedback_prefix(spec.model)} at {spec.storage.endpoint}"
         )
         every = float(spec.triggers.check_interval_seconds)  # the next full pass reads again
-        unreadable = classify(failure_of(e, stage, subject), 1, every, every)
+        unreadable = classify(failure_of(e, stage, subject, endpoint=spec.storage.endpoint), 1, every, every)
         conds = report_failure(body, conds, "FeedbackReadable", unreadable, now, generation, logger)
         store = None
 

@@ -1,19 +1,44 @@
-"""The operator's object-store clients, one per (endpoint, bucket, Secret resourceVersion).
+"""The operator's object-store clients, one per (endpoint, bucket, Secret and CA bundle resourceVersions).
 
 Keyed by the Secret's resourceVersion so a rotated credential is picked up on the next pass
-without a restart, and an unchanged one costs no new connection pool.
+without a restart, and an unchanged one costs no new connection pool; likewise the CA bundle's
+ConfigMap (spec.storage.tls.caBundle), so a renewed private CA is trusted on the next pass.
 """
 
 from __future__ import annotations
 
 import threading
 
+from kubernetes.client.exceptions import ApiException
+
 from modelloop.api.retrainpolicy import RetrainPolicySpec
 from modelloop.clients import kube
-from modelloop.clients.objectstore import ObjectStore, StoreConfig
+from modelloop.clients.objectstore import CABundleInvalid, ObjectStore, StoreConfig
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str, str, str], ObjectStore] = {}
+_cache: dict[tuple[str, str, str, str, str], ObjectStore] = {}
+
+
+def _ca_bundle(namespace: str, spec: RetrainPolicySpec) -> tuple[str | None, str]:
+    """(PEM text, resourceVersion) of the policy's CA bundle; (None, "") when it names none."""
+    ref = spec.storage.ca_bundle
+    if ref is None:
+        return None, ""
+    where = f"ConfigMap {namespace}/{ref.config_map}"
+    try:
+        return kube.read_configmap_key(namespace, ref.config_map, ref.key)
+    except KeyError as e:
+        raise CABundleInvalid(f"{e.args[0]}: fix spec.storage.tls.caBundle.key or the ConfigMap") from None
+    except ApiException as e:
+        if e.status == 404:
+            raise CABundleInvalid(
+                f"{where} (spec.storage.tls.caBundle) not found: create it in the policy's namespace"
+            ) from None
+        if e.status == 403:
+            raise CABundleInvalid(
+                f"the operator may not read {where} (spec.storage.tls.caBundle): grant it get on configmaps"
+            ) from None
+        raise
 
 
 def store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore:
@@ -21,7 +46,14 @@ def store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore:
     access, secret, rv = kube.read_secret_keys(
         namespace, creds.secret_name, (creds.access_key_key, creds.secret_key_key)
     )
-    key = (spec.storage.endpoint, spec.storage.bucket, f"{namespace}/{creds.secret_name}", rv)
+    ca_data, ca_rv = _ca_bundle(namespace, spec)
+    key = (
+        spec.storage.endpoint,
+        spec.storage.bucket,
+        f"{namespace}/{creds.secret_name}",
+        rv,
+        f"{spec.storage.use_tls}/{ca_rv}",
+    )
     with _lock:
         store = _cache.get(key)
         if store is None:
@@ -30,8 +62,9 @@ def store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore:
                 access_key=access,
                 secret_key=secret,
                 bucket=spec.storage.bucket,
-                secure=spec.storage.secure,
+                secure=spec.storage.use_tls,
                 region=spec.storage.region,
+                ca_data=ca_data,
             )
             # Few, short retries: a reconcile pass must not stall for long on a dead MinIO,
             # the next timer tick is the real retry.

@@ -1,0 +1,70 @@
+"""The documented bucket policy (docs/storage/trainer-policy.json) holds on a real MinIO.
+
+Applied as written (only the bucket name replaced) to a fresh MinIO user through MinIO's admin API:
+the training identity works in its model's prefix and reads its dataset, and cannot write the
+holdout set, write another model's prefix, or read or list it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import MinioAdmin
+from minio.credentials import StaticProvider
+from minio.error import S3Error
+
+from modelloop.clients.objectstore import ObjectStore, StoreConfig
+from modelloop_dev.minio import MinioServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+POLICY = Path(__file__).resolve().parents[2] / "docs/storage/trainer-policy.json"
+
+
+def trainer_identity(minio: MinioServer, bucket: str) -> StoreConfig:
+    """A MinIO user holding only the documented trainer policy for ``bucket``."""
+    document: dict[str, Any] = json.loads(POLICY.read_text().replace("arn:aws:s3:::models", f"arn:aws:s3:::{bucket}"))
+    admin = MinioAdmin(
+        endpoint=minio.endpoint, credentials=StaticProvider(minio.access_key, minio.secret_key), secure=False
+    )
+    user, password, name = "trainer-" + secrets.token_hex(4), secrets.token_urlsafe(18), "trainer-" + bucket
+    admin.user_add(user, password)
+    admin.policy_add(name, policy=document)
+    admin.attach_policy([name], user=user)
+    return StoreConfig(endpoint=minio.endpoint, access_key=user, secret_key=password, bucket=bucket)
+
+
+def denied(action: Callable[[], object]) -> bool:
+    try:
+        action()
+    except S3Error as e:
+        return e.code == "AccessDenied"
+    return False
+
+
+def test_the_trainer_policy_scopes_writes_to_its_model_and_keeps_the_holdout_read_only(
+    minio: MinioServer, bucket: str
+) -> None:
+    admin_store = minio.store(bucket)
+    admin_store.put_bytes("datasets/digits/holdout.safetensors", b"the holdout every version is measured on")
+    admin_store.put_bytes("digits/feedback/batch-1.jsonl", b"{}\n")
+    admin_store.put_bytes("other/v1/manifest.json", b"{}")
+    trainer = ObjectStore(trainer_identity(minio, bucket), attempts=1)
+
+    assert trainer.get_bytes("datasets/digits/holdout.safetensors").startswith(b"the holdout")
+    assert list(trainer.list_keys("digits/feedback/")) == ["digits/feedback/batch-1.jsonl"]
+    trainer.put_bytes("digits/v2/weights.safetensors", b"new weights")
+    trainer.put_bytes("digits/v2/checkpoints/epoch-1.pt", b"checkpoint")
+    assert trainer.remove_prefix("digits/v2/checkpoints/") == 1
+
+    assert denied(lambda: trainer.put_bytes("datasets/digits/holdout.safetensors", b"an easier holdout"))
+    assert denied(lambda: trainer.put_bytes("datasets/digits/train.safetensors", b"poisoned"))
+    assert denied(lambda: trainer.put_bytes("other/v1/manifest.json", b"{}"))
+    assert denied(lambda: trainer.get_bytes("other/v1/manifest.json"))
+    assert denied(lambda: list(trainer.list_keys("other/")))
+    assert admin_store.get_bytes("datasets/digits/holdout.safetensors").startswith(b"the holdout")
