@@ -15,7 +15,10 @@ from the state the previous one left):
 3. ``kubectl annotate ... rollback-to=previous`` brings v1 back, again with no failed request;
 4. a version declaring more weights than the server container's memory limit leaves room for is
    refused by the server from the cgroup files it reads on this node, before anything is loaded;
-   the Pod keeps serving, ready, with no restart.
+   the Pod keeps serving, ready, with no restart;
+5. a second policy trains with two workers (torchrun on an Indexed Job, rendezvous through the
+   headless Service's DNS); one worker is SIGKILLed mid-training and the retried workers resume
+   from the last checkpoint and publish one version.
 """
 
 from __future__ import annotations
@@ -321,3 +324,70 @@ def test_a_version_too_big_for_the_memory_limit_is_refused_and_v1_keeps_serving(
     assert {s["name"]: s["restartCount"] for s in after["status"]["containerStatuses"]} == restarts
     assert all(s["ready"] for s in after["status"]["containerStatuses"])
     report["too_large_refused"] = body["error"]
+
+
+def test_two_workers_rendezvous_by_dns_and_resume_after_a_worker_is_killed(
+    installed: Installed, report: dict[str, Any]
+) -> None:
+    """torchrun on an Indexed Job (gloo on CPU) finds rank 0 through the headless Service's DNS on the
+    node's CoreDNS; a worker SIGKILLed mid-training fails the attempt, the Job starts both again, and
+    they resume from the last checkpoint in the bucket and publish one version."""
+    policy = installed.kubectl_json("-n", NAMESPACE, "get", "rp", "digits")
+    training = policy["spec"]["training"]
+    body = {
+        "apiVersion": policy["apiVersion"],
+        "kind": "RetrainPolicy",
+        "metadata": {"name": "digits-ddp", "namespace": NAMESPACE},
+        "spec": {
+            "model": "digits-ddp",
+            "storage": policy["spec"]["storage"],
+            "dataset": policy["spec"]["dataset"],
+            "training": {
+                "image": training["image"],
+                "workers": 2,
+                "backoffLimit": 4,
+                "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+                "hyperparameters": {"epochs": 12, "batchSize": 64, "checkpointInterval": 1, "earlyStoppingPatience": 0},
+            },
+            # This test is about training; the example's gates are for what serves.
+            "verification": {"gates": {"minValidationAccuracy": 0.5, "minHoldoutAccuracy": 0.5}},
+        },
+    }
+    installed.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    view = PolicyView(installed.view.kube, NAMESPACE, "digits-ddp", "")
+    t0 = time.monotonic()
+    job = "digits-ddp-v1-train"
+
+    def progressed() -> int | None:
+        status = (view.mvs().get("v1") or {}).get("status") or {}
+        epoch = int((status.get("progress") or {}).get("epoch") or 0)
+        return epoch if epoch >= 2 else None
+
+    epoch_at_kill = wait_for("v1 to finish two epochs on two workers", progressed, VERSION_TIMEOUT_S, every_s=1)
+    report["ddp_two_epochs_s"] = round(time.monotonic() - t0, 1)
+    pods = installed.kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"job-name={job}")["items"]
+    indexes = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+    assert set(indexes) == {"0", "1"}, f"expected one pod per worker index: {sorted(indexes)}"
+    killed = indexes["1"]
+    container_id = killed["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    installed.cluster.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+    v1 = view.wait_phase("v1", {"Verified", "Active"}, VERSION_TIMEOUT_S)
+    report["ddp_v1_verified_s"] = round(time.monotonic() - t0, 1)
+
+    pods = installed.kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"job-name={job}")["items"]
+    assert len(pods) > 2, f"no worker was started again after the kill: {[p['metadata']['name'] for p in pods]}"
+    succeeded = [p for p in pods if p["status"]["phase"] == "Succeeded"]
+    assert len(succeeded) == 2, [(p["metadata"]["name"], p["status"]["phase"]) for p in pods]
+    rank0 = next(
+        p for p in succeeded if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0"
+    )
+    log = installed.cluster.kubectl("-n", NAMESPACE, "logs", rank0["metadata"]["name"]).stdout
+    resumed = re.search(r"resuming from checkpoint \S+: epochs 1\.\.(\d+) are done", log)
+    assert resumed, f"the restarted rank 0 did not resume from a checkpoint:\n{log[-3000:]}"
+    assert int(resumed.group(1)) >= epoch_at_kill - 1, (
+        f"resumed after epoch {resumed.group(1)}, but epoch {epoch_at_kill} was done before the kill"
+    )
+    assert "joined the gloo process group" in log
+    assert sorted(view.mvs()) == ["v1"], f"the kill must not start another version: {sorted(view.mvs())}"
+    assert v1["status"]["artifact"]["manifestDigest"]
+    report["ddp_resumed_after_epoch"] = int(resumed.group(1))
