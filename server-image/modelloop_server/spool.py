@@ -80,6 +80,7 @@ class SpoolKind(Generic[R]):
     metrics: SpoolMetrics
     fsync_each: bool = True  # False: appends reach the page cache only (survive a killed process, not a lost node)
     key_at_open: bool = False  # True: a batch's key is chosen when it opens, so records can name it at once
+    key_of: Callable[[list[R]], str | None] | None = None  # key_at_open: the key a restored journal's records name
 
 
 class BatchSpool(Generic[R]):
@@ -186,6 +187,7 @@ class BatchSpool(Generic[R]):
         if records:
             with self._lock:
                 self._open = records
+                self._open_key = self.kind.key_of(records) if self.kind.key_of else None
                 self._open_bytes = len(self.kind.encode(records))
                 self._cut_locked()
         else:
@@ -205,11 +207,12 @@ class BatchSpool(Generic[R]):
         :class:`SpoolUnavailable` when the record cannot be journaled; either way it was not taken.
         Blocks for an fsync when the kind asks for one: call it off the event loop then.
         """
-        return self.add_keyed(lambda _key: record)[1]
+        return self.add_keyed(lambda _key, _at: [record])[1]
 
-    def add_keyed(self, make: Callable[[str | None], R]) -> tuple[R, bool]:
-        """Like :meth:`add`, for a record built from the key of the batch it goes into (None unless the
-        kind chooses keys at open); the batch cannot be cut between the two."""
+    def add_keyed(self, make: Callable[[str | None, int], list[R]]) -> tuple[list[R], bool]:
+        """Like :meth:`add`, for records built from where they go: the open batch's key (None unless the
+        kind chooses keys at open) and how many records it already holds. All go into that one batch,
+        which cannot be cut meanwhile."""
         with self._lock:
             n, held = self._backlog_locked(), self._bytes_locked()
             k = self.kind
@@ -221,22 +224,22 @@ class BatchSpool(Generic[R]):
                 )
             if k.key_at_open and self._open_key is None:
                 self._open_key = k.new_key()
-            record = make(self._open_key)
-            line = k.encode([record])
-            if held + len(line) > self.max_bytes:
+            records = make(self._open_key, len(self._open))
+            data = k.encode(records)
+            if held + len(data) > self.max_bytes:
                 raise BacklogFull(
                     f"the {k.what} spool is full: {held} bytes of {k.item}s are waiting for the object store (limit "
                     f"{self.max_bytes} bytes, {k.env_prefix}_MAX_SPOOL_BYTES); it has been unreachable for a while. "
                     f"The {k.item} was not accepted; retry later."
                 )
-            self._write_journal_locked(line)
+            self._write_journal_locked(data)
             if not self._open:
                 self._opened_at = self.clock()
-            self._open.append(record)
-            self._open_bytes += len(line)
+            self._open.extend(records)
+            self._open_bytes += len(data)
             full = len(self._open) >= self.batch_records
         self._update_gauge()
-        return record, full
+        return records, full
 
     def pending(self, key: str) -> list[R] | None:
         """The records of a batch not yet confirmed stored (open or pending), or None."""

@@ -42,7 +42,7 @@ class FeedbackRecord(BaseModel):
     reason: str | None = Field(
         default=None,
         max_length=MAX_REASON,
-        description="Why the reviewer answered so (\"missed stain\"); absent in older records.",
+        description='Why the reviewer answered so ("missed stain"); absent in older records.',
     )
     reviewed_at: datetime = Field(alias="reviewedAt")
     reviewer: str | None = Field(

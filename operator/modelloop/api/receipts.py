@@ -127,7 +127,9 @@ def check_review_id(value: object, field: str = "id") -> str:
     return value
 
 
-def join(receipt: Receipt, label: int, reviewed_at: datetime, reviewer: str | None, reason: str | None) -> FeedbackRecord:
+def join(
+    receipt: Receipt, label: int, reviewed_at: datetime, reviewer: str | None, reason: str | None
+) -> FeedbackRecord:
     """The feedback record of a review: the reviewer's label and reason, everything else from the receipt."""
     return FeedbackRecord(
         id=receipt.id,
