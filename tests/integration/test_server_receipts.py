@@ -79,7 +79,9 @@ def test_a_review_by_id_is_stored_with_what_the_server_answered(
     assert forged.status_code == 422 and "field 'version' is not accepted" in forged.json()["error"]
     unknown = httpx.post(f"{url}/v1/feedback", json={"id": "never-answered", "label": 1})
     assert unknown.status_code == 404
-    assert "'never-answered'" in unknown.json()["error"] and f"s3://{bucket}/digits/receipts/" in unknown.json()["error"]
+    assert (
+        "'never-answered'" in unknown.json()["error"] and f"s3://{bucket}/digits/receipts/" in unknown.json()["error"]
+    )
 
     review = {"id": pid, "label": wrong, "reason": "missed stain"}
     first = httpx.post(f"{url}/v1/feedback", json=review)
