@@ -97,7 +97,10 @@ class ReceiptBook:
         search_batches: int = 20,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        spool: bool | None = None,
     ) -> None:
+        """``spool``: write receipts to the spool (default: when there is a store to upload them to;
+        without one they are kept in memory only, as there is nowhere for reviews to be stored either)."""
         self.model = model
         self.store = store
         self.metrics = metrics
@@ -126,6 +129,8 @@ class ReceiptBook:
             key_of=lambda records: next((k for r in records if (k := receipt_key(model, r.id))), None),
         )
         self.spool = BatchSpool(kind, store, spool_dir, batch_records, flush_seconds, max_backlog, clock, max_bytes)
+        self.spooling = store is not None if spool is None else spool
+        self._failing = False
         self._lock = threading.Lock()
         self._index: OrderedDict[str, Receipt] = OrderedDict()
         self._cache: OrderedDict[str, dict[str, Receipt]] = OrderedDict()
@@ -166,13 +171,24 @@ class ReceiptBook:
                 for i, facts in enumerate(inputs)
             ]
 
-        try:
-            receipts, _ = self.spool.add_keyed(build)
-        except (BacklogFull, SpoolUnavailable) as e:
-            reason = "backlog_full" if isinstance(e, BacklogFull) else "spool_unavailable"
-            self.metrics.receipts_failed.labels(reason).inc(rows)
-            log.warning("receipts of %d predictions kept in memory only: %s", rows, e)
+        if not self.spooling:
             receipts = build(None, 0)
+        else:
+            try:
+                receipts, _ = self.spool.add_keyed(build)
+                if self._failing:
+                    self._failing = False
+                    log.info("receipts are spooled again")
+            except (BacklogFull, SpoolUnavailable) as e:
+                reason = "backlog_full" if isinstance(e, BacklogFull) else "spool_unavailable"
+                self.metrics.receipts_failed.labels(reason).inc(rows)
+                if not self._failing:  # once per episode, not once per prediction
+                    self._failing = True
+                    log.warning(
+                        "receipts are kept in memory only until the spool takes them again "
+                        "(modelloop_server_receipts_failed_total counts them): %s", e,
+                    )  # fmt: skip
+                receipts = build(None, 0)
         with self._lock:
             for r in receipts:
                 self._index[r.id] = r

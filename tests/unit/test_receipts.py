@@ -130,7 +130,7 @@ def test_inputs_are_kept_inline_when_small_and_by_digest_otherwise() -> None:
 
 
 def _book(tmp_path: Path, **kw: int) -> ReceiptBook:
-    return ReceiptBook(MODEL, None, tmp_path, ServerMetrics(), now=lambda: T0, **kw)  # type: ignore[arg-type]
+    return ReceiptBook(MODEL, None, tmp_path, ServerMetrics(), now=lambda: T0, spool=True, **kw)  # type: ignore[arg-type]
 
 
 def test_receipts_of_one_request_share_the_open_batch_their_ids_name(tmp_path: Path) -> None:
@@ -185,3 +185,23 @@ def test_generated_ids_older_than_the_retention_are_expired(tmp_path: Path) -> N
     assert book.expired(generated_id(new_stem(T0 - timedelta(hours=2)), 0))
     assert not book.expired(generated_id(new_stem(T0 - timedelta(minutes=30)), 0))
     assert not book.expired("order-12"), "a client id carries no time"
+
+
+def test_a_full_receipt_spool_never_fails_a_prediction(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    book = ReceiptBook(MODEL, None, tmp_path, metrics, max_backlog=1, now=lambda: T0, spool=True)
+    probs = torch.tensor([[0.1, 0.9]])
+    _, [kept] = book.record("v1", probs, tensor_facts(torch.zeros(1, 2), 8))
+    _, [memory_only] = book.record("v1", probs, tensor_facts(torch.zeros(1, 2), 8))
+    assert metrics.receipts_failed.labels("backlog_full")._value.get() == 1
+    assert book.spool.backlog == 1 and memory_only != kept
+    found, where = book.lookup(memory_only)
+    assert found is not None and where == "memory", "this replica can still join it"
+    book.spool.close()
+
+
+def test_without_a_store_receipts_stay_in_memory_and_nothing_is_spooled(tmp_path: Path) -> None:
+    book = ReceiptBook(MODEL, None, tmp_path / "spool", ServerMetrics(), now=lambda: T0)
+    _, [rid] = book.record("v1", torch.tensor([[0.1, 0.9]]), tensor_facts(torch.zeros(1, 2), 8))
+    assert book.lookup(rid)[1] == "memory" and book.spool.backlog == 0
+    assert not (tmp_path / "spool").exists()
