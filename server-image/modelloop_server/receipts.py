@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from torch import Tensor
 
@@ -64,13 +64,13 @@ class InputFacts:
 
 def tensor_facts(x: Tensor, max_inline: int) -> list[InputFacts]:
     """Per row of ``[N, ...]``: the flat values up to ``max_inline`` of them, else the float32 bytes' digest."""
+    rows = x.reshape(x.shape[0], -1)
+    if rows.shape[1] <= max_inline:
+        return [InputFacts(values=values) for values in rows.tolist()]
     out = []
-    for row in x.reshape(x.shape[0], -1):
-        if row.numel() <= max_inline:
-            out.append(InputFacts(values=row.tolist()))
-        else:
-            raw = row.contiguous().float().numpy().astype("<f4", copy=False).tobytes()
-            out.append(InputFacts(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw)))
+    for row in rows:
+        raw = row.contiguous().float().numpy().astype("<f4", copy=False).tobytes()
+        out.append(InputFacts(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw)))
     return out
 
 
@@ -143,16 +143,17 @@ class ReceiptBook:
         A receipt that cannot be spooled (backlog full, volume refusing writes) does not fail the
         prediction: it is counted and kept in memory only, where this replica can still join it.
         """
-        _, idx = probs.max(dim=1)  # torch.max: the first of tied maxima, as the answer does
         rows = probs.shape[0]
         at = self.now()
-        scores, predicted = probs.tolist(), idx.tolist()
+        scores: list[list[float]] = probs.tolist()
+        # The first of tied maxima, as the answer's torch.max takes it; in Python, one torch call fewer.
+        predicted = [max(range(len(row)), key=row.__getitem__) for row in scores]
         request = client_id or ""
 
         def build(key: str | None, position: int) -> list[Receipt]:
             nonlocal request
             if client_id is None:
-                stem = PurePosixPath(key).name.removesuffix(".jsonl") if key else new_stem(at)
+                stem = key.rsplit("/", 1)[1].removesuffix(".jsonl") if key else new_stem(at)
                 request = generated_id(stem, position)
             # model_construct: every value comes from this server's own tensors, and validating 64+10
             # floats per answer through pydantic costs more than the rest of the receipt together.

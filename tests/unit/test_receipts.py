@@ -146,6 +146,9 @@ def test_receipts_of_one_request_share_the_open_batch_their_ids_name(tmp_path: P
     assert [(r.predicted, r.version) for r in held] == [(1, "v2"), (0, "v2")]
     second, [one] = book.record("v2", probs[:1], facts[:1])
     assert one == second != request and receipt_key(MODEL, one) == key, "later requests join the open batch"
+    _, [tie] = book.record("v2", torch.tensor([[0.2, 0.4, 0.4]]), facts[:1])
+    found_tie = book.in_memory(tie)
+    assert found_tie is not None and found_tie.predicted == 1, "the first of tied maxima, as torch.max answers"
     client, [mine] = book.record("v2", probs[:1], facts[:1], client_id="order-12")
     assert client == mine == "order-12"
     found, where = book.lookup("order-12")
