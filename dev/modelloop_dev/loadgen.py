@@ -148,6 +148,20 @@ class LoadGenerator:
         return self.tally
 
 
+def post_review(
+    pool: urllib3.PoolManager, base: str, body: bytes, headers: dict[str, str], timeout_s: float, attempts: int = 5
+) -> urllib3.BaseHTTPResponse:
+    """POST a review; a 404 with Retry-After (the receipt is on its way to the bucket from the replica that
+    answered, when a Service sent the review to another one) is retried after the delay it asks for."""
+    for _ in range(attempts - 1):
+        resp = pool.request("POST", f"{base}/v1/feedback", body=body, headers=headers, timeout=timeout_s)
+        wait = resp.headers.get("Retry-After")
+        if resp.status != 404 or wait is None:
+            return resp
+        time.sleep(min(float(wait), 10.0))
+    return pool.request("POST", f"{base}/v1/feedback", body=body, headers=headers, timeout=timeout_s)
+
+
 @dataclass
 class ReviewResult:
     reviewed: int
@@ -172,26 +186,16 @@ def review(
     for i in range(n):
         base = targets[i % len(targets)]
         try:
-            status, payload, version = predict(pool, base, x[i], timeout_s)
+            status, payload, _version = predict(pool, base, x[i], timeout_s)
             predicted = predicted_class(payload)
             if status != 200 or predicted is None:
                 failed += 1
                 continue
-            body = {
-                "requestId": payload.get("requestId") or payload.get("request_id"),
-                "input": [float(v) for v in x[i]],
-                "predicted": predicted,
-                "label": int(y[i]),
-                "version": version,
-            }
-            resp = pool.request(
-                "POST",
-                f"{base}/v1/feedback",
-                body=json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
-                headers=headers,
-                timeout=timeout_s,
-            )
-        except urllib3.exceptions.HTTPError:
+            # The review names the prediction by its id; the server takes the version, the predicted
+            # class and the input from its receipt of that answer.
+            body = json.dumps({"id": payload["id"], "label": int(y[i]), "reason": "loadgen: the true digit"})
+            resp = post_review(pool, base, body.encode(), headers, timeout_s)
+        except (urllib3.exceptions.HTTPError, KeyError):
             failed += 1
             continue
         if resp.status >= 300:

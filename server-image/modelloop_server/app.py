@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from torch import Tensor
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import ArtifactError, check_version
-from modelloop.api.feedback import FeedbackRecord
+from modelloop.api.feedback import MAX_REASON
+from modelloop.api.receipts import check_client_id, check_review_id, issued_at, join
 from modelloop.clients.objectstore import CABundleInvalid, ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
@@ -46,14 +47,25 @@ from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetri
 from .model import LoadedModel, ModelHolder, SwapResult
 from .modeldir import startup_version, write_current
 from .oip import routes as oip_routes
+from .receipts import InputFacts, ReceiptBook, ReceiptStoreUnavailable, tensor_facts
+from .replays import ReviewLedger
 from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
-from .settings import DEFAULT_MAX_JSON_DEPTH, ENV_REVIEW_AUTH, ServerSettings, SettingsError
+from .settings import (
+    DEFAULT_MAX_JSON_DEPTH,
+    ENV_RECEIPT_MAX_AGE_HOURS,
+    ENV_REVIEW_AUTH,
+    ServerSettings,
+    SettingsError,
+)
 from .shadow import ShadowScorer
 
 log = logging.getLogger("modelloop_server")
 
 SPOOL_RETRY_AFTER_SECONDS = 30
-_EXAMPLE = '{"input": [...]} or {"inputs": [[...], ...]}'
+_EXAMPLE = '{"input": [...]} or {"inputs": [[...], ...]} (and optionally your own "id")'
+_REVIEW = '{"id": "<the prediction id>", "label": <class index or name>, "reason": "<optional, why>"}'
+FORGEABLE = ("predicted", "version", "input")
+"""Review fields the server takes from its receipt; a client sending them is refused, not ignored."""
 
 
 class Problem(Exception):
@@ -115,7 +127,7 @@ def parse_inputs(body: Any, plugin: ModelPlugin, max_batch: int) -> tuple[Tensor
     """(tensor ``[N, *input_shape]``, batched?) from a predict body, or a Problem naming the fault."""
     if not isinstance(body, dict):
         raise Problem(422, f"request body must be a JSON object like {_EXAMPLE}, got a JSON {type(body).__name__}")
-    unknown = sorted(set(body) - {"input", "inputs"})
+    unknown = sorted(set(body) - {"input", "inputs", "id"})
     if unknown:
         raise Problem(422, f"unknown field(s) {', '.join(unknown)}: send {_EXAMPLE}")
     if ("input" in body) == ("inputs" in body):
@@ -142,6 +154,16 @@ def parse_inputs(body: Any, plugin: ModelPlugin, max_batch: int) -> tuple[Tensor
         raise Problem(422, msg) from None
 
 
+def prediction_id(body: Any) -> str | None:
+    """The client's own id for a predict request (``"id"``), checked, or None for a generated one."""
+    if not isinstance(body, dict) or "id" not in body:
+        return None
+    try:
+        return check_client_id(body["id"])
+    except ValueError as e:
+        raise Problem(422, str(e)) from None
+
+
 @dataclass
 class Serving:
     """Everything the handlers share; built by the lifespan, not at import."""
@@ -160,6 +182,15 @@ class Serving:
     reviews: ReviewGate
     auth_pool: ThreadPoolExecutor
     shadow: ShadowScorer
+    receipts: ReceiptBook
+    ledger: ReviewLedger
+    join_pool: ThreadPoolExecutor
+
+    def receipt(
+        self, model: LoadedModel, probs: Tensor, inputs: Sequence[InputFacts], client_id: str | None
+    ) -> tuple[str, list[str]]:
+        """Record what ``model`` answered (one receipt per row); (the request's id, each row's id) for the response."""
+        return self.receipts.record(model.version, probs, inputs, client_id)
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -201,6 +232,7 @@ async def predict(request: Request) -> Response:
     try:
         parsed = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
         x, batched = parse_inputs(parsed, s.plugin, s.settings.max_batch)
+        client_id = prediction_id(parsed)
         if model is None:
             raise Problem(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
         try:
@@ -213,9 +245,12 @@ async def predict(request: Request) -> Response:
         headers = {"X-Request-Id": request_id, **p.headers}
         return json_response({"error": p.message, "requestId": request_id}, p.status, headers)
     assert model is not None
-    s.shadow.submit(request_id, model, x, probs)
     answers = _answer(probs, s.plugin.class_names)
-    body: dict[str, Any] = {"requestId": request_id, "version": model.version, "digest": model.digest}
+    pid, ids = s.receipt(model, probs, tensor_facts(x, s.settings.receipt_inline_values), client_id)
+    s.shadow.submit(pid, model, x, probs)
+    for answer, row in zip(answers, ids, strict=True):
+        answer["id"] = row
+    body: dict[str, Any] = {"id": pid, "requestId": request_id, "version": model.version, "digest": model.digest}
     if batched:
         body["predictions"] = answers
     else:
@@ -228,39 +263,76 @@ async def predict(request: Request) -> Response:
 REFUSAL_REASONS = {401: "unauthenticated", 403: "forbidden", 429: "rate_limited"}
 
 
-def parse_feedback(body: Any, plugin: ModelPlugin, reviewer: str | None = None) -> FeedbackRecord:
+@dataclass(frozen=True)
+class Review:
+    """What a reviewer says about a prediction: its id, the right class, and why."""
+
+    id: str
+    label: int
+    reason: str | None
+
+
+def parse_review(body: Any, class_names: Sequence[str]) -> Review:
+    """``{id, label, reason?}``, or a Problem naming the field. What the prediction was (its version,
+    its answer, its input) is not the reviewer's to say: those fields are refused, not ignored."""
     if not isinstance(body, dict):
-        raise Problem(422, "feedback must be a JSON object with input, predicted, label, version (requestId optional)")
-    allowed = {"requestId", "input", "predicted", "label", "version"}
-    unknown = sorted(set(body) - allowed)
+        raise Problem(422, f"a review must be a JSON object: {_REVIEW}")
+    forged = [f for f in FORGEABLE if f in body]
+    if forged:
+        raise Problem(
+            422,
+            f"field {forged[0]!r} is not accepted in a review: the server takes the version, the predicted class and "
+            f"the input from its receipt of the prediction, never from the client. Send {_REVIEW}",
+        )
+    if "requestId" in body:
+        raise Problem(
+            422,
+            f"field 'requestId' is not accepted in a review: name the prediction by the 'id' its response returned, {_REVIEW}",
+        )
+    unknown = sorted(set(body) - {"id", "label", "reason"})
     if unknown:
-        raise Problem(422, f"unknown feedback field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    missing = sorted({"input", "predicted", "label", "version"} - set(body))
+        raise Problem(422, f"unknown review field(s) {', '.join(unknown)}; a review is {_REVIEW}")
+    missing = [f for f in ("id", "label") if f not in body]
     if missing:
-        raise Problem(422, f"feedback is missing {', '.join(missing)}")
-    request_id = body.get("requestId") or uuid.uuid4().hex
-    if not isinstance(request_id, str) or len(request_id) > 128:
-        raise Problem(422, "requestId must be a string of at most 128 characters")
-    for name in ("predicted", "label"):
-        v = body[name]
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < plugin.num_classes:
-            raise Problem(
-                422, f"{name} must be a class index 0..{plugin.num_classes - 1}, got {orjson.dumps(v).decode()[:40]}"
-            )
-    version = body["version"]
+        raise Problem(422, f"the review is missing {', '.join(missing)}: {_REVIEW}")
     try:
-        check_version(version if isinstance(version, str) else "")
-    except ValueError:
-        raise Problem(422, f"version must name the version that answered (v1, v2, ...), got {version!r}") from None
-    x, _ = parse_inputs({"input": body["input"]}, plugin, 1)
-    return FeedbackRecord(
-        id=request_id,
-        version=version,
-        input=x[0].reshape(-1).tolist(),
-        predicted=body["predicted"],
-        label=body["label"],
-        reviewed_at=datetime.now(UTC),
-        reviewer=reviewer,
+        review_id = check_review_id(body["id"])
+    except ValueError as e:
+        raise Problem(422, str(e)) from None
+    label = body["label"]
+    if isinstance(label, str) and label in class_names:
+        label = list(class_names).index(label)
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(class_names):
+        names = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+        raise Problem(
+            422,
+            f"label must be a class index 0..{len(class_names) - 1} or a class name ({names}), "
+            f"got {orjson.dumps(label).decode()[:40]}",
+        )
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise Problem(422, f"reason must be a string of at most {MAX_REASON} characters (why the label is what it is)")
+    return Review(review_id, label, reason or None)
+
+
+def _unknown(s: Serving, review_id: str) -> Problem:
+    """404 for a review of a prediction this server has no receipt of, saying where receipts are kept."""
+    bucket = s.receipts.store.bucket if s.receipts.store else "<bucket>"
+    where = f"s3://{bucket}/{s.settings.model}/receipts/"
+    t = issued_at(review_id)
+    if t is not None and (datetime.now(UTC) - t).total_seconds() < 3 * s.settings.receipt_flush_seconds + 30:
+        return Problem(
+            404,
+            f"no receipt for prediction id {review_id!r} yet: it was answered moments ago by another replica, which "
+            f"uploads receipts to {where} every {s.settings.receipt_flush_seconds:g}s; retry shortly",
+            {"Retry-After": str(max(1, round(s.settings.receipt_flush_seconds)))},
+        )
+    return Problem(
+        404,
+        f"no receipt for prediction id {review_id!r}: a review must name the id a prediction response of this model "
+        f"returned. Receipts are kept in memory by the replica that answered (the last {s.settings.receipt_index_size}) "
+        f"and in {where} for {s.settings.receipt_max_age_hours:g} hours ({ENV_RECEIPT_MAX_AGE_HOURS}); an id the "
+        f"client chose is found from another replica only within {s.settings.receipt_search_minutes:g} minutes",
     )
 
 
@@ -276,16 +348,44 @@ async def feedback(request: Request) -> Response:
             s.metrics.feedback_refused.labels(REFUSAL_REASONS.get(e.status, "auth_unavailable")).inc()
             raise Problem(e.status, e.message, e.headers) from None
         body = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
-        record = parse_feedback(body, s.plugin, reviewer)
+        review = parse_review(body, s.plugin.class_names)
+        if s.receipts.expired(review.id):
+            raise Problem(
+                410,
+                f"prediction {review.id!r} was answered more than {s.settings.receipt_max_age_hours:g} hours ago "
+                f"({ENV_RECEIPT_MAX_AGE_HOURS}); reviews of it are no longer accepted",
+            )
+        try:
+            receipt, found = await loop.run_in_executor(s.join_pool, s.receipts.lookup, review.id)
+        except ReceiptStoreUnavailable as e:
+            raise Problem(503, f"{e}; the review was not taken, retry later", {"Retry-After": "5"}) from None
+        if receipt is None:
+            s.metrics.review_joins.labels("unknown").inc()
+            raise _unknown(s, review.id)
+        record = join(receipt, review.label, datetime.now(UTC), reviewer, review.reason)
+        if s.ledger.is_replay(record):
+            s.metrics.review_joins.labels("replay").inc()
+            return json_response({"id": record.id, "correction": record.is_correction, "replay": True}, 200)
+        s.metrics.review_joins.labels(found).inc()
         try:
             # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
             if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
                 s.flush_wakeup.set()
         except (BacklogFull, SpoolUnavailable) as e:
             raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
+        s.ledger.remember(record)
     except Problem as p:
         return json_response({"error": p.message}, p.status, p.headers)
-    return json_response({"id": record.id, "correction": record.is_correction}, 202)
+    return json_response(
+        {
+            "id": record.id,
+            "correction": record.is_correction,
+            "version": record.version,
+            "predicted": record.predicted,
+            "label": record.label,
+        },
+        202,
+    )
 
 
 async def reload(request: Request) -> Response:
@@ -482,8 +582,9 @@ async def _flusher(s: Serving) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(s.flush_wakeup.wait(), tick)
         s.flush_wakeup.clear()
-        if s.feedback.due():
-            await loop.run_in_executor(s.flush_pool, s.feedback.flush)
+        for spool in (s.feedback, s.receipts.spool):
+            if spool.due():
+                await loop.run_in_executor(s.flush_pool, spool.flush)
 
 
 def _one_torch_thread() -> None:
@@ -554,6 +655,23 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 settings.shadow_pairs_kept,
                 settings.shadow_batch_rows,
             ),
+            receipts=ReceiptBook(
+                settings.model,
+                store,
+                settings.receipts_spool,
+                m,
+                batch_records=settings.receipt_batch_records,
+                flush_seconds=settings.receipt_flush_seconds,
+                max_backlog=settings.receipt_max_backlog,
+                max_bytes=settings.receipt_max_spool_bytes,
+                index_size=settings.receipt_index_size,
+                cache_batches=settings.receipt_cache_batches,
+                max_age=timedelta(hours=settings.receipt_max_age_hours),
+                search_window=timedelta(minutes=settings.receipt_search_minutes),
+                search_batches=settings.receipt_search_batches,
+            ),
+            ledger=ReviewLedger(settings.receipt_index_size),
+            join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
         )
         s.shadow.start()
         app.state.serving = s
@@ -565,6 +683,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
         if store is None:
             log.warning("no object store configured (%s unset): POST /v1/feedback answers 503", c.ENV_BUCKET)
         s.feedback.restore_spool()
+        s.receipts.spool.restore_spool()
         _log_memory_limit(settings)
         loop = asyncio.get_running_loop()
         version = startup_version(settings.model_dir)
@@ -606,9 +725,16 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )  # fmt: skip
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
+            await loop.run_in_executor(s.flush_pool, lambda: s.receipts.spool.flush(force=True))
+            s.receipts.spool.close()
+            if s.receipts.spool.backlog:
+                log.warning(
+                    "shutting down with %d receipts not stored; they are in %s for the next start on this volume",
+                    s.receipts.spool.backlog, s.receipts.spool.spool_dir,
+                )  # fmt: skip
             s.batcher.close()
             s.shadow.close()
-            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool):
+            for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool, s.join_pool):
                 pool.shutdown(wait=True)
 
     routes = [

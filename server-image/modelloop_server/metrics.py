@@ -167,3 +167,44 @@ class ServerMetrics:
             ["candidate"],
             registry=r,
         )
+        self.receipts_written = Counter(
+            "modelloop_server_receipts_written",
+            "Prediction receipts stored in the object store (under <model>/receipts/); reviews are joined to them.",
+            registry=r,
+        )
+        self.receipt_flush_errors = Counter(
+            "modelloop_server_receipt_flush_errors",
+            "Failed attempts to store a receipt batch (kept in memory and in the receipt spool, retried).",
+            registry=r,
+        )
+        self.receipts_failed = Counter(
+            "modelloop_server_receipts_failed",
+            "Receipts that could not be spooled, by reason (backlog_full: the object store has been unreachable "
+            "long enough to fill MODELLOOP_RECEIPT_MAX_BACKLOG or _MAX_SPOOL_BYTES; spool_unavailable: the spool "
+            "volume refused the write). The prediction was answered; its receipt is only in this replica's memory, "
+            "so a review of it reaching another replica, or arriving after a restart, is refused as unknown.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("backlog_full", "spool_unavailable"):
+            self.receipts_failed.labels(reason)
+        self.receipt_backlog = Gauge(
+            "modelloop_server_receipt_backlog_records",
+            "Receipts written but not yet stored in the object store.",
+            registry=r,
+        )
+        self.receipt_backlog_bytes = Gauge(
+            "modelloop_server_receipt_backlog_bytes",
+            "Bytes of receipts not yet stored in the object store (what the receipt spool holds).",
+            registry=r,
+        )
+        self.review_joins = Counter(
+            "modelloop_server_review_joins",
+            "Reviews by prediction id, by where the receipt was found: memory (this replica answered), bucket "
+            "(another replica or an earlier run did), unknown (no receipt: refused with 404), replay (the same "
+            "review again, acknowledged without writing a second record).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("memory", "bucket", "unknown", "replay"):
+            self.review_joins.labels(result)

@@ -37,12 +37,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from torch import Tensor
 
+from modelloop.api.receipts import check_client_id
 from modelloop_trainer.plugin import InputError, ModelPlugin
 
 from .batching import RETRY_AFTER_SECONDS, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .metrics import NO_VERSION
 from .model import LoadedModel
+from .receipts import bytes_facts, tensor_facts
 from .settings import DEFAULT_MAX_JSON_DEPTH
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ class InferRequest:
     id: str | None
     x: Tensor
     outputs: tuple[RequestedOutput, ...]
+    encoded: list[bytes] | None = None  # BYTES inputs as sent: their receipts keep digest and size
 
 
 @functools.cache
@@ -235,8 +238,11 @@ def _decode_bytes(plugin: ModelPlugin, elements: list[bytes], where: str) -> lis
     return rows
 
 
-def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes, at: int) -> tuple[Tensor, int]:
-    """The model's input from ``inputs[0]`` and how many tail bytes it used, every check naming its field."""
+def _input_tensor(
+    tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes, at: int
+) -> tuple[Tensor, int, list[bytes] | None]:
+    """The model's input from ``inputs[0]``, how many tail bytes it used and, for BYTES, the encoded
+    elements; every check names its field."""
     where = "inputs[0]"
     if not isinstance(tensor, dict):
         raise OIPError(400, f"{where} must be an object with name, datatype, shape and data")
@@ -281,8 +287,10 @@ def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes,
             )  # fmt: skip
         chunk = tail[at : at + size]
     used = size or 0
+    encoded = None
     if datatype == "BYTES":
-        items: list[Any] = _decode_bytes(plugin, _bytes_elements(tensor, chunk, rows, where), where)
+        encoded = _bytes_elements(tensor, chunk, rows, where)
+        items: list[Any] = _decode_bytes(plugin, encoded, where)
     else:
         count = rows * flat
         if chunk is not None:
@@ -300,7 +308,7 @@ def _input_tensor(tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes,
                 )
             items = [values[i * flat : (i + 1) * flat] for i in range(rows)]
     try:
-        return plugin.preprocess(items), used
+        return plugin.preprocess(items), used, encoded
     except InputError as e:
         raise OIPError(400, f"{where}.data: {_ROW.sub(_ROW_AS, str(e))}") from None
 
@@ -351,19 +359,22 @@ def parse_infer(
             400, f"unknown field(s) {', '.join(unknown)}; an infer request has id, parameters, inputs, outputs"
         )
     request_id = body.get("id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 128):
-        raise OIPError(400, "id must be a string of at most 128 characters")
+    if request_id is not None:
+        try:
+            check_client_id(request_id)
+        except ValueError as e:
+            raise OIPError(400, str(e)) from None
     outputs = _requested_outputs(body)
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} tensors" if isinstance(inputs, list) else type(inputs).__name__
         raise OIPError(400, f"inputs: this model takes exactly one input tensor named {INPUT!r}, got {got}")
-    x, used = _input_tensor(inputs[0], plugin, max_batch, tail, 0)
+    x, used, encoded = _input_tensor(inputs[0], plugin, max_batch, tail, 0)
     if used != len(tail):
         raise OIPError(
             400, f"{len(tail) - used} binary bytes follow the JSON header that no input's binary_data_size accounts for"
         )
-    return InferRequest(request_id, x, outputs)
+    return InferRequest(request_id, x, outputs, encoded)
 
 
 def _bytes_binary(values: Sequence[str]) -> bytes:
@@ -497,12 +508,17 @@ async def infer(request: Request) -> Response:
         s.metrics.requests.labels(str(e.status), version).inc()
         return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})
     assert model is not None
-    request_id = req.id or header_id or uuid.uuid4().hex
-    s.shadow.submit(request_id, model, req.x, probs)
+    facts = (
+        bytes_facts(req.encoded) if req.encoded is not None else tensor_facts(req.x, s.settings.receipt_inline_values)
+    )
+    pid, ids = s.receipt(model, probs, facts, req.id)
+    request_id = header_id or pid
+    s.shadow.submit(pid, model, req.x, probs)
     tensors, chunks = render_outputs(probs, s.plugin.class_names, req.outputs)
-    body: dict[str, Any] = {"model_name": s.settings.model, "model_version": model.version, "outputs": tensors}
-    if req.id is not None:
-        body["id"] = req.id
+    body: dict[str, Any] = {"model_name": s.settings.model, "model_version": model.version, "id": pid}
+    if len(ids) > 1:
+        body["parameters"] = {"prediction_ids": ",".join(ids)}
+    body["outputs"] = tensors
     headers = {"X-Model-Version": model.version, "X-Model-Digest": model.digest, "X-Request-Id": request_id}
     head = orjson.dumps(body)
     s.metrics.requests.labels("200", model.version).inc()

@@ -35,8 +35,11 @@ ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
 # spec.serving.signature.publicKey names; when set, every version must carry a valid model.sig.
 ENV_SIGNING_PUBLIC_KEY = "MODELLOOP_SIGNING_PUBLIC_KEY"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
+ENV_RECEIPT_SPOOL_DIR = "MODELLOOP_RECEIPT_SPOOL_DIR"
+ENV_RECEIPT_MAX_AGE_HOURS = "MODELLOOP_RECEIPT_MAX_AGE_HOURS"
 DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
+DEFAULT_RECEIPT_SPOOL_DIR_NAME = ".receipt-spool"
 
 
 class SettingsError(ValueError):
@@ -139,6 +142,17 @@ class ServerSettings:
     feedback_max_backlog: int = 100_000
     feedback_max_spool_bytes: int = 256 << 20  # accepted, not yet stored reviews; beyond it feedback answers 503
     feedback_spool_dir: Path | None = None  # None: <model_dir>/.feedback-spool (lost with the Pod's emptyDir)
+    receipt_batch_records: int = 500
+    receipt_flush_seconds: float = 5.0  # a review of a generated id reaching another replica waits at most this long
+    receipt_max_backlog: int = 200_000  # receipts not yet stored; beyond it new receipts stay in memory only
+    receipt_max_spool_bytes: int = 256 << 20
+    receipt_spool_dir: Path | None = None  # None: <model_dir>/.receipt-spool
+    receipt_index_size: int = 100_000  # receipts held in memory for the join, newest first
+    receipt_cache_batches: int = 32  # receipt batches fetched from the bucket, kept for further joins
+    receipt_max_age_hours: float = 168.0  # reviews of older generated ids are refused
+    receipt_inline_values: int = 4096  # inputs with more values are kept by SHA-256 and size only
+    receipt_search_minutes: float = 60.0  # client-supplied ids: how far back another replica searches
+    receipt_search_batches: int = 20  # ... and at most how many batches it reads
     control_socket: Path | None = None  # None: <model_dir>/.control.sock
     review_auth: str = "sidecar"  # reviews need a bearer token the sidecar accepts; "off": anyone may review
     review_socket: Path | None = None  # None: <model_dir>/.review-auth.sock
@@ -157,6 +171,10 @@ class ServerSettings:
         return self.feedback_spool_dir or self.model_dir / DEFAULT_SPOOL_DIR_NAME
 
     @property
+    def receipts_spool(self) -> Path:
+        return self.receipt_spool_dir or self.model_dir / DEFAULT_RECEIPT_SPOOL_DIR_NAME
+
+    @property
     def control_path(self) -> Path:
         return self.control_socket or self.model_dir / DEFAULT_SOCKET_NAME
 
@@ -169,6 +187,7 @@ class ServerSettings:
         e = os.environ if env is None else env
         model_dir = Path(_required(e, ENV_MODEL_DIR))
         spool = e.get(ENV_FEEDBACK_SPOOL_DIR, "")
+        receipt_spool = e.get(ENV_RECEIPT_SPOOL_DIR, "")
         return cls(
             model=_model(e),
             plugin=e.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN,
@@ -186,6 +205,17 @@ class ServerSettings:
             feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),
             feedback_max_spool_bytes=_int(e, "MODELLOOP_FEEDBACK_MAX_SPOOL_BYTES", 256 << 20, 64 << 10),
             feedback_spool_dir=Path(spool) if spool else None,
+            receipt_batch_records=_int(e, "MODELLOOP_RECEIPT_BATCH", 500, 1),
+            receipt_flush_seconds=_float(e, "MODELLOOP_RECEIPT_FLUSH_SECONDS", 5.0),
+            receipt_max_backlog=_int(e, "MODELLOOP_RECEIPT_MAX_BACKLOG", 200_000, 1),
+            receipt_max_spool_bytes=_int(e, "MODELLOOP_RECEIPT_MAX_SPOOL_BYTES", 256 << 20, 64 << 10),
+            receipt_spool_dir=Path(receipt_spool) if receipt_spool else None,
+            receipt_index_size=_int(e, "MODELLOOP_RECEIPT_INDEX_SIZE", 100_000, 1),
+            receipt_cache_batches=_int(e, "MODELLOOP_RECEIPT_CACHE_BATCHES", 32, 1),
+            receipt_max_age_hours=_float(e, ENV_RECEIPT_MAX_AGE_HOURS, 168.0),
+            receipt_inline_values=_int(e, "MODELLOOP_RECEIPT_INLINE_VALUES", 4096, 0),
+            receipt_search_minutes=_float(e, "MODELLOOP_RECEIPT_SEARCH_MINUTES", 60.0),
+            receipt_search_batches=_int(e, "MODELLOOP_RECEIPT_SEARCH_BATCHES", 20, 0),
             control_socket=_control_socket(e, model_dir),
             review_auth=_review_mode(e),
             review_socket=_review_socket(e, model_dir),

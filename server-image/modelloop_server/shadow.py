@@ -11,7 +11,7 @@ do not slow down.
 Each scored request yields a :class:`ShadowPair` (the active and the candidate predictions on the
 same input). Pairs go to the listeners registered with :meth:`ShadowScorer.add_listener` (the
 prediction receipts store both predictions, so a review labels both models: the paired test in
-``modelloop.decide.paired``) and into a bounded map by request id that the control socket's
+``modelloop.decide.paired``) and into a bounded map by prediction id (the id a review names) that the control socket's
 ``GET /v1/shadow?requestId=`` answers from.
 """
 

@@ -72,9 +72,11 @@ class Server:
         self.proc.stop(timeout=60)
 
     def review(self, review_id: str, i: int) -> httpx.Response:
+        """Ask (with our own id), then review that answer by its id."""
         x = [float((i * 5 + k) % 16) for k in range(64)]
-        body = {"requestId": review_id, "input": x, "predicted": i % 10, "label": (i * 3) % 10, "version": "v1"}
-        return httpx.post(f"{self.url}/v1/feedback", json=body, timeout=30)
+        answered = httpx.post(f"{self.url}/v1/predict", json={"input": x, "id": review_id}, timeout=30)
+        assert answered.status_code == 200, answered.text
+        return httpx.post(f"{self.url}/v1/feedback", json={"id": review_id, "label": (i * 3) % 10}, timeout=30)
 
     def metric(self, name: str) -> float:
         for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():

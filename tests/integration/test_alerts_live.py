@@ -317,13 +317,7 @@ def test_live_accuracy_fires_on_corrected_reviews_resolves_after_a_rollback_and_
         answer = httpx.post(f"{replica.base}/v1/predict", json={"input": x}, timeout=30).json()
         assert answer["version"] == "v2"
         wrong = i < 8
-        review = {
-            "requestId": answer["requestId"],
-            "input": x,
-            "predicted": answer["predicted"],
-            "label": (answer["predicted"] + 1) % 10 if wrong else answer["predicted"],
-            "version": answer["version"],
-        }
+        review = {"id": answer["id"], "label": (answer["predicted"] + 1) % 10 if wrong else answer["predicted"]}
         headers = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
         assert httpx.post(f"{replica.base}/v1/feedback", json=review, headers=headers, timeout=30).status_code == 202
     prometheus.wait_alert(LIVE_LOW, "firing", live_for + 60, "8 of 10 reviews of v2 corrected", namespace=ns)

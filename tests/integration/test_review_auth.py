@@ -187,7 +187,10 @@ def test_reviews_through_the_server_need_a_token_rbac_accepts(
 
     def post(review_id: str, bearer: str | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
-        body = {"requestId": review_id, "input": INPUT, "predicted": 3, "label": 5, "version": "v1"}
+        # Reviews name a prediction: ask first (with our own id), then review that answer.
+        answered = httpx.post(f"{replica.base}/v1/predict", json={"input": INPUT, "id": review_id}, timeout=30)
+        assert answered.status_code == 200 and answered.json()["id"] == review_id, answered.text
+        body = {"id": review_id, "label": 5, "reason": "auth test"}
         return httpx.post(f"{replica.base}/v1/feedback", json=body, headers=headers, timeout=30)
 
     try:

@@ -59,13 +59,7 @@ class Server:
         """Ask, then confirm the answer or correct it to another class."""
         x = [float((i * 7 + k) % 17) for k in range(64)]
         answer = httpx.post(f"{self.url}/v1/predict", json={"input": x}).json()
-        body = {
-            "requestId": answer["requestId"],
-            "input": x,
-            "predicted": answer["predicted"],
-            "label": answer["predicted"] if correct else (answer["predicted"] + 1) % 10,
-            "version": answer["version"],
-        }
+        body = {"id": answer["id"], "label": answer["predicted"] if correct else (answer["predicted"] + 1) % 10}
         return httpx.post(f"{self.url}/v1/feedback", json=body)
 
     def metric(self, line_start: str) -> float:
@@ -111,9 +105,7 @@ def test_feedback_is_batched_counted_and_flushed_on_sigterm(
         assert server.metric('modelloop_server_feedback_received_total{kind="correction"}') == corrections
         assert server.metric('modelloop_server_feedback_received_total{kind="confirmation"}') == 25 - corrections
         assert server.metric("modelloop_server_feedback_backlog_records") == 5
-        bad = httpx.post(
-            f"{server.url}/v1/feedback", json={"input": [1.0] * 64, "predicted": 3, "label": 12, "version": "v1"}
-        )
+        bad = httpx.post(f"{server.url}/v1/feedback", json={"id": next(iter(ids)), "label": 12})
         assert bad.status_code == 422 and "label must be a class index 0..9" in bad.json()["error"]
     finally:
         server.stop()
@@ -122,7 +114,7 @@ def test_feedback_is_batched_counted_and_flushed_on_sigterm(
     assert len(keys) == 3 and keys == sorted(keys)
     assert {r.id for r in records} == ids
     assert sum(r.is_correction for r in records) == corrections == 9
-    assert all(r.version == "v1" and len(r.input) == 64 for r in records)
+    assert all(r.version == "v1" and r.input is not None and len(r.input) == 64 for r in records)
     assert not list((server.model_dir / ".feedback-spool").glob("*.jsonl")), "spool not cleaned after upload"
 
 

@@ -3,8 +3,8 @@ the server answer 5xx or raise.
 
 The real ASGI app, in process (httpx's ASGITransport on one event loop that also runs the app's
 lifespan, flusher and control socket; any exception inside the app fails the test), with a real model loaded and
-a real MinIO behind ``/v1/feedback`` so that accepted reviews take the whole path (spool, fsync,
-upload). Bodies are arbitrary bytes, arbitrary JSON, near-valid requests with one thing wrong, and
+a real MinIO behind ``/v1/feedback`` so that accepted reviews take the whole path (receipt join, spool,
+fsync, upload). Bodies are arbitrary bytes, arbitrary JSON, near-valid requests with one thing wrong, and
 very deep nesting; headers (Content-Type, X-Request-Id) vary too. Bounded in examples, not in
 time, so a failure reproduces; ``MODELLOOP_FUZZ_EXAMPLES`` raises the count for a longer run.
 """
@@ -80,13 +80,17 @@ vectors = st.builds(
 )
 good_vectors = st.integers(min_value=0, max_value=2**32).map(lambda seed: _vector(seed, "good", None))
 maybe_vector = vectors | json_values
+KNOWN_IDS = [f"fz-{i}" for i in range(10)]
+known_ids = st.sampled_from(KNOWN_IDS)  # answered by the fixture, so reviews of them can be accepted
 
 
 @st.composite
 def predict_bodies(draw: st.DrawFn) -> Any:
-    kind = draw(st.sampled_from(["one", "batch", "extra-field", "any"]))
+    kind = draw(st.sampled_from(["one", "batch", "extra-field", "with-id", "any"]))
     if kind == "one":
         return {"input": draw(maybe_vector)}
+    if kind == "with-id":
+        return {"input": draw(vectors), "id": draw(known_ids | st.text(max_size=100) | json_values)}
     if kind == "batch":
         return {"inputs": draw(st.lists(maybe_vector, max_size=10) | json_values)}
     if kind == "extra-field":
@@ -98,16 +102,16 @@ def predict_bodies(draw: st.DrawFn) -> Any:
 def feedback_bodies(draw: st.DrawFn) -> Any:
     if draw(st.booleans()):  # well formed but for what the fuzzer changes in the values
         return {
-            "input": draw(vectors),
-            "predicted": draw(st.integers(min_value=0, max_value=9) | st.integers()),
-            "label": draw(st.integers(min_value=0, max_value=9)),
-            "version": draw(st.sampled_from(["v1", "v2", "v10"]) | st.text(max_size=5)),
-            **({"requestId": draw(st.text(max_size=140))} if draw(st.booleans()) else {}),
+            "id": draw(known_ids | st.text(max_size=140)),
+            "label": draw(st.integers(min_value=0, max_value=9) | st.sampled_from(DigitsPlugin().class_names)),
+            **({"reason": draw(st.text(max_size=600))} if draw(st.booleans()) else {}),
         }
     fields = {
-        "input": maybe_vector,
-        "predicted": st.integers(min_value=-2, max_value=12) | json_values,
+        "id": known_ids | st.text(max_size=140) | json_values,
         "label": st.integers(min_value=-2, max_value=12) | json_values,
+        "reason": st.text(max_size=600) | json_values,
+        "input": maybe_vector,  # the next three are refused: the receipt says what was answered
+        "predicted": st.integers(min_value=-2, max_value=12) | json_values,
         "version": st.sampled_from(["v1", "v2", "v0", "latest", ""]) | st.text(max_size=12) | json_values,
         "requestId": st.text(max_size=140) | json_values,
         draw(st.text(max_size=8)): json_values,
@@ -233,6 +237,9 @@ def client(tmp_path: Path, minio: MinioServer, bucket: str) -> Iterator[Client]:
     try:
         fuzz = Client(loop, http)
         assert fuzz.request("GET", "/readyz").json()["version"] == "v1"
+        for rid in KNOWN_IDS:
+            r = fuzz.request("POST", "/v1/predict", json={"input": [1.0] * FEATURES, "id": rid})
+            assert r.status_code == 200 and r.json()["id"] == rid
         yield fuzz
     finally:
         loop.run_until_complete(http.aclose())

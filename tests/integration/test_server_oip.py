@@ -144,10 +144,12 @@ def test_json_data_nested_or_flat_and_outputs_honoured(server: str) -> None:
         assert r.status_code == 200, r.text
         assert r.headers["x-model-version"] == SERVED
         answers.append(r.json())
+    ids = [(a.pop("id"), a.pop("parameters")["prediction_ids"]) for a in answers]
     assert answers[0] == answers[1]
     assert [o["name"] for o in answers[0]["outputs"]] == ["predicted"]
     assert answers[0]["outputs"][0]["data"] == [p["predicted"] for p in v1_predict(server, x)]
-    assert "id" not in answers[0]
+    assert ids[0] != ids[1], "every answer gets its own prediction id (test_server_receipts.py reviews them)"
+    assert ids[0][1].split(",") == [f"{ids[0][0]}.{row}" for row in range(3)], "one id per row, for reviews"
 
 
 def _tensor(**overrides: Any) -> dict[str, Any]:

@@ -57,11 +57,10 @@ def _shadow_version(model_dir: Path) -> str | None:
 
 
 def _predict_many(base: str, n: int, concurrency: int, batch: int = 1) -> list[httpx.Response]:
+    """``n`` predictions whose prediction ids (the key shadow pairs are kept under) are q0, q1, ..."""
     body: dict[str, Any] = {"inputs": [DIGIT] * batch} if batch > 1 else {"input": DIGIT}
     with httpx.Client(base_url=base, timeout=30) as http, ThreadPoolExecutor(concurrency) as pool:
-        return list(
-            pool.map(lambda i: http.post("/v1/predict", json=body, headers={"X-Request-Id": f"q{i}"}), range(n))
-        )
+        return list(pool.map(lambda i: http.post("/v1/predict", json={**body, "id": f"q{i}"}), range(n)))
 
 
 def test_candidate_is_scored_in_the_shadow_then_promoted_without_a_second_load(
@@ -103,7 +102,7 @@ def test_candidate_is_scored_in_the_shadow_then_promoted_without_a_second_load(
         ]
         assert len(scored_ids) == scored
         pair = control(replica.model_dir, "GET", f"/v1/shadow?requestId={scored_ids[0]}").json()["pair"]
-        answered = next(r.json() for r in answers if r.headers["X-Request-Id"] == scored_ids[0])
+        answered = next(r.json() for r in answers if r.json()["id"] == scored_ids[0])
         assert pair["active"] == {"version": "v1", "predicted": [answered["predicted"]]}
         assert pair["candidate"]["version"] == "v2" and len(pair["candidate"]["predicted"]) == 1
         loads_before = replica.metric("modelloop_server_load_duration_seconds_count")

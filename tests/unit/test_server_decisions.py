@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from modelloop_server.app import Problem, parse_feedback, parse_inputs
+from modelloop_server.app import Problem, parse_inputs, parse_review, prediction_id
 from modelloop_server.settings import ServerSettings, SettingsError, SidecarSettings
 from modelloop_server.sidecar import Desired, DesiredError, LatestSlot, backoff, event_body, parse_desired
 from modelloop_trainer.examples.digits import DigitsPlugin
@@ -47,23 +47,44 @@ def test_parse_inputs_accepts_single_and_batched() -> None:
     assert batched and x.shape == (2, 64)
 
 
-def test_parse_feedback_classifies_corrections_and_rejects_bad_fields() -> None:
-    body = {"requestId": "r1", "input": GOOD, "predicted": 3, "label": 5, "version": "v2"}
-    record = parse_feedback(body, PLUGIN)
-    assert record.is_correction and record.id == "r1" and record.version == "v2" and len(record.input) == 64
-    assert not parse_feedback({**body, "label": 3}, PLUGIN).is_correction
-    assert parse_feedback({k: v for k, v in body.items() if k != "requestId"}, PLUGIN).id
+def test_parse_review_takes_id_label_reason_and_refuses_what_the_receipt_says() -> None:
+    review = parse_review({"id": "r1", "label": 5, "reason": "missed stain"}, PLUGIN.class_names)
+    assert (review.id, review.label, review.reason) == ("r1", 5, "missed stain")
+    assert parse_review({"id": "r1", "label": PLUGIN.class_names[7]}, PLUGIN.class_names).label == 7
+    body = {"id": "r1", "label": 5}
     for bad, fragment in [
-        ({**body, "label": True}, "label must be a class index"),
-        ({**body, "predicted": 10}, "predicted must be a class index 0..9"),
-        ({**body, "version": "latest"}, "version must name the version"),
-        ({k: v for k, v in body.items() if k != "label"}, "missing label"),
-        ({**body, "input": GOOD[:3]}, "shape (3,)"),
-        ({**body, "score": 1}, "unknown feedback field(s) score"),
+        ({**body, "predicted": 3}, "field 'predicted' is not accepted in a review"),
+        ({**body, "version": "v2"}, "field 'version' is not accepted"),
+        ({**body, "input": GOOD}, "field 'input' is not accepted"),
+        ({**body, "requestId": "r1"}, "field 'requestId' is not accepted"),
+        ({**body, "label": True}, "label must be a class index 0..9 or a class name"),
+        ({**body, "label": 10}, "label must be a class index"),
+        ({**body, "label": "cat"}, "label must be a class index"),
+        ({"label": 5}, "missing id"),
+        ({"id": "r1"}, "missing label"),
+        ({**body, "id": "a b"}, "is not a prediction id"),
+        ({**body, "id": "x" * 129}, "is not a prediction id"),
+        ({**body, "reason": "x" * 501}, "reason must be a string of at most 500"),
+        ({**body, "score": 1}, "unknown review field(s) score"),
+        ([body], "a review must be a JSON object"),
     ]:
         with pytest.raises(Problem) as e:
-            parse_feedback(bad, PLUGIN)
+            parse_review(bad, PLUGIN.class_names)
         assert fragment in e.value.message and e.value.status == 422
+
+
+def test_a_predict_request_may_carry_its_own_checked_id() -> None:
+    assert prediction_id({"input": GOOD}) is None
+    assert prediction_id({"input": GOOD, "id": "order-12:a"}) == "order-12:a"
+    for bad, fragment in [
+        ("x" * 97, "at most 96"),
+        ("a/b", "characters outside"),
+        (7, "non-empty string"),
+        ("20261202T020000123456Z-0a1b2c3d-4", "reserved"),
+    ]:
+        with pytest.raises(Problem) as e:
+            prediction_id({"input": GOOD, "id": bad})
+        assert e.value.status == 422 and fragment in e.value.message and "id" in e.value.message
 
 
 def _policy(desired: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,6 +4,10 @@
 The bound comes from the operator, so the snapshot is exactly what it counted when it decided to
 retrain, and feedback arriving during training waits for the next version. What was used is
 recorded in the manifest (``feedbackSnapshot``).
+
+A prediction reviewed more than once (a replayed request, a reviewer changing their mind) is
+one sample: the latest review per prediction id wins, in the samples and in the snapshot's counts.
+Confirmations and corrections are both samples; only the operator's trigger tells them apart.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from pydantic import ValidationError
 
 from modelloop.api.artifacts import FeedbackSnapshot, feedback_prefix
-from modelloop.api.feedback import FeedbackRecord, decode_batch
+from modelloop.api.feedback import FeedbackRecord, decode_batch, latest_per_id
 from modelloop.clients.objectstore import ObjectStore
 
 from .plugin import InputError, ModelPlugin, Split
@@ -36,7 +40,7 @@ def load_feedback(
     one bad record must not block every future retraining."""
     prefix = feedback_prefix(model)
     keys = select_keys(list(store.list_keys(prefix)), prefix, through) if through else []
-    records: list[FeedbackRecord] = []
+    reviewed: list[FeedbackRecord] = []
     for key in keys:
         try:
             batch = decode_batch(store.get_bytes(key))
@@ -45,13 +49,21 @@ def load_feedback(
                 "feedback batch s3://%s/%s is malformed, skipping it: %s", store.bucket, key, e.errors()[0]["msg"]
             )
             continue
-        for record in batch:
-            try:
-                plugin.decode_feedback([record])
-            except InputError as e:
-                log.warning("feedback record %s in %s skipped: %s", record.id, key, e)
-                continue
-            records.append(record)
+        reviewed.extend(batch)
+    records: list[FeedbackRecord] = []
+    for record in latest_per_id(reviewed):
+        if record.input is None:
+            log.warning(
+                "feedback record %s skipped: its input is known by digest only (sha256 %s), not kept inline",
+                record.id, record.input_sha256,
+            )  # fmt: skip
+            continue
+        try:
+            plugin.decode_feedback([record])
+        except InputError as e:
+            log.warning("feedback record %s skipped: %s", record.id, e)
+            continue
+        records.append(record)
     snapshot = FeedbackSnapshot(
         through_key=through or "",
         objects=len(keys),

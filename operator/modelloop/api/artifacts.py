@@ -28,6 +28,7 @@ VERIFICATION_FILE: Final = "verification.json"
 PROGRESS_FILE: Final = "progress.json"
 CHECKPOINTS_DIR: Final = "checkpoints"
 FEEDBACK_DIR: Final = "feedback"
+RECEIPTS_DIR: Final = "receipts"
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _VERSION = re.compile(r"^v[1-9][0-9]*$")
@@ -68,6 +69,11 @@ def checkpoints_prefix(model: str, version: str) -> str:
 
 def feedback_prefix(model: str) -> str:
     return f"{check_model_name(model)}/{FEEDBACK_DIR}/"
+
+
+def receipts_prefix(model: str) -> str:
+    """Where the server stores what it answered (one receipt per prediction); reviews are joined to them."""
+    return f"{check_model_name(model)}/{RECEIPTS_DIR}/"
 
 
 def artifact_uri(bucket: str, model: str, version: str) -> str:

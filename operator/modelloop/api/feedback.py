@@ -21,14 +21,29 @@ MAX_FEEDBACK_OBJECT_BYTES = 64 << 20
 largest review the server takes (1 MiB) stay well below it."""
 
 
+MAX_REASON = 500
+
+
 class FeedbackRecord(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    id: str = Field(description="Client-supplied or server-generated id of the reviewed request.")
-    version: str = Field(description="The model version that answered.")
-    input: list[float] | list[list[float]] = Field(description="The input the model answered.")
-    predicted: int = Field(ge=0)
+    id: str = Field(description="The reviewed prediction's id (its receipt's); a later review of it replaces this one.")
+    version: str = Field(description="The model version that answered (from the receipt, not the reviewer).")
+    input: list[float] | list[list[float]] | None = Field(
+        default=None,
+        description="The input the model answered, when its receipt kept it inline; None for large or encoded "
+        "inputs, which are known by digest (inputSha256) or reference (inputRef) only.",
+    )
+    input_sha256: str | None = Field(default=None, alias="inputSha256", description="SHA-256 of an encoded input.")
+    input_size: int | None = Field(default=None, alias="inputSize", ge=0, description="Size of that input in bytes.")
+    input_ref: str | None = Field(default=None, alias="inputRef", description="Object reference of the input.")
+    predicted: int = Field(ge=0, description="What the server answered (from the receipt).")
     label: int = Field(ge=0, description="The reviewer's answer.")
+    reason: str | None = Field(
+        default=None,
+        max_length=MAX_REASON,
+        description='Why the reviewer answered so ("missed stain"); absent in older records.',
+    )
     reviewed_at: datetime = Field(alias="reviewedAt")
     reviewer: str | None = Field(
         default=None,
@@ -54,7 +69,19 @@ def key_at(model: str, t: datetime) -> str:
 
 
 def encode_batch(records: list[FeedbackRecord]) -> bytes:
-    return b"".join(r.model_dump_json(by_alias=True).encode() + b"\n" for r in records)
+    """JSON lines; fields that are None are left out, so records without the newer fields read as before."""
+    return b"".join(r.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\n" for r in records)
+
+
+def latest_per_id(records: list[FeedbackRecord]) -> list[FeedbackRecord]:
+    """One record per prediction id: the latest review (by review time, then by order given) replaces earlier
+    ones, so a replayed or revised review is not counted twice. The result keeps the order of first appearance."""
+    latest: dict[str, FeedbackRecord] = {}
+    for r in records:
+        held = latest.get(r.id)
+        if held is None or r.reviewed_at >= held.reviewed_at:
+            latest[r.id] = r
+    return list(latest.values())
 
 
 def decode_batch(data: bytes) -> list[FeedbackRecord]:
