@@ -41,6 +41,7 @@ from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
+from .inputrefs import InputRefs, RefLimits, S3Reader
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder
@@ -158,6 +159,7 @@ class Serving:
     flush_wakeup: asyncio.Event
     reviews: ReviewGate
     auth_pool: ThreadPoolExecutor
+    refs: InputRefs
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -412,6 +414,15 @@ def _log_memory_limit(settings: ServerSettings) -> None:
         )  # fmt: skip
 
 
+def _input_refs(settings: ServerSettings, store: ObjectStore | None, metrics: ServerMetrics) -> InputRefs:
+    """Inputs sent by reference are read with the server's own store credentials (see inputrefs.py)."""
+    limits = RefLimits(settings.input_ref_max_bytes, settings.input_ref_timeout_seconds, settings.input_ref_concurrency)
+    reader = S3Reader(store.config, limits.timeout_seconds, limits.concurrency) if store is not None else None
+    if reader is not None and settings.input_ref_prefixes:
+        log.info("inputs by reference are read from %s", ", ".join(settings.input_ref_prefixes))
+    return InputRefs(settings.input_ref_prefixes, reader, limits, metrics)
+
+
 def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: ModelPlugin | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -452,6 +463,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 RateLimiter(settings.review_rate_per_minute / 60.0, settings.review_burst),
             ),
             auth_pool=ThreadPoolExecutor(4, thread_name_prefix="review-auth"),
+            refs=_input_refs(settings, store, m),
         )
         app.state.serving = s
         if settings.review_auth == MODE_OFF:
@@ -504,6 +516,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             elif backlog:
                 log.info("stored the last %d feedback records before shutting down", stored)
             s.batcher.close()
+            s.refs.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool):
                 pool.shutdown(wait=True)
 

@@ -16,6 +16,7 @@ from modelloop.api import constants as c
 from modelloop.api.artifacts import check_model_name
 
 from .control import DEFAULT_SOCKET_NAME, REVIEW_AUTH_SOCKET_NAME
+from .inputrefs import default_prefixes, parse_prefixes
 from .memory import DEFAULT_CGROUP_ROOT, DEFAULT_OVERHEAD_FACTOR, DEFAULT_RESERVE_BYTES
 
 ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
@@ -35,6 +36,7 @@ ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
 # spec.serving.signature.publicKey names; when set, every version must carry a valid model.sig.
 ENV_SIGNING_PUBLIC_KEY = "MODELLOOP_SIGNING_PUBLIC_KEY"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
+ENV_INPUT_REF_PREFIXES = "MODELLOOP_INPUT_REF_PREFIXES"
 DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
 
@@ -81,6 +83,20 @@ def _required(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set")
     return value
+
+
+def _ref_prefixes(env: Mapping[str, str], model: str) -> tuple[str, ...]:
+    """Where inputs sent by reference may be read from; default ``s3://<bucket>/<model>/inputs/``."""
+    raw = env.get(ENV_INPUT_REF_PREFIXES, "")
+    if not raw:
+        bucket = env.get(c.ENV_BUCKET, "")
+        return default_prefixes(bucket, model) if bucket else ()
+    try:
+        return parse_prefixes(raw)
+    except ValueError as e:
+        raise SettingsError(
+            f"{ENV_INPUT_REF_PREFIXES}: {e} (give comma-separated s3://<bucket>/<prefix>/ entries, or 'off')"
+        ) from None
 
 
 def _model(env: Mapping[str, str]) -> str:
@@ -148,6 +164,12 @@ class ServerSettings:
     cgroup_root: Path = DEFAULT_CGROUP_ROOT  # where the container's memory limit is read; tests point it at a fake
     memory_overhead_factor: float = DEFAULT_OVERHEAD_FACTOR  # load estimate: weights file size x this + reserve
     memory_reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    input_ref_prefixes: tuple[str, ...] = ()  # s3://bucket/prefix/ an input may be referenced under; (): none
+    input_ref_max_bytes: int = 8 << 20  # a larger referenced object is refused (413) before it is read
+    input_ref_timeout_seconds: float = 5.0  # all references of one request, HEAD and read; then 503
+    input_ref_concurrency: int = (
+        8  # fetches at once, on their own threads; a request waits for a slot until its deadline
+    )
 
     @property
     def spool_dir(self) -> Path:
@@ -166,8 +188,9 @@ class ServerSettings:
         e = os.environ if env is None else env
         model_dir = Path(_required(e, ENV_MODEL_DIR))
         spool = e.get(ENV_FEEDBACK_SPOOL_DIR, "")
+        model = _model(e)
         return cls(
-            model=_model(e),
+            model=model,
             plugin=e.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN,
             model_dir=model_dir,
             bind_host=e.get(ENV_BIND_HOST) or "0.0.0.0",
@@ -191,6 +214,10 @@ class ServerSettings:
             cgroup_root=Path(e.get(ENV_CGROUP_ROOT) or DEFAULT_CGROUP_ROOT),
             memory_overhead_factor=_factor(e, ENV_MEMORY_OVERHEAD_FACTOR, DEFAULT_OVERHEAD_FACTOR),
             memory_reserve_bytes=_int(e, ENV_MEMORY_RESERVE_BYTES, DEFAULT_RESERVE_BYTES),
+            input_ref_prefixes=_ref_prefixes(e, model),
+            input_ref_max_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_BYTES", 8 << 20, 1),
+            input_ref_timeout_seconds=_float(e, "MODELLOOP_INPUT_REF_TIMEOUT_SECONDS", 5.0),
+            input_ref_concurrency=_int(e, "MODELLOOP_INPUT_REF_CONCURRENCY", 8, 1),
         )
 
 
