@@ -286,8 +286,14 @@ class InputRefs:
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None  # fmt: skip
         fut = asyncio.get_running_loop().run_in_executor(self.pool, self._fetch_sync, ref, field)
-        fut.add_done_callback(lambda _: self.slots.release())  # the slot is held until the thread is done
+        fut.add_done_callback(self._done)
         return await asyncio.shield(fut)
+
+    def _done(self, fut: asyncio.Future[bytes]) -> None:
+        """The slot is held until the thread is done, even when the request gave up on it before."""
+        self.slots.release()
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a fetch whose request already gave up is not logged as unhandled
 
     def _fetch_sync(self, ref: ObjectRef, field: str) -> bytes:
         assert self.reader is not None  # no reader: no prefixes, so nothing passes check_reference

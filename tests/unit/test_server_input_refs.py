@@ -74,7 +74,7 @@ def test_well_formed_references(text: str, bucket: str, key: str) -> None:
     ],
 )
 def test_malformed_references_say_why(text: str, says: str) -> None:
-    with pytest.raises(ValueError, match=None) as e:
+    with pytest.raises(ValueError) as e:
         parse_reference(text)
     assert says in str(e.value)
 
@@ -146,7 +146,7 @@ def test_settings_default_to_the_models_inputs_folder_and_name_the_variable() ->
     assert with_bucket.input_ref_concurrency == 8
     off = ServerSettings.from_env({**env, "MODELLOOP_BUCKET": "models", "MODELLOOP_INPUT_REF_PREFIXES": "off"})
     assert off.input_ref_prefixes == ()
-    with pytest.raises(SettingsError, match="MODELLOOP_INPUT_REF_PREFIXES: .* must end in '/'"):
+    with pytest.raises(SettingsError, match=r"MODELLOOP_INPUT_REF_PREFIXES: .* must end in '/'"):
         ServerSettings.from_env({**env, "MODELLOOP_INPUT_REF_PREFIXES": "s3://models/inputs"})
     with pytest.raises(SettingsError, match="MODELLOOP_INPUT_REF_CONCURRENCY=0 must be at least 1"):
         ServerSettings.from_env({**env, "MODELLOOP_INPUT_REF_CONCURRENCY": "0"})
@@ -222,7 +222,9 @@ def test_fetches_in_order_and_counts(reader: FakeReader, metrics: ServerMetrics)
 def test_an_oversized_object_is_refused_before_it_is_read(reader: FakeReader, metrics: ServerMetrics) -> None:
     r = refs(reader, metrics, max_bytes=999)
     with pytest.raises(RefError) as e:
-        asyncio.run(r.fetch_all(["s3://models/laundry/inputs/0.png", "s3://models/laundry/inputs/big.png"], "inputs[0]"))
+        asyncio.run(
+            r.fetch_all(["s3://models/laundry/inputs/0.png", "s3://models/laundry/inputs/big.png"], "inputs[0]")
+        )
     assert e.value.status == 413
     assert e.value.message.startswith("inputs[0].data[1]: s3://models/laundry/inputs/big.png is 1,000 bytes")
     assert "MODELLOOP_INPUT_REF_MAX_BYTES" in e.value.message
