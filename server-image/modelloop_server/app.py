@@ -416,7 +416,12 @@ def _log_memory_limit(settings: ServerSettings) -> None:
 
 def _input_refs(settings: ServerSettings, store: ObjectStore | None, metrics: ServerMetrics) -> InputRefs:
     """Inputs sent by reference are read with the server's own store credentials (see inputrefs.py)."""
-    limits = RefLimits(settings.input_ref_max_bytes, settings.input_ref_timeout_seconds, settings.input_ref_concurrency)
+    limits = RefLimits(
+        settings.input_ref_max_bytes,
+        settings.input_ref_timeout_seconds,
+        settings.input_ref_concurrency,
+        settings.input_ref_max_request_bytes,
+    )
     reader = S3Reader(store.config, limits.timeout_seconds, limits.concurrency) if store is not None else None
     if reader is not None and settings.input_ref_prefixes:
         log.info("inputs by reference are read from %s", ", ".join(settings.input_ref_prefixes))

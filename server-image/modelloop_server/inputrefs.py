@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -229,6 +230,20 @@ class RefLimits:
     max_bytes: int = 8 << 20
     timeout_seconds: float = 5.0
     concurrency: int = 8
+    max_request_bytes: int = 64 << 20
+
+
+class _Budget:
+    """The bytes one request's references may add up to, claimed from the fetch threads as sizes are learnt."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self.lock = threading.Lock()
+
+    def claim(self, n: int) -> bool:
+        with self.lock:
+            self.left -= n
+            return self.left >= 0
 
 
 class InputRefs:
@@ -259,11 +274,11 @@ class InputRefs:
             raise
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.timeout_seconds
+        budget = _Budget(self.limits.max_request_bytes)
+        fetches = (self._fetch(r, f"{where}.data[{i}]", deadline, budget) for i, r in enumerate(refs))
         try:
             async with asyncio.timeout_at(deadline):
-                return list(
-                    await asyncio.gather(*(self._fetch(r, f"{where}.data[{i}]", deadline) for i, r in enumerate(refs)))
-                )
+                return list(await asyncio.gather(*fetches))
         except TimeoutError:
             self.failed(UNAVAILABLE)
             raise RefError(
@@ -275,7 +290,7 @@ class InputRefs:
             self.failed(e.reason)
             raise
 
-    async def _fetch(self, ref: ObjectRef, field: str, deadline: float) -> bytes:
+    async def _fetch(self, ref: ObjectRef, field: str, deadline: float, budget: _Budget) -> bytes:
         try:
             async with asyncio.timeout_at(deadline):
                 await self.slots.acquire()
@@ -285,7 +300,7 @@ class InputRefs:
                 "(MODELLOOP_INPUT_REF_CONCURRENCY) were busy until the deadline; retry shortly",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None  # fmt: skip
-        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._fetch_sync, ref, field)
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._fetch_sync, ref, field, budget)
         fut.add_done_callback(self._done)
         return await asyncio.shield(fut)
 
@@ -295,7 +310,7 @@ class InputRefs:
         if not fut.cancelled():
             fut.exception()  # retrieved: a fetch whose request already gave up is not logged as unhandled
 
-    def _fetch_sync(self, ref: ObjectRef, field: str) -> bytes:
+    def _fetch_sync(self, ref: ObjectRef, field: str, budget: _Budget) -> bytes:
         assert self.reader is not None  # no reader: no prefixes, so nothing passes check_reference
         started = time.perf_counter()
         limit = self.limits.max_bytes
@@ -304,6 +319,11 @@ class InputRefs:
             size = self.reader.size(ref)
             if size > limit:
                 raise RefError(413, TOO_LARGE, self._too_big(field, ref, f"{size:,} bytes"))
+            if not budget.claim(size):
+                raise RefError(
+                    413, TOO_LARGE, f"{field}: with {ref} ({size:,} bytes) this request's references add up to over "
+                    f"{self.limits.max_request_bytes:,} bytes (MODELLOOP_INPUT_REF_MAX_REQUEST_BYTES); split the batch",
+                )  # fmt: skip
             data = self.reader.read(ref, limit) if size else b""
             if len(data) > limit:
                 raise RefError(413, TOO_LARGE, self._too_big(field, ref, "over the limit (it grew after the check)"))

@@ -167,9 +167,8 @@ class ServerSettings:
     input_ref_prefixes: tuple[str, ...] = ()  # s3://bucket/prefix/ an input may be referenced under; (): none
     input_ref_max_bytes: int = 8 << 20  # a larger referenced object is refused (413) before it is read
     input_ref_timeout_seconds: float = 5.0  # all references of one request, HEAD and read; then 503
-    input_ref_concurrency: int = (
-        8  # fetches at once, on their own threads; a request waits for a slot until its deadline
-    )
+    input_ref_max_request_bytes: int = 64 << 20  # all references of one request together; beyond it 413
+    input_ref_concurrency: int = 8  # fetches at once, on their own threads; a request waits until its deadline
 
     @property
     def spool_dir(self) -> Path:
@@ -217,6 +216,7 @@ class ServerSettings:
             input_ref_prefixes=_ref_prefixes(e, model),
             input_ref_max_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_BYTES", 8 << 20, 1),
             input_ref_timeout_seconds=_float(e, "MODELLOOP_INPUT_REF_TIMEOUT_SECONDS", 5.0),
+            input_ref_max_request_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_REQUEST_BYTES", 64 << 20, 1),
             input_ref_concurrency=_int(e, "MODELLOOP_INPUT_REF_CONCURRENCY", 8, 1),
         )
 

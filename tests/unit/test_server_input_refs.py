@@ -143,7 +143,7 @@ def test_settings_default_to_the_models_inputs_folder_and_name_the_variable() ->
     with_bucket = ServerSettings.from_env({**env, "MODELLOOP_BUCKET": "models"})
     assert with_bucket.input_ref_prefixes == ("s3://models/laundry/inputs/",)
     assert (with_bucket.input_ref_max_bytes, with_bucket.input_ref_timeout_seconds) == (8 << 20, 5.0)
-    assert with_bucket.input_ref_concurrency == 8
+    assert (with_bucket.input_ref_concurrency, with_bucket.input_ref_max_request_bytes) == (8, 64 << 20)
     off = ServerSettings.from_env({**env, "MODELLOOP_BUCKET": "models", "MODELLOOP_INPUT_REF_PREFIXES": "off"})
     assert off.input_ref_prefixes == ()
     with pytest.raises(SettingsError, match=r"MODELLOOP_INPUT_REF_PREFIXES: .* must end in '/'"):
@@ -282,4 +282,15 @@ def test_a_slow_store_hits_the_deadline_and_fetches_never_exceed_the_concurrency
     assert reader.most_running == 2
     failed = sum(value(metrics, "modelloop_server_input_ref_failures_total", reason=x) for x in (UNAVAILABLE, BUSY))
     assert failed == 2
+    r.close()
+
+
+def test_a_request_whose_references_add_up_to_too_much_is_refused(reader: FakeReader, metrics: ServerMetrics) -> None:
+    r = refs(reader, metrics, max_bytes=100, max_request_bytes=25)
+    texts = [f"s3://models/laundry/inputs/{i}.png" for i in range(3)]  # 10 + 11 + 12 bytes
+    with pytest.raises(RefError) as e:
+        asyncio.run(r.fetch_all(texts, "inputs[0]"))
+    assert e.value.status == 413
+    assert "add up to over 25 bytes (MODELLOOP_INPUT_REF_MAX_REQUEST_BYTES)" in e.value.message
+    assert asyncio.run(r.fetch_all(texts[:2], "inputs[0]")) == [b"\x00" * 10, b"\x01" * 11]
     r.close()
