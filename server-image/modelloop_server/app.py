@@ -42,6 +42,7 @@ from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
+from .inputrefs import InputRefs, RefLimits, S3Reader
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
 from .model import LoadedModel, ModelHolder, SwapResult
@@ -191,6 +192,8 @@ class Serving:
     ) -> tuple[str, list[str]]:
         """Record what ``model`` answered (one receipt per row); (the request's id, each row's id) for the response."""
         return self.receipts.record(model.version, probs, inputs, client_id)
+
+    refs: InputRefs
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -607,6 +610,20 @@ def _log_memory_limit(settings: ServerSettings) -> None:
         )  # fmt: skip
 
 
+def _input_refs(settings: ServerSettings, store: ObjectStore | None, metrics: ServerMetrics) -> InputRefs:
+    """Inputs sent by reference are read with the server's own store credentials (see inputrefs.py)."""
+    limits = RefLimits(
+        settings.input_ref_max_bytes,
+        settings.input_ref_timeout_seconds,
+        settings.input_ref_concurrency,
+        settings.input_ref_max_request_bytes,
+    )
+    reader = S3Reader(store.config, limits.timeout_seconds, limits.concurrency) if store is not None else None
+    if reader is not None and settings.input_ref_prefixes:
+        log.info("inputs by reference are read from %s", ", ".join(settings.input_ref_prefixes))
+    return InputRefs(settings.input_ref_prefixes, reader, limits, metrics)
+
+
 def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: ModelPlugin | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -672,6 +689,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             ),
             ledger=ReviewLedger(settings.receipt_index_size),
             join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
+            refs=_input_refs(settings, store, m),
         )
         s.shadow.start()
         app.state.serving = s
@@ -734,6 +752,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 )  # fmt: skip
             s.batcher.close()
             s.shadow.close()
+            s.refs.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool, s.join_pool):
                 pool.shutdown(wait=True)
 

@@ -81,6 +81,33 @@ class ServerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.input_ref_fetches = Counter(
+            "modelloop_server_input_ref_fetches",
+            "Objects fetched for inputs sent by reference (s3://...), successful or not.",
+            registry=r,
+        )
+        self.input_ref_bytes = Counter(
+            "modelloop_server_input_ref_bytes",
+            "Bytes of referenced inputs fetched from the object store.",
+            registry=r,
+        )
+        self.input_ref_failures = Counter(
+            "modelloop_server_input_ref_failures",
+            "Inputs sent by reference that were refused or not fetched, by reason: malformed (400), forbidden (403: "
+            "outside MODELLOOP_INPUT_REF_PREFIXES, or not readable with the server's credentials), missing (404), "
+            "too_large (413), undecodable (422), unavailable (503: store unreachable or slow) or busy (503: every "
+            "fetch slot taken). Unavailable or busy in numbers means the store is the bottleneck.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("malformed", "forbidden", "missing", "too_large", "undecodable", "unavailable", "busy"):
+            self.input_ref_failures.labels(reason)
+        self.input_ref_seconds = Histogram(
+            "modelloop_server_input_ref_fetch_seconds",
+            "Time to fetch one referenced input (HEAD + bounded read), for fetches that succeeded.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.feedback_received = Counter(
             "modelloop_server_feedback_received",
             "Feedback records accepted, by kind: correction (label differs from the prediction) or confirmation.",

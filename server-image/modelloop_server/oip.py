@@ -42,6 +42,7 @@ from modelloop_trainer.plugin import InputError, ModelPlugin
 
 from .batching import RETRY_AFTER_SECONDS, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
+from .inputrefs import REFERENCE, UNDECODABLE, RefError
 from .metrics import NO_VERSION
 from .model import LoadedModel
 from .receipts import bytes_facts, tensor_facts
@@ -66,11 +67,14 @@ _ROW_AS = r"row \1: "
 class OIPError(Exception):
     """A refused OIP request: the status and the message the client's exception will carry."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.reason = reason  # set for a referenced input that did not decode, counted in the fetch metrics
 
 
 @dataclass(frozen=True)
@@ -219,12 +223,17 @@ def _bytes_elements(tensor: dict[str, Any], chunk: bytes | None, count: int, whe
     return elements
 
 
-def _decode_bytes(plugin: ModelPlugin, elements: list[bytes], where: str) -> list[Any]:
+def _decode_bytes(
+    plugin: ModelPlugin, elements: list[bytes], where: str, sources: Sequence[str] | None = None
+) -> list[Any]:
+    """Decoded BYTES elements; with ``sources`` (they were fetched by reference) a failure is a 422 naming the object."""
     rows = []
     for i, raw in enumerate(elements):
         try:
             row = plugin.decode_bytes(raw)
         except InputError as e:
+            if sources is not None:
+                raise OIPError(422, f"{where}.data[{i}] ({sources[i]}): {e}", reason=UNDECODABLE) from None
             raise OIPError(400, f"{where}.data[{i}]: {e}") from None
         if row is NotImplemented:
             shape = _shape_text([-1, *plugin.input_shape])
@@ -239,7 +248,7 @@ def _decode_bytes(plugin: ModelPlugin, elements: list[bytes], where: str) -> lis
 
 
 def _input_tensor(
-    tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes, at: int
+    tensor: Any, plugin: ModelPlugin, max_batch: int, tail: bytes, at: int, sources: Sequence[str] | None = None
 ) -> tuple[Tensor, int, list[bytes] | None]:
     """The model's input from ``inputs[0]``, how many tail bytes it used and, for BYTES, the encoded
     elements; every check names its field."""
@@ -290,7 +299,7 @@ def _input_tensor(
     encoded = None
     if datatype == "BYTES":
         encoded = _bytes_elements(tensor, chunk, rows, where)
-        items: list[Any] = _decode_bytes(plugin, encoded, where)
+        items: list[Any] = _decode_bytes(plugin, encoded, where, sources)
     else:
         count = rows * flat
         if chunk is not None:
@@ -344,11 +353,17 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[RequestedOutput, ...]:
 
 
 def parse_infer(
-    raw: bytes, header_length: str | None, plugin: ModelPlugin, max_batch: int, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+    raw: bytes,
+    header_length: str | None,
+    plugin: ModelPlugin,
+    max_batch: int,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    sources: Sequence[str] | None = None,
 ) -> InferRequest:
     """An OIP infer body (JSON, or JSON header + binary tensors) as the model's input, or an OIPError.
 
     The JSON's nesting depth is measured on the raw bytes before parsing, as for ``/v1/predict``.
+    ``sources`` are the references the BYTES input was fetched from (:func:`resolve_references`).
     """
     body, tail = _split_body(raw, header_length, max_depth)
     if not isinstance(body, dict):
@@ -369,7 +384,7 @@ def parse_infer(
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} tensors" if isinstance(inputs, list) else type(inputs).__name__
         raise OIPError(400, f"inputs: this model takes exactly one input tensor named {INPUT!r}, got {got}")
-    x, used, encoded = _input_tensor(inputs[0], plugin, max_batch, tail, 0)
+    x, used, encoded = _input_tensor(inputs[0], plugin, max_batch, tail, 0, sources)
     if used != len(tail):
         raise OIPError(
             400, f"{len(tail) - used} binary bytes follow the JSON header that no input's binary_data_size accounts for"
@@ -485,6 +500,64 @@ async def model_ready(request: Request) -> Response:
     return _json({"name": s.settings.model, "ready": model is not None}, 200 if model is not None else 503)
 
 
+def _reference_flag(body: dict[str, Any], tensor: dict[str, Any]) -> str | None:
+    """The field that marks the input as references: its own ``parameters.content_type``, else the request's.
+
+    The request-level form is for clients, such as ``tritonclient``, that cannot set an input's parameters.
+    """
+    for where, params in (("inputs[0].parameters", tensor.get("parameters")), ("parameters", body.get("parameters"))):
+        if isinstance(params, dict) and "content_type" in params:
+            return f"{where}.content_type" if params["content_type"] == REFERENCE else None
+    return None
+
+
+async def resolve_references(
+    s: Serving, raw: bytes, header_length: str | None
+) -> tuple[bytes, str | None, list[str] | None]:
+    """A body whose BYTES input holds ``s3://`` references, rewritten with the fetched objects inline.
+
+    Returns (body, Inference-Header-Content-Length, the references) for :func:`parse_infer`, which then
+    decodes the objects exactly as inline BYTES; a body without references is returned as it came.
+    """
+    head = raw[: int(header_length)] if header_length and header_length.strip().isdigit() else raw
+    if REFERENCE.encode() not in head:
+        return raw, header_length, None
+    body, tail = _split_body(raw, header_length, s.settings.max_json_depth)
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        return raw, header_length, None  # parse_infer names what is wrong
+    tensor, where = inputs[0], "inputs[0]"
+    flag = _reference_flag(body, tensor)
+    if flag is None:
+        return raw, header_length, None
+    if tensor.get("datatype") != "BYTES":
+        raise OIPError(400, f"{flag}: {REFERENCE!r} needs datatype BYTES, got {tensor.get('datatype')!r}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int or shape[0] < 1:
+        raise OIPError(400, f"{where}.shape: references take shape [N] (one s3:// reference per row), got {shape!r}")
+    if shape[0] > s.settings.max_batch:
+        raise OIPError(400, f"{where}.shape: batch of {shape[0]} rows exceeds the limit of {s.settings.max_batch}")
+    size = _binary_size(tensor.get("parameters"), where)
+    if size is not None and size > len(tail):
+        raise OIPError(400, f"{where}.parameters.binary_data_size is {size} bytes but only {len(tail)} follow")
+    elements = _bytes_elements(tensor, None if size is None else tail[:size], shape[0], where)
+    try:
+        refs = [e.decode() for e in elements]
+    except UnicodeDecodeError:
+        raise OIPError(400, f"{where}.data: references must be UTF-8 text (s3://<bucket>/<key>)") from None
+    try:
+        blobs = await s.refs.fetch_all(refs, where)
+    except RefError as e:
+        raise OIPError(e.status, e.message, e.headers) from None
+    packed = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    params = {k: v for k, v in (tensor.get("parameters") or {}).items() if k != "content_type"}
+    inline = {k: v for k, v in tensor.items() if k != "data"} | {
+        "parameters": {**params, "binary_data_size": len(packed)}
+    }
+    new_head = orjson.dumps({**body, "inputs": [inline]})
+    return new_head + packed + tail[size or 0 :], str(len(new_head)), refs
+
+
 async def infer(request: Request) -> Response:
     s = _serving(request)
     started = time.perf_counter()
@@ -494,9 +567,8 @@ async def infer(request: Request) -> Response:
     try:
         model = _check_model(s, request)
         raw = await _read_body(request, s.settings.max_body_bytes)
-        req = parse_infer(
-            raw, request.headers.get(HEADER_LENGTH), s.plugin, s.settings.max_batch, s.settings.max_json_depth
-        )
+        raw, header_length, refs = await resolve_references(s, raw, request.headers.get(HEADER_LENGTH))
+        req = parse_infer(raw, header_length, s.plugin, s.settings.max_batch, s.settings.max_json_depth, refs)
         if model is None:
             raise OIPError(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
         try:
@@ -505,11 +577,15 @@ async def infer(request: Request) -> Response:
             s.metrics.shed.inc()
             raise OIPError(429, str(e), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     except OIPError as e:
+        if e.reason is not None:
+            s.refs.failed(e.reason)
         s.metrics.requests.labels(str(e.status), version).inc()
         return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})
     assert model is not None
     facts = (
-        bytes_facts(req.encoded) if req.encoded is not None else tensor_facts(req.x, s.settings.receipt_inline_values)
+        bytes_facts(req.encoded, refs)
+        if req.encoded is not None
+        else tensor_facts(req.x, s.settings.receipt_inline_values)
     )
     pid, ids = s.receipt(model, probs, facts, req.id)
     request_id = header_id or pid

@@ -74,9 +74,13 @@ def tensor_facts(x: Tensor, max_inline: int) -> list[InputFacts]:
     return out
 
 
-def bytes_facts(elements: Sequence[bytes]) -> list[InputFacts]:
-    """Encoded inputs (OIP BYTES, e.g. image files): their digest and size, never the bytes themselves."""
-    return [InputFacts(sha256=hashlib.sha256(e).hexdigest(), size=len(e)) for e in elements]
+def bytes_facts(elements: Sequence[bytes], refs: Sequence[str] | None = None) -> list[InputFacts]:
+    """Encoded inputs (OIP BYTES, e.g. image files): their digest and size, never the bytes themselves,
+    and the ``s3://`` reference each was fetched from, so training can read the input a review names."""
+    return [
+        InputFacts(sha256=hashlib.sha256(e).hexdigest(), size=len(e), ref=refs[i] if refs else None)
+        for i, e in enumerate(elements)
+    ]
 
 
 class ReceiptBook:

@@ -16,6 +16,7 @@ from modelloop.api import constants as c
 from modelloop.api.artifacts import check_model_name
 
 from .control import DEFAULT_SOCKET_NAME, REVIEW_AUTH_SOCKET_NAME
+from .inputrefs import default_prefixes, parse_prefixes
 from .memory import DEFAULT_CGROUP_ROOT, DEFAULT_OVERHEAD_FACTOR, DEFAULT_RESERVE_BYTES
 
 ENV_MODEL_DIR = "MODELLOOP_MODEL_DIR"
@@ -37,6 +38,7 @@ ENV_SIGNING_PUBLIC_KEY = "MODELLOOP_SIGNING_PUBLIC_KEY"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
 ENV_RECEIPT_SPOOL_DIR = "MODELLOOP_RECEIPT_SPOOL_DIR"
 ENV_RECEIPT_MAX_AGE_HOURS = "MODELLOOP_RECEIPT_MAX_AGE_HOURS"
+ENV_INPUT_REF_PREFIXES = "MODELLOOP_INPUT_REF_PREFIXES"
 DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_SPOOL_DIR_NAME = ".feedback-spool"
 DEFAULT_RECEIPT_SPOOL_DIR_NAME = ".receipt-spool"
@@ -84,6 +86,20 @@ def _required(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set")
     return value
+
+
+def _ref_prefixes(env: Mapping[str, str], model: str) -> tuple[str, ...]:
+    """Where inputs sent by reference may be read from; default ``s3://<bucket>/<model>/inputs/``."""
+    raw = env.get(ENV_INPUT_REF_PREFIXES, "")
+    if not raw:
+        bucket = env.get(c.ENV_BUCKET, "")
+        return default_prefixes(bucket, model) if bucket else ()
+    try:
+        return parse_prefixes(raw)
+    except ValueError as e:
+        raise SettingsError(
+            f"{ENV_INPUT_REF_PREFIXES}: {e} (give comma-separated s3://<bucket>/<prefix>/ entries, or 'off')"
+        ) from None
 
 
 def _model(env: Mapping[str, str]) -> str:
@@ -165,6 +181,11 @@ class ServerSettings:
     shadow_queue_rows: int = 256  # input rows waiting for the shadow model; beyond it shadow work is dropped (0: off)
     shadow_pairs_kept: int = 10_000  # (active, candidate) prediction pairs kept in memory by request id
     shadow_batch_rows: int = 64  # rows one shadow forward pass may take from the queue
+    input_ref_prefixes: tuple[str, ...] = ()  # s3://bucket/prefix/ an input may be referenced under; (): none
+    input_ref_max_bytes: int = 8 << 20  # a larger referenced object is refused (413) before it is read
+    input_ref_timeout_seconds: float = 5.0  # all references of one request, HEAD and read; then 503
+    input_ref_max_request_bytes: int = 64 << 20  # all references of one request together; beyond it 413
+    input_ref_concurrency: int = 8  # fetches at once, on their own threads; a request waits until its deadline
 
     @property
     def spool_dir(self) -> Path:
@@ -188,8 +209,9 @@ class ServerSettings:
         model_dir = Path(_required(e, ENV_MODEL_DIR))
         spool = e.get(ENV_FEEDBACK_SPOOL_DIR, "")
         receipt_spool = e.get(ENV_RECEIPT_SPOOL_DIR, "")
+        model = _model(e)
         return cls(
-            model=_model(e),
+            model=model,
             plugin=e.get(c.ENV_PLUGIN) or c.DEFAULT_PLUGIN,
             model_dir=model_dir,
             bind_host=e.get(ENV_BIND_HOST) or "0.0.0.0",
@@ -227,6 +249,11 @@ class ServerSettings:
             shadow_queue_rows=_int(e, "MODELLOOP_SHADOW_QUEUE_ROWS", 256),
             shadow_pairs_kept=_int(e, "MODELLOOP_SHADOW_PAIRS", 10_000, 1),
             shadow_batch_rows=_int(e, "MODELLOOP_SHADOW_BATCH_ROWS", 64, 1),
+            input_ref_prefixes=_ref_prefixes(e, model),
+            input_ref_max_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_BYTES", 8 << 20, 1),
+            input_ref_timeout_seconds=_float(e, "MODELLOOP_INPUT_REF_TIMEOUT_SECONDS", 5.0),
+            input_ref_max_request_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_REQUEST_BYTES", 64 << 20, 1),
+            input_ref_concurrency=_int(e, "MODELLOOP_INPUT_REF_CONCURRENCY", 8, 1),
         )
 
 

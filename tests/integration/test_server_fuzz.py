@@ -140,6 +140,36 @@ def oip_bodies(draw: st.DrawFn) -> Any:
     return {"inputs": draw(json_values), **draw(st.dictionaries(st.text(max_size=8), json_values, max_size=2))}
 
 
+REF_PREFIX = "s3://fuzz-refs/digits/inputs/"  # a bucket that does not exist: every allowed fetch asks MinIO and misses
+references = st.sampled_from(
+    [
+        REF_PREFIX + "a.png",
+        REF_PREFIX + "../model.safetensors",
+        "s3://fuzz-refs/digits/versions/v1/model.safetensors",
+        "s3://other-bucket/digits/inputs/a.png",
+        "http://169.254.169.254/latest/meta-data",
+        "s3://",
+        REF_PREFIX,
+    ]
+) | st.text("ab./-_\n", min_size=1, max_size=20).map(lambda t: REF_PREFIX + t)
+
+
+@st.composite
+def reference_bodies(draw: st.DrawFn) -> Any:
+    """BYTES inputs by reference (flag on the input or the request), mostly well-formed, sometimes one field bent."""
+    refs = draw(st.lists(references, min_size=1, max_size=2))
+    flag = {"content_type": draw(st.sampled_from(["reference", "reference", "reference", "str"]))}
+    tensor: dict[str, Any] = {
+        "name": "input",
+        "datatype": draw(st.sampled_from(["BYTES", "BYTES", "BYTES", "FP32"])),
+        "shape": [len(refs)] if draw(st.integers(0, 3)) else draw(st.lists(st.integers(-1, 9), max_size=2)),
+        "data": refs,
+    }
+    if draw(st.booleans()):
+        return {"inputs": [{**tensor, "parameters": flag}]}
+    return {"inputs": [tensor], "parameters": flag}
+
+
 def encoded(body: Any) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
@@ -151,6 +181,7 @@ raw_bodies = st.one_of(
     predict_bodies().map(encoded),
     feedback_bodies().map(encoded),
     oip_bodies().map(encoded),
+    reference_bodies().map(encoded),
     deep,
     predict_bodies().map(encoded).flatmap(lambda b: st.integers(0, len(b)).map(lambda i: b[:i])),
 )
@@ -207,6 +238,7 @@ well_formed_requests = (
                 lambda v: {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": v}]}
             ),
             oip_bodies(),
+            reference_bodies(),
         ).map(encoded),
         content_types,
         request_ids,
@@ -228,6 +260,7 @@ def client(tmp_path: Path, minio: MinioServer, bucket: str) -> Iterator[Client]:
         warmup_passes=1,
         feedback_flush_seconds=0.5,
         review_auth="off",  # fuzz what a review carries; who may send one is tested in test_review_auth.py
+        input_ref_prefixes=(REF_PREFIX,),
     )
     app = create_app(server_settings, minio.store(bucket), DigitsPlugin())
     loop = asyncio.new_event_loop()

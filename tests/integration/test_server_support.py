@@ -29,6 +29,7 @@ from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_server.control import DEFAULT_SOCKET_NAME, ControlClient
 from modelloop_server.synthetic import publish_synthetic, write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
+from modelloop_trainer.plugin import ModelPlugin
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
@@ -288,13 +289,23 @@ class Replica:
 
 
 def start_server(
-    tmp: Path, host: str = "127.0.0.1", current: str | None = None, **env: str
+    tmp: Path,
+    host: str = "127.0.0.1",
+    current: str | None = None,
+    plugin: tuple[ModelPlugin, str] | None = None,
+    model: str = "digits",
+    **env: str,
 ) -> tuple[ManagedProcess, str, Path]:
-    """A real ``modelloop-server`` over synthetic v1 and v2 on disk (``current`` loaded at start), no sidecar."""
+    """A real ``modelloop-server`` over synthetic v1 and v2 on disk (``current`` loaded at start), no sidecar.
+
+    ``plugin`` is (instance, ``package.module:Class``) for a model other than digits; the server is
+    told the same reference.
+    """
+    instance, ref = plugin or (DigitsPlugin(), c.DEFAULT_PLUGIN)
     model_dir = tmp / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
     for n in (1, 2):
-        write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, "digits", f"v{n}", n)
+        write_local_version(instance, ref, model_dir, model, f"v{n}", n)
     if current is not None:
         (model_dir / ".current").write_text(f"{current}\n")
     port = free_port()
@@ -305,7 +316,8 @@ def start_server(
         tmp / "server.log",
         env={
             **base,
-            c.ENV_MODEL: "digits",
+            c.ENV_MODEL: model,
+            c.ENV_PLUGIN: ref,
             "MODELLOOP_MODEL_DIR": str(model_dir),
             "MODELLOOP_BIND_HOST": host,
             "MODELLOOP_PORT": str(port),

@@ -127,6 +127,12 @@ def test_inputs_are_kept_inline_when_small_and_by_digest_otherwise() -> None:
     assert big[0].sha256 == hashlib.sha256(x[0].numpy().astype("<f4").tobytes()).hexdigest()
     [facts] = bytes_facts([b"\x89PNG..."])
     assert facts.sha256 == hashlib.sha256(b"\x89PNG...").hexdigest() and facts.size == 7 and facts.values is None
+    assert facts.ref is None
+    by_ref = bytes_facts([b"a", b"bc"], ["s3://models/digits/inputs/1.png", "s3://models/digits/inputs/2.png"])
+    assert [(f.ref, f.size) for f in by_ref] == [
+        ("s3://models/digits/inputs/1.png", 1),
+        ("s3://models/digits/inputs/2.png", 2),
+    ]
 
 
 def _book(tmp_path: Path, **kw: int) -> ReceiptBook:
