@@ -366,6 +366,9 @@ async def feedback(request: Request) -> Response:
             s.metrics.review_joins.labels("unknown").inc()
             raise _unknown(s, review.id)
         record = join(receipt, review.label, datetime.now(UTC), reviewer, review.reason)
+        shadowed = s.shadow.candidate_answer(record.id, record.version, record.predicted)
+        if shadowed is not None:
+            record = record.model_copy(update={"shadow_version": shadowed[0], "shadow_predicted": shadowed[1]})
         if s.ledger.is_replay(record):
             s.metrics.review_joins.labels("replay").inc()
             return json_response({"id": record.id, "correction": record.is_correction, "replay": True}, 200)

@@ -146,6 +146,21 @@ class ShadowScorer:
         with self._lock:
             return self._pairs.get(request_id)
 
+    def candidate_answer(self, prediction_id: str, active_version: str, predicted: int) -> tuple[str, int] | None:
+        """(candidate version, its predicted class) for the prediction a review names, when this replica
+        scored it in the shadow: a batch row's id is ``<request id>.<row>``. None when the pair is not
+        here (another replica answered, or it was dropped under load) or does not match the receipt."""
+        pair, row = self.pair(prediction_id), 0
+        if pair is None:
+            base, _, index = prediction_id.rpartition(".")
+            if base and index.isdigit():
+                pair, row = self.pair(base), int(index)
+        if pair is None or pair.active_version != active_version or row >= len(pair.candidate):
+            return None
+        if pair.active[row] != predicted:
+            return None
+        return pair.candidate_version, pair.candidate[row]
+
     def counts(self, version: str) -> tuple[int, int]:
         """(predictions scored, predictions where both models agreed) for a shadow version."""
         with self._lock:

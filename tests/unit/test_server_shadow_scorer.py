@@ -129,3 +129,23 @@ def test_nothing_is_queued_without_a_shadow(holder: ModelHolder) -> None:
     x = torch.zeros((1, 64))
     scorer.submit("r", active, x, active.probabilities(x))
     assert scorer.queued == 0
+
+
+@pytest.mark.parametrize(
+    ("review_id", "active_version", "predicted", "expected"),
+    [
+        ("p", "v1", 3, ("v2", 5)),  # a single prediction
+        ("b.1", "v1", 7, ("v2", 7)),  # row 1 of a batch answered as request "b"
+        ("b.2", "v1", 0, None),  # no such row
+        ("p", "v0", 3, None),  # the receipt names another active version: not this pair
+        ("p", "v1", 4, None),  # the receipt's answer differs from the pair's: not trusted
+        ("elsewhere", "v1", 3, None),  # another replica answered it (or the pair was dropped)
+    ],
+)
+def test_a_review_finds_the_candidates_answer_to_the_same_prediction(
+    holder: ModelHolder, review_id: str, active_version: str, predicted: int, expected: tuple[str, int] | None
+) -> None:
+    scorer = ShadowScorer(lambda: holder.shadow, ServerMetrics(), queue_rows=8)
+    scorer._record(ShadowPair("p", "v1", (3,), "v2", (5,)), counted=False)
+    scorer._record(ShadowPair("b", "v1", (2, 7), "v2", (2, 7)), counted=False)
+    assert scorer.candidate_answer(review_id, active_version, predicted) == expected

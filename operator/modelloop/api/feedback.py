@@ -44,6 +44,15 @@ class FeedbackRecord(BaseModel):
         max_length=MAX_REASON,
         description='Why the reviewer answered so ("missed stain"); absent in older records.',
     )
+    shadow_version: str | None = Field(
+        default=None,
+        alias="shadowVersion",
+        description="The candidate that scored the same input in the shadow, when the replica that joined the "
+        "review holds that pair: the review then labels both models (the paired promotion test).",
+    )
+    shadow_predicted: int | None = Field(
+        default=None, alias="shadowPredicted", ge=0, description="What the shadow candidate predicted."
+    )
     reviewed_at: datetime = Field(alias="reviewedAt")
     reviewer: str | None = Field(
         default=None,
