@@ -3,8 +3,9 @@
 Runs only in the bench's own KServe virtualenv (see ``bench_serving_throughput.kserve_python``:
 ``kserve`` pinned there, torch, Pillow, safetensors and modelloop reached through a ``.pth`` into
 modelloop's venv, so both servers run the very same torch and Pillow builds). It answers
-``POST /v2/models/laundry/infer`` with one BYTES input (encoded images, JSON or the binary tensor
-extension) and the same three outputs modelloop-server returns (``probabilities``, ``predicted``,
+``POST /v2/models/laundry/infer`` with one BYTES input (encoded images as base64 strings in JSON: KServe
+0.21's REST server cannot take raw image bytes in the binary tensor extension, it converts BYTES
+elements to UTF-8 text and answers 500) and the same three outputs modelloop-server returns (``probabilities``, ``predicted``,
 ``label``) as JSON.
 
 Set up as a strong baseline, the same way as bench/kserve_digits.py: the same plug-in network
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import os
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
@@ -42,11 +45,12 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _elements(data: Any) -> list[bytes]:
-    """A BYTES input's elements, whichever container this KServe version hands over."""
+def _images(data: Any) -> list[bytes]:
+    """The encoded images of a BYTES input: base64 strings in JSON, as KServe's own image examples send
+    them (its REST server turns binary-extension BYTES into UTF-8 strings and answers 500 on a JPEG)."""
     if isinstance(data, np.ndarray):
         data = data.reshape(-1).tolist()
-    return [d if isinstance(d, bytes) else str(d).encode() for d in data]
+    return [base64.b64decode(d) for d in data]
 
 
 def build_model(kserve: Any, name: str, weights: Path, threads: int) -> Any:
@@ -83,7 +87,7 @@ def build_model(kserve: Any, name: str, weights: Path, threads: int) -> Any:
             headers: dict[str, str] | None = None,
             response_headers: dict[str, str] | None = None,
         ) -> InferResponse:
-            images = _elements(payload.inputs[0].data)
+            images = _images(payload.inputs[0].data)
             loop = asyncio.get_running_loop()
             probs, idx = await loop.run_in_executor(self.pool, self.infer, images)
             n, k = len(idx), plugin.num_classes
@@ -92,7 +96,7 @@ def build_model(kserve: Any, name: str, weights: Path, threads: int) -> Any:
                 InferOutput("predicted", [n], "INT64", idx),
                 InferOutput("label", [n], "BYTES", [plugin.class_names[i] for i in idx]),
             ]
-            return InferResponse(payload.id, self.name, outputs)
+            return InferResponse(payload.id or uuid.uuid4().hex, self.name, outputs)
 
     return Laundry()
 

@@ -25,7 +25,7 @@ NO_VENV = 3  # bench_vs_kserve --no-build: the KServe venv is not there
 def test_bench_vs_kserve_quick_reports_every_figure_with_no_failed_request(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     env = dict(os.environ, MODELLOOP_BENCH_RESULTS=str(results), MODELLOOP_BENCH_QUICK="1")
-    argv = [sys.executable, "-m", "bench.bench_vs_kserve", "--quick", "--no-build", "--rounds", "1", "--seconds", "2"]
+    argv = [sys.executable, "-m", "bench.bench_vs_kserve", "--quick", "--no-build", "--rounds", "1", "--seconds", "5"]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=420, check=False)
     if proc.returncode == NO_VENV:
         pytest.skip(f"KServe venv not built (build it with `make bench` once): {proc.stderr.strip()[-300:]}")
