@@ -61,18 +61,25 @@ class KServeUnavailable(RuntimeError):
     """The KServe venv could not be built; the message carries pip's own error."""
 
 
-def kserve_python(cache: Path | None = None) -> Path:
+def kserve_python(cache: Path | None = None, build: bool = True) -> Path:
     """The interpreter of a venv holding ``kserve==KSERVE_PIN``, built on first use and then reused.
 
     Same base interpreter as this venv, so the ``.pth`` into this venv's site-packages gives it
     the same torch and modelloop. The venv's own packages come first on sys.path, so KServe runs on
     the FastAPI/starlette/uvicorn/pydantic versions pip resolved for it, not on modelloop's pins;
-    only numpy is held to this venv's version, as torch here was loaded against it.
+    only numpy is held to this venv's version, as torch here was loaded against it. With
+    ``build=False`` a missing venv is :class:`KServeUnavailable` instead (tests must not spend
+    minutes installing it).
     """
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     root = (cache or Path.home() / ".cache" / "modelloop" / "bench-venvs") / f"kserve-{KSERVE_PIN}-{py}"
     python = root / "bin" / "python"
     done = root / ".installed"
+    if not done.exists() and not build:
+        raise KServeUnavailable(
+            f"no KServe venv at {root}: it is built on demand by `make bench` or "
+            "`python -m bench --only bench_serving_throughput` (a minute or two, ~450 MB)"
+        )
     if not done.exists():
         print(f"building the KServe venv {root} (kserve=={KSERVE_PIN}; first run only, a minute or two)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True, capture_output=True)
@@ -99,6 +106,7 @@ class Server:
     port: int
     path: str
     protocol: str
+    payloads: list[bytes] | None = None  # pre-encoded HTTP requests, for benches whose inputs are not digits
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process so far (one process: both run a single worker)."""
@@ -139,6 +147,8 @@ def request_body(protocol: str, x: list[float]) -> tuple[bytes, str]:
 
 def requests_for(server: Server) -> list[bytes]:
     """Pre-encoded HTTP/1.1 requests, one per example: the same 64 seeded digit images for both servers."""
+    if server.payloads is not None:
+        return server.payloads
     rnd = random.Random(1)
     out = []
     for _ in range(64):
@@ -177,14 +187,14 @@ async def _client(
     return out
 
 
-async def _probe(server: Server, seconds: float) -> list[tuple[float, float, int, str | None]]:
-    """Closed loop over CONCURRENCY connections, all opened before the window starts; the responses
-    that completed inside the window."""
+async def _probe(server: Server, seconds: float) -> tuple[list[tuple[float, float, int, str | None]], float]:
+    """Closed loop over CONCURRENCY connections, all opened before the window starts; every response
+    (the requests in flight at the deadline are awaited) and the deadline."""
     reqs = requests_for(server)
     conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", server.port) for _ in range(CONCURRENCY)))
     deadline = time.monotonic() + seconds
     results = await asyncio.gather(*(_client(conn, reqs, i, deadline) for i, conn in enumerate(conns)))
-    return [r for rs in results for r in rs if r[1] <= deadline]
+    return [r for rs in results for r in rs], deadline
 
 
 def drive(server: Server, seconds: float) -> Window:
@@ -192,14 +202,17 @@ def drive(server: Server, seconds: float) -> Window:
     no HTTP library): it must cost far less CPU per request than either server, or on a small machine it
     is the probe's speed that gets measured."""
     cpu0, probe0 = server.cpu_seconds(), time.process_time()
-    records = asyncio.run(_probe(server, seconds))
+    answered, deadline = asyncio.run(_probe(server, seconds))
     cpu, probe_cpu = server.cpu_seconds() - cpu0, time.process_time() - probe0
+    records = [r for r in answered if r[1] <= deadline]
     latencies = [t1 - t0 for t0, t1, _, error in records if error is None]
     errors = [e for *_, e in records if e is not None]
     if not latencies:
         raise AssertionError(f"{server.name}: not one request answered 200 in {seconds} s; errors: {set(errors)}")
     n = len(records)
-    return Window(n / seconds, n, len(errors), latencies, cpu / n, probe_cpu / n, errors[:3])
+    # CPU covers the requests still in flight at the deadline too (they are awaited): divide by all of
+    # them, or a slow model's tail (up to CONCURRENCY requests) is charged to the window's few.
+    return Window(n / seconds, n, len(errors), latencies, cpu / len(answered), probe_cpu / len(answered), errors[:3])
 
 
 def _start(
