@@ -656,6 +656,12 @@ class ShadowRolloutSpec(ApiModel):
     """The shadow stage: a verified candidate scores live inputs beside the active version, reviews label
     both answers, and McNemar's exact test with a non-inferiority margin decides (decide/paired.py)."""
 
+    enabled: bool = Field(
+        default=False,
+        description="Hold a verified candidate in the shadow stage until the paired review test promotes or "
+        "rejects it. Off: a verified version is promoted at once (the paired tally is still kept in "
+        "status.shadow while the candidate is scored in the shadow).",
+    )
     min_reviews: int = Field(
         default=200,
         alias="minReviews",
@@ -899,6 +905,28 @@ class LiveAccuracy(ApiModel):
     )
 
 
+class ShadowStatus(ApiModel):
+    """The paired review tally of the candidate scored in the shadow beside the active version."""
+
+    version: str | None = Field(default=None, description="The candidate being tallied (status.candidate).")
+    active_version: str | None = Field(
+        default=None, alias="activeVersion", description="The active version it is compared with."
+    )
+    since: datetime | None = Field(default=None, description="When tallying this candidate began.")
+    both_right: int = Field(default=0, alias="bothRight", ge=0, description="Reviews that found both models right.")
+    only_active: int = Field(
+        default=0, alias="onlyActive", ge=0, description="Reviews that found only the active version right."
+    )
+    only_candidate: int = Field(
+        default=0, alias="onlyCandidate", ge=0, description="Reviews that found only the candidate right."
+    )
+    both_wrong: int = Field(default=0, alias="bothWrong", ge=0, description="Reviews that found both models wrong.")
+    verdict: str | None = Field(
+        default=None, description="The paired test's last verdict: Promote, Reject or Collect (when the stage gates)."
+    )
+    message: str | None = Field(default=None, max_length=2048, description="Why, with the live accuracies.")
+
+
 class HandledRequests(ApiModel):
     """Annotation values already acted on, so each is handled once (metadata is never edited)."""
 
@@ -935,6 +963,11 @@ class RetrainPolicyStatus(ApiModel):
         " Cleared once it is promoted, rejected or failed.",
     )
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+    shadow: ShadowStatus | None = Field(
+        default=None,
+        description="The candidate's paired review tally: reviews of requests both models answered (the active "
+        "one to the client, the candidate in the shadow). Absent while no candidate is scored.",
+    )
     feedback: FeedbackStatus = Field(default_factory=FeedbackStatus)
     live_accuracy: LiveAccuracy = Field(
         default_factory=LiveAccuracy, alias="liveAccuracy", description="Accuracy of the active version from reviews."

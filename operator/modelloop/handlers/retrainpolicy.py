@@ -46,6 +46,7 @@ from modelloop.decide.feedback import (
     quarantine_reason,
     to_process,
 )
+from modelloop.decide.paired import Verdict
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
@@ -56,6 +57,7 @@ from modelloop.decide.rollback import (
     decide_rollback_request,
 )
 from modelloop.decide.rollout import PodView, decide_rollout
+from modelloop.decide.shadowstage import count_review, shadow_gate, tally_for
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
 from modelloop.decide.versions import (
     in_flight,
@@ -123,7 +125,9 @@ def reconcile_policy(
             lost.version,
         )
 
-    # Feedback: count what was not counted yet (new batches, and batches uploaded late).
+    # Feedback: count what was not counted yet (new batches, and batches uploaded late), and the reviews
+    # that label both the active version and the candidate scored in the shadow.
+    new.shadow = tally_for(new.shadow, new.candidate.version if new.candidate else None, new.active_version, now)
     store: ObjectStore | None = None
     unreadable: ErrorVerdict | None = None
     due = old.feedback.last_counted_at is None or now - old.feedback.last_counted_at >= timedelta(
@@ -190,6 +194,10 @@ def reconcile_policy(
         conds = _start_rollback(spec, new, mvs, phases, chosen, body, namespace, now, conds, generation, logger)
     elif new.desired is None or new.desired.version == new.active_version:
         candidate = promotion_candidate(phases, new.active_version)
+        if candidate is not None and phases[candidate] == Phase.VERIFIED:
+            conds, held = _shadow_stage(spec, new, candidate, body, namespace, name, now, conds, generation, logger)
+            if held:
+                candidate = None
         if candidate is not None:
             if phases[candidate] == Phase.PROMOTING:
                 logger.warning(
@@ -362,6 +370,52 @@ def _retry_condition(
     return conds
 
 
+def _shadow_stage(
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    candidate: str,
+    body: Any,
+    namespace: str,
+    name: str,
+    now: datetime,
+    conds: list[dict[str, Any]],
+    generation: int,
+    logger: Any,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Applies the shadow stage's decision to a verified ``candidate``; whether its promotion is held back.
+
+    ``ShadowStage``: True while reviews are collected; False once the paired test promoted or rejected.
+    A rejection marks the version Rejected (a retry may follow, as after a failed gate)."""
+    gate = shadow_gate(spec.rollout.shadow, new.shadow, candidate, new.active_version, now)
+    if gate is None:
+        return conds, False
+    decision, tally = gate
+    new.shadow = tally
+    new.shadow.verdict, new.shadow.message = decision.verdict.value, decision.message[:2048]
+    prev = get_condition(conds, "ShadowStage")
+    msg = f"{candidate} vs {new.active_version}: {decision.message}"
+    if decision.verdict is Verdict.COLLECT:
+        conds = set_condition(conds, "ShadowStage", "True", decision.reason, msg[:1000], now, generation)
+        return conds, True
+    if decision.verdict is Verdict.REJECT:
+        if prev is None or prev.get("reason") != decision.reason or prev.get("status") != "False":
+            kopf.warn(body, reason="ShadowRejected", message=msg[:1000])
+            logger.warning("shadow stage rejected %s: %s", candidate, decision.message)
+        kube.patch_modelversion_status(
+            namespace,
+            modelversion_name(name, candidate),
+            {
+                "phase": Phase.REJECTED.value,
+                "message": f"rejected by live reviews ({decision.reason}): {decision.message}"[:1024],
+            },
+        )
+        conds = set_condition(conds, "ShadowStage", "False", decision.reason, msg[:1000], now, generation)
+        return conds, True
+    kopf.info(body, reason="ShadowPassed", message=msg[:1000])
+    conds = set_condition(conds, "ShadowStage", "False", decision.reason, msg[:1000], now, generation)
+    return conds, False
+
+
 def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[str, Any]]) -> dict[str, Any]:
     out = new.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
     out["conditions"] = conds
@@ -412,6 +466,10 @@ def _count_feedback(
             fb.pending_reviews += 1
             if rec.is_correction:
                 fb.pending_corrections += 1
+            if new.shadow is not None:
+                count_review(
+                    new.shadow, rec.version, rec.predicted, rec.label, rec.shadow_version, rec.shadow_predicted
+                )
             if (
                 new.active_version is not None
                 and rec.version == new.active_version
