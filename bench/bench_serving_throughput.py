@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -235,33 +236,55 @@ def _start(
     raise AssertionError(f"{what}: no free port to start on after 3 attempts")
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without modelloop or AWS settings, for the servers the benches start."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
+
+
+def modelloop_server(
+    tmp: Path, model_dir: Path, batch_rows: int, plugin: str = c.DEFAULT_PLUGIN, model: str = MODEL
+) -> Callable[[int], ManagedProcess]:
+    """A factory (port -> process) for ``modelloop-server`` serving ``model_dir`` with ``batch_rows``."""
+
+    def make(port: int) -> ManagedProcess:
+        settings = {
+            c.ENV_MODEL: model,
+            c.ENV_PLUGIN: plugin,
+            "MODELLOOP_MODEL_DIR": str(model_dir),
+            "MODELLOOP_BIND_HOST": "127.0.0.1",
+            "MODELLOOP_PORT": str(port),
+            "MODELLOOP_INFERENCE_BATCH_ROWS": str(batch_rows),
+        }
+        argv = [Path(sys.executable).parent / "modelloop-server"]
+        return ManagedProcess("modelloop-server", argv, tmp / f"ours-{batch_rows}.log", env=clean_env() | settings)
+
+    return make
+
+
+def kserve_server(
+    tmp: Path, kpy: Path, module: str, weights: Path, model: str = MODEL
+) -> Callable[[int], ManagedProcess]:
+    """A factory (port -> process) for the KServe model server in ``module`` (run by the KServe venv)."""
+
+    def make(port: int) -> ManagedProcess:
+        argv: list[str | Path] = [kpy, "-m", module, "--port", str(port), "--model-name", model, "--weights", weights]
+        return ManagedProcess("kserve", argv, tmp / "kserve.log", env=clean_env(), cwd=REPO)
+
+    return make
+
+
+def serving_digest(digest: str) -> Callable[[int], bool]:
+    """Whether the modelloop-server on a port is ready with the version of ``digest``."""
+    return lambda port: bool(httpx.get(f"http://127.0.0.1:{port}/readyz").json().get("digest") == digest)
+
+
 def start_servers(tmp: Path, kpy: Path) -> list[Server]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
     model_dir = tmp / "models"
     digest = write_local_version(DigitsPlugin(), c.DEFAULT_PLUGIN, model_dir, MODEL, "v1", 1)
     weights = model_dir / "v1" / "model.safetensors"
-
-    def ours(batch_rows: int) -> Callable[[int], ManagedProcess]:
-        def make(port: int) -> ManagedProcess:
-            settings = {
-                c.ENV_MODEL: MODEL,
-                "MODELLOOP_MODEL_DIR": str(model_dir),
-                "MODELLOOP_BIND_HOST": "127.0.0.1",
-                "MODELLOOP_PORT": str(port),
-                "MODELLOOP_INFERENCE_BATCH_ROWS": str(batch_rows),
-            }
-            argv = [Path(sys.executable).parent / "modelloop-server"]
-            return ManagedProcess("modelloop-server", argv, tmp / f"ours-{batch_rows}.log", env=env | settings)
-
-        return make
-
-    def theirs(port: int) -> ManagedProcess:
-        argv: list[str | Path] = [kpy, "-m", "bench.kserve_digits", "--port", str(port), "--model-name", MODEL]
-        argv += ["--weights", weights]
-        return ManagedProcess("kserve", argv, tmp / "kserve.log", env=env, cwd=REPO)
-
-    def ours_ready(port: int) -> bool:
-        return bool(httpx.get(f"http://127.0.0.1:{port}/readyz").json().get("digest") == digest)
+    ours = partial(modelloop_server, tmp, model_dir)
+    theirs = kserve_server(tmp, kpy, "bench.kserve_digits", weights)
+    ours_ready = serving_digest(digest)
 
     def theirs_ready(port: int) -> bool:
         return bool(httpx.get(f"http://127.0.0.1:{port}/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True})

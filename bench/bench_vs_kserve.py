@@ -36,7 +36,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ from bench import report
 from bench.bench_serving_throughput import (
     CONCURRENCY,
     KSERVE_PIN,
-    REPO,
     KServeUnavailable,
     Server,
     _start,
@@ -56,9 +55,10 @@ from bench.bench_serving_throughput import (
     compare,
     drive_rounds,
     kserve_python,
+    kserve_server,
+    modelloop_server,
+    serving_digest,
 )
-from modelloop.api import constants as c
-from modelloop_dev.processes import ManagedProcess
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.laundry import LaundryPlugin
 from modelloop_trainer.examples.laundry_data import swatch
@@ -115,33 +115,12 @@ def http_requests(port: int, images: list[bytes], binary: bool) -> list[bytes]:
 
 
 def start_servers(tmp: Path, kpy: Path, images: list[bytes]) -> list[Server]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELLOOP_", "AWS_"))}
     model_dir = tmp / "models"
     digest = write_local_version(LaundryPlugin(env={}), PLUGIN, model_dir, MODEL, "v1", 1)
     weights = model_dir / "v1" / "model.safetensors"
-
-    def ours(batch_rows: int) -> Callable[[int], ManagedProcess]:
-        def make(port: int) -> ManagedProcess:
-            settings = {
-                c.ENV_MODEL: MODEL,
-                c.ENV_PLUGIN: PLUGIN,
-                "MODELLOOP_MODEL_DIR": str(model_dir),
-                "MODELLOOP_BIND_HOST": "127.0.0.1",
-                "MODELLOOP_PORT": str(port),
-                "MODELLOOP_INFERENCE_BATCH_ROWS": str(batch_rows),
-            }
-            argv = [Path(sys.executable).parent / "modelloop-server"]
-            return ManagedProcess("modelloop-server", argv, tmp / f"ours-{batch_rows}.log", env=env | settings)
-
-        return make
-
-    def theirs(port: int) -> ManagedProcess:
-        argv: list[str | Path] = [kpy, "-m", "bench.kserve_laundry", "--port", str(port), "--model-name", MODEL]
-        argv += ["--weights", weights]
-        return ManagedProcess("kserve", argv, tmp / "kserve.log", env=env, cwd=REPO)
-
-    def ours_ready(port: int) -> bool:
-        return bool(httpx.get(f"http://127.0.0.1:{port}/readyz").json().get("digest") == digest)
+    ours = partial(modelloop_server, tmp, model_dir, plugin=PLUGIN, model=MODEL)
+    theirs = kserve_server(tmp, kpy, "bench.kserve_laundry", weights, model=MODEL)
+    ours_ready = serving_digest(digest)
 
     def theirs_ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready").status_code == 200
