@@ -171,6 +171,11 @@ def policy_status(api: client.ApiClient, ns: str) -> dict[str, Any]:
     return status
 
 
+def policy_conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
+    """The policy's conditions by type."""
+    return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
+
+
 def desired_version(api: client.ApiClient, ns: str) -> str | None:
     return (policy_status(api, ns).get("desired") or {}).get("version")
 

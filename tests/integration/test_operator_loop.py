@@ -35,6 +35,7 @@ from operator_harness import (
     jobs,
     phase,
     policy_body,
+    policy_conditions,
     policy_status,
     serving_pods,
     versions,
@@ -216,10 +217,6 @@ def test_unreachable_storage_is_a_condition_not_a_crash(
     assert operator.proc.alive()
 
 
-def _conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
-    return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
-
-
 def _event_counts(api: client.ApiClient, ns: str, *reasons: str) -> list[int]:
     posted = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items]
     return [posted.count(r) for r in reasons]
@@ -263,16 +260,16 @@ def test_failed_training_is_reported_retried_once_and_then_stops(
         v2["trigger"].startswith("Retry: attempt 2/2 after v1 was Failed") and "BackoffLimitExceeded" in v2["trigger"]
     )
     wait_for(
-        lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("reason") == "Retrying",
+        lambda: policy_conditions(api, ns).get("RetriesExhausted", {}).get("reason") == "Retrying",
         60, "RetriesExhausted=False while attempt 2 runs", operator.proc,
     )  # fmt: skip
 
     fail_job(api, ns, "digits-v2-train")
     wait_for(
-        lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
+        lambda: policy_conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
         60, "RetriesExhausted after the last attempt failed", operator.proc,
     )  # fmt: skip
-    assert "attempt 2 of 2" in _conditions(api, ns)["RetriesExhausted"]["message"]
+    assert "attempt 2 of 2" in policy_conditions(api, ns)["RetriesExhausted"]["message"]
     assert get_policy(api, ns)["status"].get("activeVersion") is None
     assert sorted(versions(api, ns)) == ["v1", "v2"], "after maxAttempts nothing more is trained"
     # Events are posted asynchronously, after the writes they describe.
@@ -329,7 +326,7 @@ def test_a_rejected_training_is_retried_with_the_declared_schedule_and_stops_aft
                 ), "the reason for the retry is recorded on the version"
 
         wait_for(
-            lambda: _conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
+            lambda: policy_conditions(api, ns).get("RetriesExhausted", {}).get("status") == "True",
             60, "RetriesExhausted", op.proc,
         )  # fmt: skip
         wait_for(
@@ -348,7 +345,7 @@ def test_a_rejected_training_is_retried_with_the_declared_schedule_and_stops_aft
         assert (mv4["attempt"], mv4.get("retryOf")) == (1, None)
         assert _hyperparameters(api, ns, "digits-v4-train")["learningRate"] == 0.004
         wait_for(
-            lambda: _conditions(api, ns)["RetriesExhausted"]["status"] == "False",
+            lambda: policy_conditions(api, ns)["RetriesExhausted"]["status"] == "False",
             60,
             "RetriesExhausted cleared",
             op.proc,
@@ -421,7 +418,7 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
         annotate_pod(api, ns, serving_pods(api, ns)[0].metadata.name, digest2)
         wait_for(
             lambda: (
-                _conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled"
+                policy_conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled"
                 and policy_status(api, ns)["rollout"]["summary"] == "1/2"
             ),
             60, "the rollout of v2 stalled at 1/2", op.proc,
@@ -433,7 +430,7 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
         st = policy_status(api, ns)
         assert (st["activeVersion"], st["desired"]["version"], st["desired"]["reason"]) == ("v1", "v1", "Rollback")
         assert st["desired"]["manifestDigest"] == digest1, "the sidecars are told to load v1 again"
-        conds = _conditions(api, ns)
+        conds = policy_conditions(api, ns)
         assert (conds["RolloutComplete"]["status"], conds["RolloutComplete"]["reason"]) == ("True", "RolloutAbandoned")
         assert (conds["RolledBack"]["status"], conds["RolledBack"]["reason"]) == ("True", "Rollback")
         assert "abandoning the rollout of v2" in conds["RolledBack"]["message"]
@@ -494,7 +491,7 @@ def test_automatic_rollback_abandons_a_stalled_promotion_and_retires_the_live_ac
         annotate_policy(api, ns, c.ANNOTATION_RETRAIN_NOW, "2")
         _trained_and_promoted(api, ns, store, op, tmp_path, "v3", 0.96, "v2", 0.95)
         wait_for(
-            lambda: _conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled",
+            lambda: policy_conditions(api, ns).get("RolloutComplete", {}).get("reason") == "RolloutStalled",
             60, "the rollout of v3 stalled", op.proc,
         )  # fmt: skip
         # ... while reviewers find the active v2 wrong 3 times out of 3 (floor 0.8 over >= 3 reviews).
@@ -508,7 +505,7 @@ def test_automatic_rollback_abandons_a_stalled_promotion_and_retires_the_live_ac
         st = policy_status(api, ns)
         assert (st["desired"]["reason"], st["activeVersion"]) == ("AutoRollback", "v2")
         assert phase(api, ns, "v3") == "RolledBack", "the abandoned promotion is never picked again"
-        rolled = _conditions(api, ns)["RolledBack"]
+        rolled = policy_conditions(api, ns)["RolledBack"]
         assert (rolled["status"], rolled["reason"]) == ("Unknown", "AutoRollback")
         assert "abandoning the rollout of v3" in rolled["message"]
         assert live("v2") == 0.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -23,10 +22,10 @@ from operator_harness import (
     create_fixtures,
     desired_version,
     fake_training,
-    get_policy,
     job_exists,
     phase,
     policy_body,
+    policy_conditions,
     policy_status,
     serving_pods,
     write_verification,
@@ -40,10 +39,6 @@ from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def _conditions(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
-    return {x["type"]: x for x in (get_policy(api, ns).get("status") or {}).get("conditions", [])}
 
 
 def _verified(
@@ -105,7 +100,9 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rejected_by_the_paired_r
         # v2 passes its gates and is held in the shadow stage until reviews decide.
         annotate_policy(api, ns, c.ANNOTATION_RETRAIN_NOW, "1")
         digest2 = _verified(api, ns, store, op, tmp_path, "v2", "v1")
-        wait_for(lambda: _conditions(api, ns).get("ShadowStage", {}).get("status") == "True", 60, "v2 held", op.proc)
+        wait_for(
+            lambda: policy_conditions(api, ns).get("ShadowStage", {}).get("status") == "True", 60, "v2 held", op.proc
+        )
         st = policy_status(api, ns)
         assert st["desired"]["version"] == "v1" and phase(api, ns, "v2") == "Verified"
         assert st["candidate"]["version"] == "v2", "the sidecars are told to score v2 in the shadow"
@@ -114,7 +111,7 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rejected_by_the_paired_r
             "v1",
             "Collect",
         )
-        assert _conditions(api, ns)["ShadowStage"]["reason"] == "CollectingReviews"
+        assert policy_conditions(api, ns)["ShadowStage"]["reason"] == "CollectingReviews"
 
         _reviews(store, "v1", "v2", {"both_right": 20, "only_candidate": 10})
         wait_for(lambda: desired_version(api, ns) == "v2", 60, "v2 promoted by its reviews", op.proc)
@@ -127,7 +124,7 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_rejected_by_the_paired_r
             0,
         )
         assert shadow["verdict"] == "Promote"
-        cond = _conditions(api, ns)["ShadowStage"]
+        cond = policy_conditions(api, ns)["ShadowStage"]
         assert (cond["status"], cond["reason"]) == ("False", "Better"), cond
         annotate_serving_pods(api, ns, digest2)
         wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v2", 60, "v2 active", op.proc)
