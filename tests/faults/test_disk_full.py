@@ -253,6 +253,9 @@ def test_sidecar_on_a_full_volume_keeps_the_old_model_serving_and_recovers(
     replica = Replica(tmp_path, pod, namespace, minio.env(bucket), cluster.serving_kubeconfig(tmp_path))
     # retries seconds apart, so a look at the volume between two attempts is not racing a download
     replica.sidecar.env.update(MODELLOOP_RETRY_BASE_SECONDS="4", MODELLOOP_RETRY_MAX_SECONDS="8")
+    # The receipts of the traffic below are journalled (default: on this volume) between uploads; kept
+    # off the volume here, its free space measures what the refused download left, and nothing else.
+    replica.server.env.update(MODELLOOP_RECEIPT_SPOOL_DIR=str(tmp_path / "receipt-spool"))
     volume = Volume(replica.model_dir, REPLICA_VOLUME_MB, tmp_path / "volume.log").start()
     replica.server.argv = volume.enter(replica.server.argv)
     replica.sidecar.argv = volume.enter(replica.sidecar.argv)
