@@ -546,18 +546,26 @@ class Sidecar:
         if decision.drop:
             log.info("removed %s from the model volume to make room for %s", ", ".join(decision.drop), d.version)
 
-    def reload_server(self, d: Desired, path: Path) -> dict[str, Any]:
+    def _load_call(self, verb: str, d: Desired, path: Path) -> tuple[int, str, dict[str, Any] | None]:
+        """POST ``/v1/<verb>`` (reload or shadow) for ``d`` at ``path`` over the control socket:
+        (status, the answer's text for messages, the JSON answer when the status is 200)."""
         body = json.dumps({"version": d.version, "path": str(path)}).encode()
         try:
-            status, raw = self.control.request("POST", "/v1/reload", body, timeout=120)
+            status, raw = self.control.request("POST", f"/v1/{verb}", body, timeout=120)
         except OSError as e:
             raise Transient(f"the model server's control socket {self.s.control_socket} is unreachable: {e}") from None
         detail = raw[:8192].decode(errors="replace")
-        if status == 200:
-            try:
-                answer: dict[str, Any] = json.loads(raw)
-            except ValueError:
-                raise Transient(f"the model server answered reload {d.version} with non-JSON: {detail}") from None
+        if status != 200:
+            return status, detail, None
+        try:
+            answer: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise Transient(f"the model server answered {verb} {d.version} with non-JSON: {detail}") from None
+        return status, detail, answer
+
+    def reload_server(self, d: Desired, path: Path) -> dict[str, Any]:
+        status, detail, answer = self._load_call("reload", d, path)
+        if answer is not None:
             return answer
         if status == 409:
             too_large = too_large_message(detail)
@@ -774,17 +782,8 @@ class Sidecar:
                 log.warning("cannot unload the stale shadow %s yet (%s); retrying", version, e)
 
     def shadow_server(self, d: Desired, path: Path) -> dict[str, Any]:
-        body = json.dumps({"version": d.version, "path": str(path)}).encode()
-        try:
-            status, raw = self.control.request("POST", "/v1/shadow", body, timeout=120)
-        except OSError as e:
-            raise Transient(f"the model server's control socket {self.s.control_socket} is unreachable: {e}") from None
-        detail = raw[:8192].decode(errors="replace")
-        if status == 200:
-            try:
-                answer: dict[str, Any] = json.loads(raw)
-            except ValueError:
-                raise Transient(f"the model server answered shadow {d.version} with non-JSON: {detail}") from None
+        status, detail, answer = self._load_call("shadow", d, path)
+        if answer is not None:
             return answer
         if status == 409:
             raise TooLarge(f"the model server refused it before loading: {too_large_message(detail) or detail}")
