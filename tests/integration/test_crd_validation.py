@@ -162,6 +162,11 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
         "spec.storage.trainerCredentials",
         "Required",
     ),
+    "verifier-is-the-trainer": (
+        setting(storage__verifierCredentials={"secretName": "trainer-s3", "accessKeyKey": "id"}),
+        "spec.storage.verifierCredentials",
+        "give the verifier its own identity",
+    ),
     "dataset-escapes-bucket": (setting(dataset__path="../secrets"), "spec.dataset.path", "should match"),
     "dataset-absolute": (setting(dataset__path="/datasets/digits"), "spec.dataset.path", "should match"),
     "gpu-fraction": (

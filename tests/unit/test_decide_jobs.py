@@ -221,3 +221,33 @@ def test_tls_without_a_bundle_uses_the_system_cas(storage: dict[str, Any], secur
                     active_version=None, feedback_through="")  # fmt: skip
     assert env(job)[c.ENV_S3_SECURE] == secure and c.ENV_S3_CA_FILE not in env(job)
     assert not [v for v in _pod(job)["volumes"] if "configMap" in v]
+
+
+def _credentials(job: dict[str, Any]) -> tuple[Any, Any]:
+    e = env(job)
+    return e[c.ENV_ACCESS_KEY], e[c.ENV_SECRET_KEY]
+
+
+@pytest.mark.parametrize(
+    ("verifier", "verb", "secret", "keys"),
+    [
+        (None, "train", "s3", ("accessKey", "secretKey")),
+        (None, "verify", "s3", ("accessKey", "secretKey")),
+        ({"secretName": "verifier-s3"}, "train", "s3", ("accessKey", "secretKey")),
+        ({"secretName": "verifier-s3"}, "verify", "verifier-s3", ("accessKey", "secretKey")),
+        ({"secretName": "verifier-s3", "accessKeyKey": "id", "secretKeyKey": "key"}, "verify", "verifier-s3",
+         ("id", "key")),
+    ],
+)  # fmt: skip
+def test_the_verification_job_runs_as_the_verifier_where_the_policy_names_one(
+    verifier: dict[str, str] | None, verb: Verb, secret: str, keys: tuple[str, str]
+) -> None:
+    s = _with_storage(**({"verifierCredentials": verifier} if verifier else {}))
+    job = build_job(policy="p", spec=s, version="v2", verb=verb, parent_version="v1", active_version="v1",
+                    feedback_through="")  # fmt: skip
+    assert _credentials(job) == (
+        {"secretKeyRef": {"name": secret, "key": keys[0]}},
+        {"secretKeyRef": {"name": secret, "key": keys[1]}},
+    )
+    names = [x["name"] for x in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.count(c.ENV_ACCESS_KEY) == 1 and names.count(c.ENV_SECRET_KEY) == 1

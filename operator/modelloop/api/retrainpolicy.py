@@ -108,6 +108,20 @@ class StorageTLS(ApiModel):
 class StorageSpec(ApiModel):
     """The S3-compatible object store holding datasets, feedback and every version's artifacts."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.verifierCredentials)"
+                " || self.verifierCredentials.secretName != self.trainerCredentials.secretName",
+                message=(
+                    "verifierCredentials names the trainer's Secret: give the verifier its own identity"
+                    " (docs/storage/verifier-policy.json) or remove verifierCredentials"
+                ),
+                field_path=".verifierCredentials",
+            )
+        )
+    )
+
     endpoint: str = Field(
         min_length=1,
         max_length=253,
@@ -138,7 +152,21 @@ class StorageSpec(ApiModel):
     )
     trainer_credentials: CredentialsRef = Field(
         alias="trainerCredentials",
-        description="Read-write credentials, mounted only into training and verification pods.",
+        description=(
+            "Read-write credentials for the model's prefix, mounted into training pods (and verification pods"
+            " when verifierCredentials is absent); the operator reads the bucket with them."
+        ),
+    )
+    verifier_credentials: CredentialsRef | None = Field(
+        default=None,
+        alias="verifierCredentials",
+        description=(
+            "Credentials of a separate verifier identity, mounted into verification pods instead of"
+            " trainerCredentials: read the model's prefix and dataset, write only"
+            " <model>/<version>/verification.json (docs/storage/verifier-policy.json), so the identity that"
+            " trains cannot write the results its version is judged on. Absent: verification runs with"
+            " trainerCredentials."
+        ),
     )
 
     @property

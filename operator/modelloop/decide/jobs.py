@@ -2,7 +2,8 @@
 
 Names are deterministic (``<policy>-<version>-train|verify``) so a retried or restarted
 handler finds the Job it already created (409 = done). Credentials reach the pod only as
-secretKeyRef; the trainer gets no Kubernetes API access (no token mounted).
+secretKeyRef (the verifier's, where the policy names them, for the verification Job); the trainer
+gets no Kubernetes API access (no token mounted).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 from modelloop.api import constants as c
 from modelloop.api.podtemplate import PodTemplate
-from modelloop.api.retrainpolicy import Hyperparameters, RetrainPolicySpec
+from modelloop.api.retrainpolicy import CredentialsRef, Hyperparameters, RetrainPolicySpec
 
 Verb = Literal["train", "verify"]
 TORCHRUN_PORT = 29500
@@ -36,10 +37,20 @@ def labels(policy: str, model: str, version: str, verb: Verb) -> dict[str, str]:
     }
 
 
+def credentials_for(spec: RetrainPolicySpec, verb: Verb) -> CredentialsRef:
+    """The verifier identity, where the policy names one, writes the results a version is judged on."""
+    if verb == "verify" and spec.storage.verifier_credentials is not None:
+        return spec.storage.verifier_credentials
+    return spec.storage.trainer_credentials
+
+
 def _env(
-    spec: RetrainPolicySpec, version: str, hyperparameters: Hyperparameters, extra: dict[str, str]
+    spec: RetrainPolicySpec,
+    version: str,
+    hyperparameters: Hyperparameters,
+    extra: dict[str, str],
+    creds: CredentialsRef,
 ) -> list[dict[str, Any]]:
-    creds = spec.storage.trainer_credentials
     plain = {
         c.ENV_MODEL: spec.model,
         c.ENV_VERSION: version,
@@ -137,7 +148,8 @@ def build_job(
         "image": t.image,
         "imagePullPolicy": t.image_pull_policy,
         "command": command,
-        "env": _env(spec, version, hyperparameters or t.hyperparameters, extra) + _dump(t.pod_template.env),
+        "env": _env(spec, version, hyperparameters or t.hyperparameters, extra, credentials_for(spec, verb))
+        + _dump(t.pod_template.env),
         "resources": _resources(spec, verb),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
