@@ -42,6 +42,7 @@ from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
+from .groupcommit import COMMIT_RETRY_AFTER_SECONDS, GroupCommit, StoreUnavailable
 from .inputrefs import InputRefs, RefLimits, S3Reader
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
@@ -53,8 +54,11 @@ from .replays import ReviewLedger
 from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
 from .settings import (
     DEFAULT_MAX_JSON_DEPTH,
+    ENV_FEEDBACK_DURABILITY,
     ENV_RECEIPT_MAX_AGE_HOURS,
     ENV_REVIEW_AUTH,
+    SPOOL,
+    WRITE_THROUGH,
     ServerSettings,
     SettingsError,
 )
@@ -194,6 +198,8 @@ class Serving:
         return self.receipts.record(model.version, probs, inputs, client_id)
 
     refs: InputRefs
+    commits: GroupCommit | None = None  # write-through durability (the default); None: the spool answers
+    commit_pool: ThreadPoolExecutor | None = None
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
@@ -373,12 +379,19 @@ async def feedback(request: Request) -> Response:
             s.metrics.review_joins.labels("replay").inc()
             return json_response({"id": record.id, "correction": record.is_correction, "replay": True}, 200)
         s.metrics.review_joins.labels(found).inc()
-        try:
-            # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
-            if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
-                s.flush_wakeup.set()
-        except (BacklogFull, SpoolUnavailable) as e:
-            raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
+        if s.commits is not None:
+            try:
+                await s.commits.commit(record)
+            except StoreUnavailable as e:
+                raise Problem(503, str(e), {"Retry-After": str(COMMIT_RETRY_AFTER_SECONDS)}) from None
+            s.metrics.feedback_received.labels("correction" if record.is_correction else "confirmation").inc()
+        else:
+            try:
+                # On the spool thread: the fsyncs that make a 202 durable must not stall the event loop.
+                if await loop.run_in_executor(s.spool_pool, s.feedback.add, record):
+                    s.flush_wakeup.set()
+            except (BacklogFull, SpoolUnavailable) as e:
+                raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
         s.ledger.remember(record)
     except Problem as p:
         return json_response({"error": p.message}, p.status, p.headers)
@@ -389,6 +402,7 @@ async def feedback(request: Request) -> Response:
             "version": record.version,
             "predicted": record.predicted,
             "label": record.label,
+            "stored": s.commits is not None,  # in the bucket already (write-through), else fsynced to the spool
         },
         202,
     )
@@ -694,6 +708,24 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
             refs=_input_refs(settings, store, m),
         )
+        if store is not None and settings.feedback_durability == WRITE_THROUGH:
+            s.commit_pool = ThreadPoolExecutor(1, thread_name_prefix="feedback-commit")
+            s.commits = GroupCommit(
+                settings.model,
+                store,
+                s.commit_pool,
+                m,
+                window=settings.feedback_commit_window_seconds,
+                max_records=settings.feedback_commit_records,
+                timeout=settings.feedback_commit_timeout_seconds,
+                on_stored=s.ledger.remember_all,
+            )
+            s.commits.start()
+        elif store is not None:
+            log.info(
+                "%s=%s: reviews are answered once fsynced to %s; they outlive the Pod only if that volume does",
+                ENV_FEEDBACK_DURABILITY, SPOOL, settings.spool_dir,
+            )  # fmt: skip
         s.shadow.start()
         app.state.serving = s
         if settings.review_auth == MODE_OFF:
@@ -731,6 +763,8 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             yield
         finally:
             await control.stop()
+            if s.commits is not None:
+                await s.commits.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -758,6 +792,8 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             s.refs.close()
             for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool, s.join_pool):
                 pool.shutdown(wait=True)
+            if s.commit_pool is not None:
+                s.commit_pool.shutdown(wait=True)
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),

@@ -134,7 +134,15 @@ class ServerMetrics:
         )
         self.feedback_flush_errors = Counter(
             "modelloop_server_feedback_flush_errors",
-            "Failed attempts to store a feedback batch (kept in memory and in the spool, retried).",
+            "Failed attempts to store a feedback batch (spool mode: kept in memory and in the spool, retried; "
+            "write-through mode: its reviews answered 503, the clients retry).",
+            registry=r,
+        )
+        self.feedback_commit_records = Histogram(
+            "modelloop_server_feedback_commit_records",
+            "Reviews stored by one PUT in write-through mode (MODELLOOP_FEEDBACK_DURABILITY=write-through): "
+            "concurrent reviews share a PUT (group commit), so under load this grows above 1.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=r,
         )
         self.feedback_backlog = Gauge(

@@ -36,3 +36,8 @@ class ReviewLedger:
             self._last.move_to_end(record.id)
             while len(self._last) > self.size:
                 self._last.popitem(last=False)
+
+    def remember_all(self, records: list[FeedbackRecord]) -> None:
+        """A stored batch: its reviews are accepted even if their callers gave up waiting, so a retry is a replay."""
+        for record in records:
+            self.remember(record)

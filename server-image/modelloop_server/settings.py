@@ -36,6 +36,11 @@ ENV_REVIEWER_TOKENS_DIR = "MODELLOOP_REVIEWER_TOKENS_DIR"
 # spec.serving.signature.publicKey names; when set, every version must carry a valid model.sig.
 ENV_SIGNING_PUBLIC_KEY = "MODELLOOP_SIGNING_PUBLIC_KEY"
 ENV_FEEDBACK_SPOOL_DIR = "MODELLOOP_FEEDBACK_SPOOL_DIR"
+ENV_FEEDBACK_DURABILITY = "MODELLOOP_FEEDBACK_DURABILITY"
+ENV_FEEDBACK_COMMIT_WINDOW = "MODELLOOP_FEEDBACK_COMMIT_WINDOW_SECONDS"
+WRITE_THROUGH = "write-through"
+SPOOL = "spool"
+MAX_COMMIT_WINDOW_SECONDS = 1.0
 ENV_RECEIPT_SPOOL_DIR = "MODELLOOP_RECEIPT_SPOOL_DIR"
 ENV_RECEIPT_MAX_AGE_HOURS = "MODELLOOP_RECEIPT_MAX_AGE_HOURS"
 ENV_INPUT_REF_PREFIXES = "MODELLOOP_INPUT_REF_PREFIXES"
@@ -78,6 +83,33 @@ def _factor(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if value < 1:
         raise SettingsError(f"{name}={value} must be at least 1 (a model takes at least the size of its weights)")
+    return value
+
+
+def _durability(env: Mapping[str, str]) -> str:
+    raw = env.get(ENV_FEEDBACK_DURABILITY, "") or WRITE_THROUGH
+    if raw not in (WRITE_THROUGH, SPOOL):
+        raise SettingsError(
+            f"{ENV_FEEDBACK_DURABILITY}={raw!r} must be '{WRITE_THROUGH}' (the default: a review is answered once it is"
+            f" in the bucket) or '{SPOOL}' (answered once fsynced to {ENV_FEEDBACK_SPOOL_DIR}: put that on a volume"
+            " that outlives the Pod)"
+        )
+    return raw
+
+
+def _commit_window(env: Mapping[str, str]) -> float:
+    raw = env.get(ENV_FEEDBACK_COMMIT_WINDOW, "")
+    if not raw:
+        return 0.01
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_FEEDBACK_COMMIT_WINDOW}={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_COMMIT_WINDOW_SECONDS:
+        raise SettingsError(
+            f"{ENV_FEEDBACK_COMMIT_WINDOW}={value} must be between 0 and {MAX_COMMIT_WINDOW_SECONDS:g}: every review"
+            " waits up to this long for others to share its upload"
+        )
     return value
 
 
@@ -153,6 +185,10 @@ class ServerSettings:
     inference_threads: int = 0  # 0: one per CPU
     inference_batch_rows: int = 256  # rows one forward pass may take from queued requests; 1: no coalescing
     warmup_passes: int = 3
+    feedback_durability: str = WRITE_THROUGH  # or SPOOL: what a review's 2xx waits for
+    feedback_commit_window_seconds: float = 0.01  # write-through: how long a group waits for more reviews
+    feedback_commit_records: int = 1000  # write-through: at most this many reviews in one PUT
+    feedback_commit_timeout_seconds: float = 10.0  # write-through: unconfirmed by then, the review gets 503
     feedback_batch_records: int = 100
     feedback_flush_seconds: float = 5.0
     feedback_max_backlog: int = 100_000
@@ -222,6 +258,10 @@ class ServerSettings:
             max_queued_rows=_int(e, "MODELLOOP_MAX_QUEUED_ROWS", 4096, 1),
             inference_threads=_int(e, "MODELLOOP_INFERENCE_THREADS", 0),
             inference_batch_rows=_int(e, "MODELLOOP_INFERENCE_BATCH_ROWS", 256, 1),
+            feedback_durability=_durability(e),
+            feedback_commit_window_seconds=_commit_window(e),
+            feedback_commit_records=_int(e, "MODELLOOP_FEEDBACK_COMMIT_RECORDS", 1000, 1),
+            feedback_commit_timeout_seconds=_float(e, "MODELLOOP_FEEDBACK_COMMIT_TIMEOUT_SECONDS", 10.0),
             feedback_batch_records=_int(e, "MODELLOOP_FEEDBACK_BATCH", 100, 1),
             feedback_flush_seconds=_float(e, "MODELLOOP_FEEDBACK_FLUSH_SECONDS", 5.0),
             feedback_max_backlog=_int(e, "MODELLOOP_FEEDBACK_MAX_BACKLOG", 100_000, 1),

@@ -175,6 +175,19 @@ def test_settings_from_env() -> None:
         ServerSettings.from_env({**env, "MODELLOOP_CONTROL_SOCKET": "control.sock"})
     assert s.spool_dir == Path("/models/.feedback-spool")
     assert ServerSettings.from_env({**env, "MODELLOOP_FEEDBACK_SPOOL_DIR": "/spool"}).spool_dir == Path("/spool")
+    assert (s.feedback_durability, s.feedback_commit_window_seconds) == ("write-through", 0.01)
+    spooled = ServerSettings.from_env(
+        {**env, "MODELLOOP_FEEDBACK_DURABILITY": "spool", "MODELLOOP_FEEDBACK_COMMIT_WINDOW_SECONDS": "0"}
+    )
+    assert (spooled.feedback_durability, spooled.feedback_commit_window_seconds) == ("spool", 0.0)
+    for bad, fragment in [
+        ({"MODELLOOP_FEEDBACK_DURABILITY": "emptydir"}, "must be 'write-through' (the default"),
+        ({"MODELLOOP_FEEDBACK_COMMIT_WINDOW_SECONDS": "5"}, "must be between 0 and 1"),
+        ({"MODELLOOP_FEEDBACK_COMMIT_WINDOW_SECONDS": "soon"}, "is not a number of seconds"),
+    ]:
+        with pytest.raises(SettingsError, match=next(iter(bad))) as refused:
+            ServerSettings.from_env({**env, **bad})
+        assert fragment in str(refused.value)
     for env, fragment in [
         ({"MODELLOOP_MODEL_DIR": "/m"}, "MODELLOOP_MODEL is not set"),
         ({"MODELLOOP_MODEL": "Digits!", "MODELLOOP_MODEL_DIR": "/m"}, "not a DNS label"),
