@@ -152,11 +152,12 @@ def post_review(
     pool: urllib3.PoolManager, base: str, body: bytes, headers: dict[str, str], timeout_s: float, attempts: int = 5
 ) -> urllib3.BaseHTTPResponse:
     """POST a review; a 404 with Retry-After (the receipt is on its way to the bucket from the replica that
-    answered, when a Service sent the review to another one) is retried after the delay it asks for."""
+    answered, when a Service sent the review to another one) or a 503 with Retry-After (the object store
+    could not take it: nothing was accepted) is retried after the delay it asks for."""
     for _ in range(attempts - 1):
         resp = pool.request("POST", f"{base}/v1/feedback", body=body, headers=headers, timeout=timeout_s)
         wait = resp.headers.get("Retry-After")
-        if resp.status != 404 or wait is None:
+        if resp.status not in (404, 503) or wait is None:
             return resp
         time.sleep(min(float(wait), 10.0))
     return pool.request("POST", f"{base}/v1/feedback", body=body, headers=headers, timeout=timeout_s)

@@ -1,6 +1,7 @@
-"""MinIO is down while reviewers keep sending feedback: every review is taken, none is lost or stored twice.
+"""Spool mode: MinIO is down while reviewers keep sending feedback: every review is taken, none is lost or stored twice.
 
-A real ``modelloop-server`` process and the real MinIO. Reviews arrive before, during and after an
+The servers here run ``MODELLOOP_FEEDBACK_DURABILITY=spool`` (the default, write-through, answers 503
+while MinIO is down instead: tests/integration/test_server_feedback.py). A real ``modelloop-server`` process and the real MinIO. Reviews arrive before, during and after an
 outage that also spans a server restart (SIGTERM, as the kubelet sends it); the spool on the model
 volume is what carries them across. The assertions are on the bucket's batches (decoded with the
 real decoder), the spool directory and ``/metrics``. Only the one documented refusal, a backlog past
@@ -58,6 +59,7 @@ class Server:
             "MODELLOOP_PORT": self.url.rsplit(":", 1)[1],
             "MODELLOOP_FEEDBACK_BATCH": str(BATCH),
             "MODELLOOP_FEEDBACK_FLUSH_SECONDS": "1",
+            "MODELLOOP_FEEDBACK_DURABILITY": "spool",
             **env,
         }
         self.proc = ManagedProcess("server", [BIN / "modelloop-server"], tmp / "server.log", env=self.base_env)

@@ -1,9 +1,17 @@
-"""Feedback reaches the bucket: batched, counted by kind, flushed on SIGTERM, spooled while MinIO is down."""
+"""Feedback reaches the bucket.
+
+Write-through (the default): a 2xx means the review is in the bucket; concurrent reviews share one
+PUT; while MinIO is down reviews get 503 + Retry-After and nothing is acknowledged; a server killed
+right after a 2xx loses nothing. Spool mode (``MODELLOOP_FEEDBACK_DURABILITY=spool``): batched,
+counted by kind, flushed on SIGTERM, spooled while MinIO is down.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 MODEL = "digits"
+SPOOL = {"MODELLOOP_FEEDBACK_DURABILITY": "spool"}
 
 
 class Server:
@@ -55,12 +64,23 @@ class Server:
         wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 120, "server ready", self.proc)
         return self
 
-    def review(self, i: int, correct: bool) -> httpx.Response:
-        """Ask, then confirm the answer or correct it to another class."""
+    def ask(self, i: int, correct: bool) -> dict[str, object]:
+        """A prediction, and the review that confirms its answer or corrects it to another class."""
         x = [float((i * 7 + k) % 17) for k in range(64)]
         answer = httpx.post(f"{self.url}/v1/predict", json={"input": x}).json()
-        body = {"id": answer["id"], "label": answer["predicted"] if correct else (answer["predicted"] + 1) % 10}
-        return httpx.post(f"{self.url}/v1/feedback", json=body)
+        return {"id": answer["id"], "label": answer["predicted"] if correct else (answer["predicted"] + 1) % 10}
+
+    def review(self, i: int, correct: bool) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/feedback", json=self.ask(i, correct))
+
+    def post_all(self, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+        """All reviews at once, as concurrent reviewers send them."""
+
+        async def send() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+                return list(await asyncio.gather(*(client.post("/v1/feedback", json=b) for b in bodies)))
+
+        return asyncio.run(send())
 
     def metric(self, line_start: str) -> float:
         for line in httpx.get(f"{self.url}/metrics").text.splitlines():
@@ -86,11 +106,11 @@ def store(minio: MinioServer, bucket: str) -> Iterator[ObjectStore]:
         minio.start()
 
 
-def test_feedback_is_batched_counted_and_flushed_on_sigterm(
+def test_feedback_is_spooled_batched_counted_and_flushed_on_sigterm(
     minio: MinioServer, bucket: str, store: ObjectStore, tmp_path: Path
 ) -> None:
     server = Server(
-        tmp_path, minio.env(bucket), MODELLOOP_FEEDBACK_BATCH="10", MODELLOOP_FEEDBACK_FLUSH_SECONDS="3600"
+        tmp_path, minio.env(bucket), MODELLOOP_FEEDBACK_BATCH="10", MODELLOOP_FEEDBACK_FLUSH_SECONDS="3600", **SPOOL
     ).start()
     ids = set()
     corrections = 0
@@ -118,10 +138,10 @@ def test_feedback_is_batched_counted_and_flushed_on_sigterm(
     assert not list((server.model_dir / ".feedback-spool").glob("*.jsonl")), "spool not cleaned after upload"
 
 
-def test_feedback_survives_an_object_store_outage_across_a_restart(
+def test_spooled_feedback_survives_an_object_store_outage_across_a_restart(
     minio: MinioServer, bucket: str, store: ObjectStore, tmp_path: Path
 ) -> None:
-    env = {"MODELLOOP_FEEDBACK_BATCH": "100", "MODELLOOP_FEEDBACK_FLUSH_SECONDS": "3600"}
+    env = {"MODELLOOP_FEEDBACK_BATCH": "100", "MODELLOOP_FEEDBACK_FLUSH_SECONDS": "3600", **SPOOL}
     server = Server(tmp_path, minio.env(bucket), **env).start()
     minio.stop()
     try:
@@ -141,3 +161,50 @@ def test_feedback_survives_an_object_store_outage_across_a_restart(
     finally:
         again.stop()
     assert not list((server.model_dir / ".feedback-spool").glob("*.jsonl"))
+
+
+def test_write_through_acknowledges_only_what_is_in_the_bucket_across_an_outage(
+    minio: MinioServer, bucket: str, store: ObjectStore, tmp_path: Path
+) -> None:
+    server = Server(tmp_path, minio.env(bucket), MODELLOOP_FEEDBACK_COMMIT_WINDOW_SECONDS="0.2").start()
+    acknowledged: list[str] = []
+    try:
+        together = [server.ask(i, correct=i % 2 == 0) for i in range(20)]
+        answers = server.post_all(together)
+        assert [r.status_code for r in answers] == [202] * 20, [r.text for r in answers if r.status_code != 202]
+        assert all(r.json()["stored"] is True for r in answers)
+        acknowledged += [r.json()["id"] for r in answers]
+        keys, records = stored(store)
+        assert Counter(r.id for r in records) == Counter(acknowledged), "a 202 means in the bucket, before the answer"
+        assert len(keys) <= 2, f"20 reviews posted together took {len(keys)} PUTs: they should share one"
+        assert server.metric("modelloop_server_feedback_commit_records_count") == len(keys)
+
+        minio.stop()
+        during = [server.ask(100 + i, correct=False) for i in range(8)]
+        refused = server.post_all(during)
+        assert [r.status_code for r in refused] == [503] * 8, [r.text for r in refused]
+        assert all(
+            r.headers["Retry-After"] == "5" and "not accepted, retry later" in r.json()["error"] for r in refused
+        )
+        assert server.metric("modelloop_server_feedback_flush_errors_total") >= 1
+
+        minio.start()
+        retried = server.post_all(during)  # the clients retry what was refused
+        assert [r.status_code for r in retried] == [202] * 8, [r.text for r in retried]
+        acknowledged += [r.json()["id"] for r in retried]
+        replay = httpx.post(f"{server.url}/v1/feedback", json=during[0])
+        assert replay.status_code == 200 and replay.json()["replay"] is True
+
+        last = server.ask(200, correct=False)
+        answer = httpx.post(f"{server.url}/v1/feedback", json=last)
+        assert answer.status_code == 202, answer.text
+        acknowledged.append(answer.json()["id"])
+        server.proc.kill_now()  # SIGKILL right after the 2xx: no lifespan shutdown, no flush
+        wait_for(lambda: not server.proc.alive(), 30, "the killed server gone")
+    finally:
+        server.proc.stop(timeout=30)
+
+    _, records = stored(store)
+    assert Counter(r.id for r in records) == Counter(acknowledged), "every acknowledged review exactly once"
+    assert len(acknowledged) == 29 == len(set(acknowledged))
+    assert not list((server.model_dir / ".feedback-spool").glob("*")), "write-through keeps nothing on the Pod's disk"
