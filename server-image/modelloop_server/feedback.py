@@ -1,5 +1,7 @@
 """Reviewed labels on their way to the bucket: a :class:`~.spool.BatchSpool` of feedback records.
 
+In spool mode (``MODELLOOP_FEEDBACK_DURABILITY=spool``; the default, write-through, is
+:mod:`.groupcommit`, and uses this spool only to upload what a previous run left on the volume)
 ``POST /v1/feedback`` appends to the open batch and fsyncs its journal before answering 202: a
 server killed outright (OOM, SIGKILL) or a node losing power loses no accepted review. A review
 that cannot be written durably is refused (503), never accepted into memory only. When reviews
