@@ -402,7 +402,6 @@ async def feedback(request: Request) -> Response:
             "version": record.version,
             "predicted": record.predicted,
             "label": record.label,
-            "stored": s.commits is not None,  # in the bucket already (write-through), else fsynced to the spool
         },
         202,
     )

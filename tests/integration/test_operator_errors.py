@@ -6,12 +6,26 @@ that does not resolve, a Secret that does not exist yet).
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_harness import POLICY, Operator, create_policy, create_s3_secret, get_policy, policy_body
+from operator_harness import (
+    POLICY,
+    Operator,
+    complete_job,
+    create_fixtures,
+    create_policy,
+    create_s3_secret,
+    fake_training,
+    get_policy,
+    job_exists,
+    phase,
+    policy_body,
+    versions,
+)
 
 from modelloop.api import constants as c
 from modelloop_dev.controlplane import ControlPlane
@@ -91,3 +105,52 @@ def test_missing_secret_is_reported_then_healed_without_a_spec_change(
         assert len(warnings(api, ns, "SecretNotFound")) == 1, "an Event per transition, not per failed pass"
     finally:
         op.proc.stop()
+
+
+def test_a_missing_verifier_secret_holds_verification_visibly_until_it_exists(
+    minio: MinioServer, namespace: str, bucket: str, api: client.ApiClient, operator: Operator, tmp_path: Path
+) -> None:
+    ns, store = namespace, minio.store(bucket)
+    create_fixtures(api, minio, ns)
+    body = policy_body(minio, bucket)
+    body["spec"]["storage"]["verifierCredentials"] = {"secretName": "verifier-s3"}
+    create_policy(api, body, ns)
+    wait_for(lambda: job_exists(api, ns, "digits-v1-train"), 90, "training Job digits-v1-train", operator.proc)
+    fake_training(store, "v1", None, tmp_path)
+    complete_job(api, ns, "digits-v1-train")
+
+    def version_conditions() -> dict[str, dict[str, Any]]:
+        return {x["type"]: x for x in (versions(api, ns)["v1"].get("status") or {}).get("conditions", [])}
+
+    def version_warnings() -> list[client.CoreV1Event]:
+        return [
+            e
+            for e in client.CoreV1Api(api).list_namespaced_event(ns).items
+            if e.reason == "VerifierCredentialsInvalid"
+            and e.type == "Warning"
+            and e.involved_object.kind == c.MODELVERSION_KIND
+        ]
+
+    wait_for(
+        lambda: version_conditions().get("Verified", {}).get("reason") == "VerifierCredentialsInvalid"
+        and bool(version_warnings()),
+        60, "Verified=False VerifierCredentialsInvalid and a Warning Event on the version", operator.proc,
+    )  # fmt: skip
+    verified = version_conditions()["Verified"]
+    assert verified["status"] == "False"
+    assert f"Secret {ns}/verifier-s3 (spec.storage.verifierCredentials) not found" in verified["message"]
+    assert phase(api, ns, "v1") == "Training" and not job_exists(api, ns, "digits-v1-verify")
+
+    client.CoreV1Api(api).create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "verifier-s3"},
+            "data": {k: base64.b64encode(b"verifier").decode() for k in ("accessKey", "secretKey")},
+        },
+    )
+    wait_for(lambda: job_exists(api, ns, "digits-v1-verify"), 60, "the verification Job once the Secret exists")
+    job = client.BatchV1Api(api).read_namespaced_job("digits-v1-verify", ns)
+    refs = {e.name: e.value_from.secret_key_ref.name for e in job.spec.template.spec.containers[0].env if e.value_from}
+    assert refs[c.ENV_ACCESS_KEY] == refs[c.ENV_SECRET_KEY] == "verifier-s3"
+    assert phase(api, ns, "v1") == "Verifying"
+    assert len(version_warnings()) == 1, "an Event per transition, not per pass"

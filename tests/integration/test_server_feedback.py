@@ -172,7 +172,6 @@ def test_write_through_acknowledges_only_what_is_in_the_bucket_across_an_outage(
         together = [server.ask(i, correct=i % 2 == 0) for i in range(20)]
         answers = server.post_all(together)
         assert [r.status_code for r in answers] == [202] * 20, [r.text for r in answers if r.status_code != 202]
-        assert all(r.json()["stored"] is True for r in answers)
         acknowledged += [r.json()["id"] for r in answers]
         keys, records = stored(store)
         assert Counter(r.id for r in records) == Counter(acknowledged), "a 202 means in the bucket, before the answer"

@@ -45,7 +45,7 @@ from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outco
 from modelloop.decide.signing import SignAction, decide_signing
 
 from .clock import utc_now
-from .stores import store_for
+from .stores import store_for, verifier_credentials_problem
 
 ENV_SIGNING_KEY = "MODELLOOP_SIGNING_KEY"
 INTERVAL = float(os.environ.get("MODELLOOP_MODELVERSION_INTERVAL", "3"))
@@ -197,6 +197,16 @@ def _training(
         _, digest = artifactstore.read_manifest(store, mv.model, mv.version)
     except ArtifactError as e:
         fail(f"training Job {new.training_job} completed but left no valid version: {e}", trained=False)
+        return
+    if (problem := verifier_credentials_problem(namespace, pspec)) is not None:
+        # Trained, but not verifiable yet: wait here (retried every pass) rather than start a Job that cannot run.
+        message = f"trained ({digest[:19]}…), verification waits: {problem}"
+        if new.message != message:
+            kopf.warn(body, reason="VerifierCredentialsInvalid", message=message)
+            logger.warning("version %s: %s", mv.version, message)
+        new.message = message
+        conds.set("Verified", "False", "VerifierCredentialsInvalid", problem)
+        conds.set("Ready", "False", "VerifierCredentialsInvalid", message)
         return
     _progress(store, mv, new)
     metrics.TRAININGS_SUCCEEDED.labels(namespace, mv.policy).inc()

@@ -83,3 +83,26 @@ def cached_store_for(namespace: str, spec: RetrainPolicySpec) -> ObjectStore | N
     with _lock:
         found = [store for key, store in _cache.items() if key[:3] == where]
     return found[-1] if found else None
+
+
+def verifier_credentials_problem(namespace: str, spec: RetrainPolicySpec) -> str | None:
+    """Why the verification Job could not start with the policy's verifier Secret, or None.
+
+    Checked before the Job is created: a missing Secret or key would otherwise leave its Pod
+    waiting (CreateContainerConfigError) with nothing on the version saying why.
+    """
+    ref = spec.storage.verifier_credentials
+    if ref is None:
+        return None
+    where = f"Secret {namespace}/{ref.secret_name} (spec.storage.verifierCredentials)"
+    try:
+        kube.read_secret_keys(namespace, ref.secret_name, (ref.access_key_key, ref.secret_key_key))
+    except KeyError as e:
+        return f"{e.args[0]} (spec.storage.verifierCredentials); add the key or fix accessKeyKey/secretKeyKey"
+    except ApiException as e:
+        if e.status == 404:
+            return f"{where} not found: create it with the verifier's S3 credentials (docs/install.md)"
+        if e.status == 403:
+            return f"the operator may not read {where}: grant it get on secrets in this namespace"
+        raise
+    return None
