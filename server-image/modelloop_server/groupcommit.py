@@ -137,7 +137,12 @@ class GroupCommit:
             self._groups.popleft()
             if not self._groups:
                 self._work.clear()
-            await self._store(group)
+            try:
+                await self._store(group)
+            except asyncio.CancelledError:
+                if not group.done.done():
+                    group.done.set_result((None, "the server is shutting down; the review was not accepted, retry"))
+                raise
 
     async def _store(self, group: _Group) -> None:
         key = batch_key(self.model)
