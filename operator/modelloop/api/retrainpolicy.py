@@ -381,6 +381,16 @@ class Hyperparameters(ApiModel):
         description="Image plug-ins: train only the classification head (transfer learning on little data); "
         "frozen layers keep their batch-norm statistics too. Other plug-ins ignore it.",
     )
+    base_weights: str | None = Field(
+        default=None,
+        alias="baseWeights",
+        min_length=1,
+        max_length=1024,
+        pattern=BUCKET_PATH,
+        description="Image plug-ins: bucket key of the starting weights for the first version (transfer learning; "
+        "a safetensors state dict with torchvision's names, e.g. ImageNet weights converted offline). Later "
+        "versions start from their parent. Other plug-ins ignore it.",
+    )
     frozen_layers: int | None = Field(
         default=None,
         alias="frozenLayers",

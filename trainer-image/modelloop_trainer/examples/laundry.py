@@ -10,8 +10,8 @@ serves every variant:
 - ``MODELLOOP_LAUNDRY_FREEZE_BACKBONE``: ``true`` trains only the classification head
 - ``MODELLOOP_LAUNDRY_BASE_WEIGHTS``: bucket key of the base weights (unset: random initialisation)
 
-A policy's ``hyperparameters.imageSize``, ``freezeBackbone`` and ``frozenLayers`` override the first
-three for training and verification (:meth:`LaundryPlugin.configure`); the server, which reads no
+A policy's ``hyperparameters.imageSize``, ``freezeBackbone``, ``frozenLayers`` and ``baseWeights``
+override these for training and verification (:meth:`LaundryPlugin.configure`); the server, which reads no
 policy, takes the image size from its environment, which must therefore match.
 
 Inputs are RGB values in [0, 1], ``[3, size, size]``; ImageNet normalisation lives in the network.
@@ -139,7 +139,7 @@ class LaundryPlugin(StreamingPlugin):
         self.base_weights = base_weights if base_weights is not None else (e.get(ENV_BASE_WEIGHTS, "").strip() or None)
 
     def configure(self, hp: Hyperparameters) -> None:
-        """The policy's imageSize, freezeBackbone and frozenLayers win over the environment's settings."""
+        """The policy's imageSize, freezeBackbone, frozenLayers and baseWeights win over the environment's."""
         if hp.image_size is not None:
             self.image_size = hp.image_size
             self.input_shape = (3, hp.image_size, hp.image_size)  # type: ignore[misc]
@@ -147,6 +147,8 @@ class LaundryPlugin(StreamingPlugin):
             self.freeze_backbone = hp.freeze_backbone
         if hp.frozen_layers is not None:
             self.frozen_layers = hp.frozen_layers
+        if hp.base_weights is not None:
+            self.base_weights = hp.base_weights
 
     def build(self) -> LaundryNet:
         return LaundryNet(self.arch, self.num_classes, self.freeze_backbone, self.frozen_layers)
