@@ -145,7 +145,7 @@ def policy(stack: LoopStack) -> dict[str, Any]:
 
 def infer(client: httpx.Client, target: str, ref: str) -> httpx.Response:
     tensor = {
-        "name": "image",
+        "name": "input",
         "datatype": "BYTES",
         "shape": [1],
         "data": [ref],
@@ -254,5 +254,6 @@ def test_photos_by_reference_reviewed_by_class_name_retrain_verify_and_hot_swap(
     assert metrics["trainSamples"] + metrics["validationSamples"] == 24 + REVIEWS
     gates = {g["name"]: g for g in v2["status"]["gates"]}
     assert gates["recall[defect]"]["passed"] and gates["precision[defect]"]["passed"]
+    assert set(v2["status"]["metrics"]["perClassRecall"]) == {"ok", "defect"}, v2["status"]["metrics"]
     by_class = predictions_by_class(target)
     assert set(by_class) <= {"ok", "defect"} and sum(by_class.values()) > REVIEWS
