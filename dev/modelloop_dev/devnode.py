@@ -74,6 +74,9 @@ PASSED_THROUGH_ENV: tuple[str, ...] = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "COVERAGE_PROCESS_START",
+    # A checkout's own packages ahead of the virtualenv's editable install (a git worktree testing
+    # its branch): without it the Pods would run whichever checkout the install points at.
+    "PYTHONPATH",
 )
 READY_LINE: str = "development node ready:"
 IP_REGISTRY: Path = Path(tempfile.gettempdir()) / "modelloop-devnode-ips"

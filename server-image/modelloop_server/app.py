@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -194,7 +195,13 @@ class Serving:
     def receipt(
         self, model: LoadedModel, probs: Tensor, inputs: Sequence[InputFacts], client_id: str | None
     ) -> tuple[str, list[str]]:
-        """Record what ``model`` answered (one receipt per row); (the request's id, each row's id) for the response."""
+        """Record what ``model`` answered (one receipt per row); (the request's id, each row's id) for the response.
+
+        Also counts the answers by predicted class name, for dashboards of what the model says.
+        """
+        names = self.plugin.class_names
+        for k, n in Counter(probs.argmax(dim=1).tolist()).items():
+            self.metrics.predictions.labels(model.version, names[k]).inc(n)
         return self.receipts.record(model.version, probs, inputs, client_id)
 
     refs: InputRefs

@@ -26,6 +26,13 @@ class ServerMetrics:
             ["code", "version"],
             registry=r,
         )
+        self.predictions = Counter(
+            "modelloop_server_predictions",
+            "Predictions answered (one per input row), by answering version and predicted class name. The class "
+            "label takes only the names the model's plug-in declares, so the series stay bounded.",
+            ["version", "class"],
+            registry=r,
+        )
         self.latency = Histogram(
             "modelloop_server_request_duration_seconds",
             "Time from a prediction request's arrival to its answer, by answering version.",

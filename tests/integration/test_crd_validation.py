@@ -436,6 +436,74 @@ RP_CASES: dict[str, tuple[Edit, str, str]] = {
         "Duplicate value",
     ),
     "typo-field": (setting(trigger={"feedback": {}}), "", 'unknown field "spec.trigger"'),
+    "per-class-gate-without-a-floor": (
+        setting(verification__gates__perClass=[{"class": "defect"}]),
+        "spec.verification.gates.perClass[0]",
+        "needs minRecall, minPrecision or both",
+    ),
+    "per-class-gate-recall-above-1": (
+        setting(verification__gates__perClass=[{"class": "defect", "minRecall": 1.2}]),
+        "spec.verification.gates.perClass[0].minRecall",
+        "less than or equal to 1",
+    ),
+    "per-class-gate-twice-for-one-class": (
+        setting(
+            verification__gates__perClass=[
+                {"class": "defect", "minRecall": 0.8},
+                {"class": "defect", "minPrecision": 0.8},
+            ]
+        ),
+        "spec.verification.gates.perClass[1]",
+        "Duplicate value",
+    ),
+    "per-class-gate-not-a-class-name": (
+        setting(verification__gates__perClass=[{"class": "missed stain", "minRecall": 0.8}]),
+        "spec.verification.gates.perClass[0].class",
+        "should match",
+    ),
+    "optimizer-unknown": (
+        setting(training__hyperparameters__optimizer="rmsprop"),
+        "spec.training.hyperparameters.optimizer",
+        "Unsupported value",
+    ),
+    "momentum-without-sgd": (
+        setting(training__hyperparameters__optimizer="adamw", training__hyperparameters__momentum=0.9),
+        "spec.training.hyperparameters.momentum",
+        "momentum only applies to optimizer: sgd",
+    ),
+    "schedule-step-params-on-cosine": (
+        setting(training__hyperparameters__learningRateSchedule={"type": "cosine", "gamma": 0.5}),
+        "spec.training.hyperparameters.learningRateSchedule.gamma",
+        "gamma only applies to type: step",
+    ),
+    "schedule-floor-above-the-rate": (
+        setting(
+            training__hyperparameters__learningRate=0.001,
+            training__hyperparameters__learningRateSchedule={"type": "cosine", "minLearningRate": 0.01},
+        ),
+        "spec.training.hyperparameters.learningRateSchedule",
+        "minLearningRate must be below learningRate",
+    ),
+    "image-size-too-small": (
+        setting(training__hyperparameters__imageSize=16),
+        "spec.training.hyperparameters.imageSize",
+        "greater than or equal to 32",
+    ),
+    "frozen-layers-and-freeze-backbone": (
+        setting(training__hyperparameters__freezeBackbone=True, training__hyperparameters__frozenLayers=2),
+        "spec.training.hyperparameters.frozenLayers",
+        "set freezeBackbone or frozenLayers, not both",
+    ),
+    "weight-decay-negative": (
+        setting(training__hyperparameters__weightDecay=-0.1),
+        "spec.training.hyperparameters.weightDecay",
+        "greater than or equal to 0",
+    ),
+    "base-weights-outside-the-bucket": (
+        setting(training__hyperparameters__baseWeights="/etc/passwd"),
+        "spec.training.hyperparameters.baseWeights",
+        "should match",
+    ),
 }
 
 

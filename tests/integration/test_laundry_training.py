@@ -10,13 +10,16 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load, load_file, save
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import METRICS_FILE, VERIFICATION_FILE, WEIGHTS_FILE, Verification, version_key
+from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
 from modelloop.clients.artifactstore import fetch_version
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.minio import MinioServer
@@ -115,6 +118,58 @@ def test_the_verifier_streams_the_holdout_index_and_records_the_measurement(
     verification = Verification.model_validate_json(store.get_bytes(version_key("laundry", "v1", VERIFICATION_FILE)))
     assert verification.holdout_samples == 6 and set(verification.per_class_accuracy) == {"ok", "defect"}
     assert 0 <= verification.holdout_accuracy <= 1 and verification.latency_p95_ms > 0
+
+
+def test_v2_learns_from_reviews_of_images_by_reference_with_the_policys_hyperparameters(
+    laundry: tuple[ObjectStore, dict[str, str]], trained: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """Reviews whose input came by reference are streamed from the bucket like the base set's images;
+    one whose image was sent inline (kept as a digest only) is counted as skipped, with its reason."""
+    store, bucket_env = laundry
+    images = sorted(k for k in store.list_keys(f"{DATASET}/images/"))[:5]
+    now = datetime.now(UTC)
+    records = [
+        FeedbackRecord(
+            id=f"TASK-{i}", version="v1", input_ref=f"s3://{store.bucket}/{key}", input_sha256="a" * 64,
+            input_size=1, predicted=0, label=i % 2, reason="missed stain" if i % 2 else None, reviewed_at=now,
+        )
+        for i, key in enumerate(images)
+    ]  # fmt: skip
+    records.append(
+        FeedbackRecord(id="inline", version="v1", input_sha256="b" * 64, predicted=0, label=1, reviewed_at=now)
+    )
+    key = batch_key("laundry", now)
+    store.put_bytes(key, encode_batch(records))
+    hp = {
+        **HP,
+        "optimizer": "sgd",
+        "learningRateSchedule": {"type": "step", "stepEpochs": 1, "gamma": 0.5},
+        "weightDecay": 0.0001,
+        "imageSize": SIZE,
+        "frozenLayers": 4,
+    }
+    env = _env(bucket_env, "v2", MODELLOOP_PARENT_VERSION="v1", MODELLOOP_FEEDBACK_THROUGH=key)
+    env[c.ENV_HYPERPARAMETERS] = json.dumps(hp)
+    env["MODELLOOP_LAUNDRY_IMAGE_SIZE"] = "224"  # the policy's imageSize wins
+    result = subprocess.run(
+        [sys.executable, "-m", "modelloop_trainer", "train"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = fetch_version(store, "laundry", "v2", tmp_path / "v2")
+    assert manifest.parent_version == "v1" and manifest.training_parameters["optimizer"] == "sgd"
+    assert (manifest.feedback_snapshot.samples, manifest.feedback_snapshot.corrections) == (5, 2)
+    metrics = json.loads((tmp_path / "v2" / METRICS_FILE).read_text())
+    assert (metrics["feedbackSamples"], metrics["feedbackCorrections"], metrics["feedbackByReference"]) == (5, 2, 5)
+    assert metrics["feedbackSkipped"] == {"inputKnownByDigestOnly": 1}
+    assert metrics["trainSamples"] + metrics["validationSamples"] == 24 + 5
+    assert set(metrics["perClassRecall"]) == set(metrics["perClassPrecision"]) == {"ok", "defect"}
+    # frozenLayers 4: the stem and layer1..layer3 are the parent's, bit for bit; layer4 and the head trained.
+    fetch_version(store, "laundry", "v1", tmp_path / "v1")
+    parent, child = load_file(tmp_path / "v1" / WEIGHTS_FILE), load_file(tmp_path / "v2" / WEIGHTS_FILE)
+    assert all(
+        torch.equal(child[k], parent[k]) for k in parent if k.startswith(("conv1.", "bn1.", "layer1.", "layer3."))
+    )
+    assert not torch.equal(child["layer4.1.conv2.weight"], parent["layer4.1.conv2.weight"])
 
 
 def test_an_object_missing_from_the_bucket_is_named(laundry: tuple[ObjectStore, dict[str, str]]) -> None:

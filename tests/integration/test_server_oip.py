@@ -303,3 +303,28 @@ def test_a_full_queue_sheds_oip_requests_with_429(tmp_path: Path) -> None:
         assert f"modelloop_server_shed_requests_total {float(total)}" in metrics, "each shed OIP request is counted"
     finally:
         proc.stop()
+
+
+def _predictions_by_class(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        s.labels["class"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "modelloop_server_predictions_total" and s.labels.get("version") == SERVED
+    }
+
+
+def test_predictions_are_counted_by_class_name(server: str) -> None:
+    before = _predictions_by_class(server)
+    x = inputs(ROWS, seed=11)
+    answers = v1_predict(server, x)
+    after = _predictions_by_class(server)
+    assert set(after) <= set(DigitsPlugin.class_names), "only the model's declared class names label the series"
+    grown = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    expected: dict[str, float] = {}
+    for a in answers:
+        expected[a["className"]] = expected.get(a["className"], 0.0) + 1
+    assert grown == expected

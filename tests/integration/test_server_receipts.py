@@ -119,8 +119,9 @@ def test_a_review_by_id_is_stored_with_what_the_server_answered(
 
     # The trainer learns from each prediction once, with its latest review.
     through = max(store.list_keys(feedback_prefix(MODEL)))
-    split, snapshot = load_feedback(store, DigitsPlugin(), MODEL, through)
-    assert split is not None and snapshot.samples == 3
+    loaded = load_feedback(store, DigitsPlugin(), MODEL, through)
+    split, snapshot = loaded.inline, loaded.snapshot
+    assert split is not None and snapshot.samples == 3 and loaded.refs == [] and loaded.skipped == {}
     assert snapshot.corrections == corrections, "the first review (a correction) was replaced by a confirmation"
     assert sorted(split.y.tolist()) == sorted([predicted, 0, 4])
 

@@ -119,3 +119,65 @@ def test_failure_message_names_value_and_threshold() -> None:
     results = evaluate_gates(GATES, verification(holdoutAccuracy=0.85, baselineHoldoutAccuracy=0.5), "v1")
     assert "holdoutAccuracy 0.85 < 0.88" in failing_summary(results)
     assert failing_summary(evaluate_gates(GATES, verification(), "v1")) == "all gates passed"
+
+
+NAMED = {"perClassRecall": {"ok": 0.95, "defect": 0.8}, "perClassPrecision": {"ok": 0.9, "defect": 0.7}}
+PER_CLASS_CASES: list[tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, tuple[bool, float | None]]]] = [
+    (
+        "recall exactly at the floor passes",
+        [{"class": "defect", "minRecall": 0.8}],
+        NAMED,
+        {"recall[defect]": (True, 0.8)},
+    ),
+    ("recall below the floor fails", [{"class": "defect", "minRecall": 0.81}], NAMED, {"recall[defect]": (False, 0.8)}),
+    (
+        "both floors on one class, each its own gate",
+        [{"class": "defect", "minRecall": 0.5, "minPrecision": 0.75}],
+        NAMED,
+        {"recall[defect]": (True, 0.8), "precision[defect]": (False, 0.7)},
+    ),
+    (
+        "two classes",
+        [{"class": "ok", "minPrecision": 0.9}, {"class": "defect", "minRecall": 0.9}],
+        NAMED,
+        {"precision[ok]": (True, 0.9), "recall[defect]": (False, 0.8)},
+    ),
+    (
+        "a class the model lacks fails, naming its classes",
+        [{"class": "stain", "minRecall": 0.1}],
+        NAMED,
+        {"recall[stain]": (False, None)},
+    ),
+    (
+        "not measured (older verifier) fails",
+        [{"class": "defect", "minRecall": 0.1}],
+        {},
+        {"recall[defect]": (False, None)},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("gates", "measured", "expected"), [c[1:] for c in PER_CLASS_CASES], ids=[c[0] for c in PER_CLASS_CASES]
+)
+def test_per_class_gates_by_class_name(
+    gates: list[dict[str, Any]], measured: dict[str, Any], expected: dict[str, tuple[bool, float | None]]
+) -> None:
+    spec = GateSpec.model_validate({"perClass": gates})
+    results = {r.name: r for r in evaluate_gates(spec, verification(**measured), "v1")}
+    got = {name: (r.passed, r.value) for name, r in results.items() if "[" in name}
+    assert got == expected
+    for name, r in results.items():
+        if "[" in name:
+            assert name in r.message or name.split("[")[0] in r.message
+    if "stain" in str(gates):
+        assert "its classes: defect, ok" in results["recall[stain]"].message
+
+
+def test_per_class_gate_needs_a_floor_and_a_known_shape() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="minRecall"):
+        GateSpec.model_validate({"perClass": [{"class": "defect", "minRecall": 1.5}]})
+    with pytest.raises(ValidationError, match="class"):
+        GateSpec.model_validate({"perClass": [{"class": "has space", "minRecall": 0.5}]})

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from modelloop.api.artifacts import ArtifactError
+from modelloop.api.retrainpolicy import Hyperparameters
 from modelloop_trainer.examples.laundry import LaundryPlugin, load_base_weights
 from modelloop_trainer.plugin import InputError
 
@@ -117,3 +118,30 @@ def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
         LaundryPlugin(env={"MODELLOOP_LAUNDRY_IMAGE_SIZE": "8"})
     with pytest.raises(ValueError, match="MODELLOOP_LAUNDRY_FREEZE_BACKBONE='maybe'"):
         LaundryPlugin(env={"MODELLOOP_LAUNDRY_FREEZE_BACKBONE": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("frozen_layers", "trained_first"),
+    [(0, "conv1"), (1, "layer1"), (2, "layer2"), (3, "layer3"), (4, "layer4"), (5, "fc")],
+)
+def test_frozen_layers_freeze_the_backbone_stages_from_the_input_side(frozen_layers: int, trained_first: str) -> None:
+    plugin = LaundryPlugin(image_size=64)
+    plugin.configure(Hyperparameters.model_validate({"frozenLayers": frozen_layers}))
+    net = plugin.build().train()
+    order = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    trainable = {n.split(".", 1)[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == set(order[order.index(trained_first) :])
+    frozen_bn = [m for name in order[: order.index(trained_first)] for m in getattr(net, name).modules()]
+    assert all(not m.training for m in frozen_bn), "frozen stages keep their batch-norm statistics"
+
+
+def test_policy_hyperparameters_override_the_environment() -> None:
+    env = {"MODELLOOP_LAUNDRY_IMAGE_SIZE": "224", "MODELLOOP_LAUNDRY_FREEZE_BACKBONE": "false"}
+    plugin = LaundryPlugin(env=env)
+    plugin.configure(Hyperparameters.model_validate({"imageSize": 96, "freezeBackbone": True}))
+    assert plugin.input_shape == (3, 96, 96) and plugin.image_size == 96
+    assert plugin.decode_bytes(_png((200, 10, 10))).shape == (3, 96, 96)
+    assert {n for n, p in plugin.build().named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+    untouched = LaundryPlugin(env=env)
+    untouched.configure(Hyperparameters())
+    assert untouched.input_shape == (3, 224, 224) and not untouched.freeze_backbone

@@ -85,6 +85,7 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
             return 0
         cfg = from_env(environ, args.verb)
         plugin = load_plugin(cfg.plugin)
+        plugin.configure(cfg.hyperparameters)
         if args.verb == "train":
             from .train import train
 

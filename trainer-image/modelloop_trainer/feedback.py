@@ -3,16 +3,26 @@
 
 The bound comes from the operator, so the snapshot is exactly what it counted when it decided to
 retrain, and feedback arriving during training waits for the next version. What was used is
-recorded in the manifest (``feedbackSnapshot``).
+recorded in the manifest (``feedbackSnapshot``) and, with what was skipped and why, in metrics.json.
 
 A prediction reviewed more than once (a replayed request, a reviewer changing their mind) is
 one sample: the latest review per prediction id wins, in the samples and in the snapshot's counts.
 Confirmations and corrections are both samples; only the operator's trigger tells them apart.
+
+A reviewed input reaches training one of two ways: inline (small numeric inputs the receipt kept)
+or by reference (an image the server fetched from ``s3://<bucket>/...``). A reference becomes a
+:class:`~.streaming.Sample` of the same index the base dataset streams from: the object is read,
+decoded and augmented by the DataLoader workers like any dataset image, never copied. An input the
+receipt knows by digest only (an image sent inline as BYTES) cannot be trained on; it is counted
+under ``feedbackSkipped`` with its reason.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -21,8 +31,29 @@ from modelloop.api.feedback import FeedbackRecord, decode_batch, latest_per_id
 from modelloop.clients.objectstore import ObjectStore
 
 from .plugin import InputError, ModelPlugin, Split
+from .streaming import Sample, StreamingPlugin
 
 log = logging.getLogger(__name__)
+
+SKIP_DIGEST_ONLY = "inputKnownByDigestOnly"
+SKIP_NOT_STREAMING = "referenceButPluginTakesNumbers"
+SKIP_OUTSIDE_BUCKET = "referenceOutsideBucket"
+SKIP_BAD_LABEL = "labelNotAClass"
+SKIP_BAD_INPUT = "inputDoesNotFit"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The usable reviews: inline inputs as a split, referenced ones as index samples; and what was skipped."""
+
+    inline: Split | None
+    refs: list[Sample]
+    snapshot: FeedbackSnapshot
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return (len(self.inline) if self.inline is not None else 0) + len(self.refs)
 
 
 def select_keys(keys: list[str], prefix: str, through: str | None) -> list[str]:
@@ -32,12 +63,55 @@ def select_keys(keys: list[str], prefix: str, through: str | None) -> list[str]:
     return sorted(k for k in keys if k.startswith(prefix) and k.endswith(".jsonl") and k <= through)
 
 
-def load_feedback(
-    store: ObjectStore, plugin: ModelPlugin, model: str, through: str | None
-) -> tuple[Split | None, FeedbackSnapshot]:
-    """Feedback as a training split. Records the model cannot take (a client bypassing the server's
-    validation, a label out of range) are skipped with a warning naming the batch, not fatal:
-    one bad record must not block every future retraining."""
+def sort_records(
+    records: Sequence[FeedbackRecord], plugin: ModelPlugin, bucket: str
+) -> tuple[list[FeedbackRecord], list[FeedbackRecord], Counter[str]]:
+    """(inline records, by-reference records, skipped counts by reason): pure, no I/O.
+
+    A record that carries both an inline input and a reference is taken inline (no fetch needed).
+    """
+    inline: list[FeedbackRecord] = []
+    by_ref: list[FeedbackRecord] = []
+    skipped: Counter[str] = Counter()
+    own = f"s3://{bucket}/"
+    for r in records:
+        if r.label >= plugin.num_classes:
+            why = f"label {r.label} is not a class (0..{plugin.num_classes - 1})"
+            log.warning("feedback record %s skipped: %s", r.id, why)
+            skipped[SKIP_BAD_LABEL] += 1
+        elif r.input is not None:
+            try:
+                plugin.decode_feedback([r])
+            except InputError as e:
+                log.warning("feedback record %s skipped: %s", r.id, e)
+                skipped[SKIP_BAD_INPUT] += 1
+                continue
+            inline.append(r)
+        elif r.input_ref is not None:
+            if not isinstance(plugin, StreamingPlugin):
+                log.warning(
+                    "feedback record %s skipped: its input is the object %s, but plug-in %s takes numbers, not encoded "
+                    "objects", r.id, r.input_ref, type(plugin).__name__,
+                )  # fmt: skip
+                skipped[SKIP_NOT_STREAMING] += 1
+            elif not r.input_ref.startswith(own) or len(r.input_ref) == len(own):
+                log.warning("feedback record %s skipped: %s is not in the model's bucket %s", r.id, r.input_ref, own)
+                skipped[SKIP_OUTSIDE_BUCKET] += 1
+            else:
+                by_ref.append(r)
+        else:
+            log.warning(
+                "feedback record %s skipped: its input was sent inline as encoded bytes and is known by digest only "
+                "(sha256 %s); send inputs by reference (s3://) for reviews to be trained on", r.id, r.input_sha256,
+            )  # fmt: skip
+            skipped[SKIP_DIGEST_ONLY] += 1
+    return inline, by_ref, skipped
+
+
+def load_feedback(store: ObjectStore, plugin: ModelPlugin, model: str, through: str | None) -> Feedback:
+    """Feedback for training. Records the model cannot take (a client bypassing the server's
+    validation, a label out of range, an input known by digest only) are skipped and counted, not
+    fatal: one bad record must not block every future retraining."""
     prefix = feedback_prefix(model)
     keys = select_keys(list(store.list_keys(prefix)), prefix, through) if through else []
     reviewed: list[FeedbackRecord] = []
@@ -50,33 +124,29 @@ def load_feedback(
             )
             continue
         reviewed.extend(batch)
-    records: list[FeedbackRecord] = []
-    for record in latest_per_id(reviewed):
-        if record.input is None:
-            log.warning(
-                "feedback record %s skipped: its input is known by digest only (sha256 %s), not kept inline",
-                record.id, record.input_sha256,
-            )  # fmt: skip
-            continue
-        try:
-            plugin.decode_feedback([record])
-        except InputError as e:
-            log.warning("feedback record %s skipped: %s", record.id, e)
-            continue
-        records.append(record)
+    inline, by_ref, skipped = sort_records(latest_per_id(reviewed), plugin, store.bucket)
+    used = [*inline, *by_ref]
     snapshot = FeedbackSnapshot(
         through_key=through or "",
         objects=len(keys),
-        samples=len(records),
-        corrections=sum(r.is_correction for r in records),
+        samples=len(used),
+        corrections=sum(r.is_correction for r in used),
     )
-    if not records:
-        return None, snapshot
-    log.info(
-        "feedback: %d samples (%d corrections) from %d batches through %s",
-        snapshot.samples,
-        snapshot.corrections,
-        snapshot.objects,
-        through,
+    refs = [Sample(r.input_ref, r.label) for r in by_ref if r.input_ref is not None]
+    if used or skipped:
+        log.info(
+            "feedback: %d samples (%d corrections; %d inline, %d by reference) from %d batches through %s%s",
+            snapshot.samples,
+            snapshot.corrections,
+            len(inline),
+            len(refs),
+            snapshot.objects,
+            through,
+            f"; skipped {dict(skipped)}" if skipped else "",
+        )
+    return Feedback(
+        inline=plugin.decode_feedback(inline) if inline else None,
+        refs=refs,
+        snapshot=snapshot,
+        skipped=dict(skipped),
     )
-    return plugin.decode_feedback(records), snapshot

@@ -17,6 +17,8 @@ class Evaluation:
     loss: float
     accuracy: float
     per_class_accuracy: list[float]
+    per_class_precision: list[float]  # of the samples predicted as the class, the share truly of it
+    per_class_recall: list[float]  # of the class's samples, the share found (0 when it has none)
     macro_f1: float
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     samples: int
@@ -46,6 +48,8 @@ def evaluate_logits(logits: Tensor, target: Tensor, num_classes: int) -> Evaluat
         loss=loss,
         accuracy=float(tp.sum() / cm.sum()),
         per_class_accuracy=[float(v) for v in per_class],
+        per_class_precision=[float(v) for v in precision],
+        per_class_recall=[float(v) for v in recall],
         macro_f1=float(f1.mean()),
         confusion=[[int(v) for v in row] for row in cm.to(torch.int64)],
         samples=len(target),

@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from modelloop.api.feedback import FeedbackRecord
+from modelloop.api.retrainpolicy import Hyperparameters
 from modelloop.clients.objectstore import NotFound, ObjectStore
 
 from .metrics import Evaluation, evaluate_logits
@@ -65,6 +66,11 @@ class ModelPlugin(ABC):
     @abstractmethod
     def build(self) -> nn.Module:
         """A freshly initialised network mapping preprocess()'s output to ``[N, num_classes]`` logits."""
+
+    def configure(self, hp: Hyperparameters) -> None:
+        """Take the model-shaping hyperparameters of the policy (image size, frozen layers); the trainer
+        and verifier call it before :meth:`build`. The default ignores them."""
+        return None
 
     def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Training-time augmentation; must draw randomness only from ``generator`` (resumability)."""

@@ -28,11 +28,43 @@ class TrainingMetrics(BaseModel):
     validation_loss: float = Field(alias="validationLoss", description="Of the published (best) weights.")
     validation_accuracy: float = Field(alias="validationAccuracy", ge=0, le=1)
     per_class_accuracy: dict[str, float] = Field(alias="perClassAccuracy")
+    per_class_precision: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassPrecision",
+        description="By class name, on the validation split: of the samples predicted as the class, the share truly of it.",
+    )
+    per_class_recall: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassRecall",
+        description="By class name, on the validation split: of the class's samples, the share predicted as it.",
+    )
     macro_f1: float = Field(alias="macroF1")
     confusion_matrix: list[list[int]] = Field(
         alias="confusionMatrix", description="Rows: true class; columns: predicted."
     )
     train_samples: int = Field(alias="trainSamples")
+    feedback_samples: int = Field(
+        default=0,
+        alias="feedbackSamples",
+        ge=0,
+        description="Reviewed samples (confirmations and corrections) added to the base dataset, before the "
+        "train/validation split.",
+    )
+    feedback_corrections: int = Field(
+        default=0, alias="feedbackCorrections", ge=0, description="Of those, the corrections."
+    )
+    feedback_by_reference: int = Field(
+        default=0,
+        alias="feedbackByReference",
+        ge=0,
+        description="Of those, the ones whose input was streamed from its s3:// reference (images).",
+    )
+    feedback_skipped: dict[str, int] = Field(
+        default_factory=dict,
+        alias="feedbackSkipped",
+        description="Reviews not trained on, by reason (inputKnownByDigestOnly: an image sent inline, kept "
+        "as a digest; referenceOutsideBucket; labelNotAClass; inputDoesNotFit; referenceButPluginTakesNumbers).",
+    )
     validation_samples: int = Field(alias="validationSamples")
     device: str
     world_size: int = Field(alias="worldSize")

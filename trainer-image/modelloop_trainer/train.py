@@ -55,8 +55,9 @@ from .checkpoints import (
 )
 from .config import JobConfig
 from .earlystopping import EarlyStopping
-from .feedback import load_feedback
+from .feedback import Feedback, load_feedback
 from .metrics import Evaluation
+from .optim import build_optimizer, learning_rate_at, set_learning_rate
 from .plugin import ModelPlugin, Split
 from .report import TrainingMetrics, plot_curves
 from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader, worker_count
@@ -134,16 +135,19 @@ class Trainer:
             # The parent first: a damaged parent fails the Job in seconds, before any data is read.
             parent = load_parent_weights(self.store, cfg, cfg.parent_version, workdir) if cfg.parent_version else None
             rt.seed_everything(hp.seed, runtime)
-            feedback, snapshot = load_feedback(self.store, self.plugin, cfg.model, cfg.feedback_through)
+            feedback = load_feedback(self.store, self.plugin, cfg.model, cfg.feedback_through)
             data: Data
             if isinstance(self.plugin, StreamingPlugin):
                 samples = self.plugin.load_samples(self.store, cfg.dataset, "train")
                 source = StoreSource(self.store.config, cfg.dataset)
-                data = IndexedDataset(self.plugin, samples, source, hp.augment, hp.seed, inline=feedback)
+                # Reviewed images are references into the same bucket: streamed like the base set's.
+                data = IndexedDataset(
+                    self.plugin, [*samples, *feedback.refs], source, hp.augment, hp.seed, inline=feedback.inline
+                )
                 log.info("streaming %d indexed samples from s3://%s/%s/", len(samples), self.store.bucket, cfg.dataset)
             else:
                 base = self.plugin.load_split(self.store, cfg.dataset, "train")
-                data = base.concat(feedback) if feedback is not None else base
+                data = base.concat(feedback.inline) if feedback.inline is not None else base
             train_idx, val_idx = split_train_validation(len(data), hp.validation_fraction, hp.seed)
             train, val = data.subset(train_idx), data.subset(val_idx)
             if isinstance(val, IndexedDataset):
@@ -160,7 +164,7 @@ class Trainer:
             else:
                 log.info("training from scratch (no parent version)")
             net.to(runtime.device)
-            optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=hp.learning_rate)
+            optimizer = build_optimizer(net.parameters(), hp)
             state = self.resume_into(net, optimizer)
             resumed_from = state.epoch if state.epoch else None
 
@@ -178,7 +182,7 @@ class Trainer:
                 if writer is not None:
                     writer.close()
             if runtime.is_main:
-                self._publish(net, state, train, val, snapshot, resumed_from, workdir)
+                self._publish(net, state, train, val, feedback, resumed_from, workdir)
         runtime.barrier()
 
     def resume_into(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
@@ -239,6 +243,7 @@ class Trainer:
         while state.epoch < hp.epochs and not state.early_stopping.should_stop:
             epoch = state.epoch + 1
             sampler.set_epoch(epoch)
+            set_learning_rate(optimizer, learning_rate_at(hp, epoch))
             index = torch.tensor(list(sampler), dtype=torch.int64)
             model.train()
             # Summed on the device: a float() per batch would stall a GPU on every step.
@@ -346,7 +351,7 @@ class Trainer:
         state: TrainingState,
         train: Data,
         val: Data,
-        snapshot: Any,
+        feedback: Feedback,
         resumed_from: int | None,
         workdir: Path,
     ) -> None:
@@ -369,9 +374,15 @@ class Trainer:
             validation_loss=ev.loss,
             validation_accuracy=ev.accuracy,
             per_class_accuracy=dict(zip(self.plugin.class_names, ev.per_class_accuracy, strict=True)),
+            per_class_precision=dict(zip(self.plugin.class_names, ev.per_class_precision, strict=True)),
+            per_class_recall=dict(zip(self.plugin.class_names, ev.per_class_recall, strict=True)),
             macro_f1=ev.macro_f1,
             confusion_matrix=ev.confusion,
             train_samples=len(train),
+            feedback_samples=feedback.samples,
+            feedback_corrections=feedback.snapshot.corrections,
+            feedback_by_reference=len(feedback.refs),
+            feedback_skipped=feedback.skipped,
             validation_samples=len(val),
             device=str(self.rt.device),
             world_size=self.rt.world_size,
@@ -386,7 +397,7 @@ class Trainer:
             created_at=datetime.now(UTC),
             files=[],
             training_parameters=self.hp.model_dump(by_alias=True),
-            feedback_snapshot=snapshot,
+            feedback_snapshot=feedback.snapshot,
             plugin=cfg.plugin,
             framework={"torch": torch.__version__, "safetensors": safetensors.__version__},
         )

@@ -188,6 +188,8 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         holdout_accuracy=cand_eval.accuracy,
         baseline_holdout_accuracy=base_eval.accuracy if base_eval else None,
         per_class_accuracy=dict(zip(plugin.class_names, cand_eval.per_class_accuracy, strict=True)),
+        per_class_precision=dict(zip(plugin.class_names, cand_eval.per_class_precision, strict=True)),
+        per_class_recall=dict(zip(plugin.class_names, cand_eval.per_class_recall, strict=True)),
         macro_f1=cand_eval.macro_f1,
         latency_p50_ms=perf.latency_p50_ms,
         latency_p95_ms=perf.latency_p95_ms,

@@ -222,6 +222,16 @@ class Verification(_Model):
     holdout_accuracy: float = Field(alias="holdoutAccuracy")
     baseline_holdout_accuracy: float | None = Field(default=None, alias="baselineHoldoutAccuracy")
     per_class_accuracy: dict[str, float] = Field(alias="perClassAccuracy")
+    per_class_precision: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassPrecision",
+        description="Holdout precision by class name; empty in records written before it was measured.",
+    )
+    per_class_recall: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassRecall",
+        description="Holdout recall by class name; empty in records written before it was measured.",
+    )
     macro_f1: float = Field(alias="macroF1")
     latency_p50_ms: float = Field(alias="latencyP50Ms")
     latency_p95_ms: float = Field(alias="latencyP95Ms")

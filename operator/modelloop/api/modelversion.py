@@ -144,6 +144,16 @@ class VersionMetrics(ApiModel):
     per_class_accuracy: dict[str, float] = Field(
         default_factory=dict, alias="perClassAccuracy", description="Holdout accuracy (0-1) per class name."
     )
+    per_class_precision: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassPrecision",
+        description="Holdout precision (0-1) per class name: of the samples predicted as the class, the share truly of it.",
+    )
+    per_class_recall: dict[str, float] = Field(
+        default_factory=dict,
+        alias="perClassRecall",
+        description="Holdout recall (0-1) per class name: of the class's samples, the share predicted as it.",
+    )
     latency_p95_ms: float | None = Field(
         default=None, alias="latencyP95Ms", description="95th percentile of single-request latency in the probe, ms."
     )

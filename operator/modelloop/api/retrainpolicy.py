@@ -6,7 +6,7 @@ The operator reads ``spec`` and writes only ``status`` (GitOps tools must see no
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -277,8 +277,74 @@ class TriggerSpec(ApiModel):
     )
 
 
+class LearningRateSchedule(ApiModel):
+    """How the learning rate changes over the epochs; a pure function of the epoch, so a resumed run
+    continues exactly where it stopped."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.stepEpochs) || self.type == 'step'",
+                message="stepEpochs only applies to type: step",
+                field_path=".stepEpochs",
+            ),
+            rule(
+                "!has(self.gamma) || self.type == 'step'",
+                message="gamma only applies to type: step",
+                field_path=".gamma",
+            ),
+            rule(
+                "!has(self.minLearningRate) || self.type == 'cosine'",
+                message="minLearningRate only applies to type: cosine",
+                field_path=".minLearningRate",
+            ),
+        )
+    )
+
+    type: Literal["none", "cosine", "step"] = Field(
+        default="none",
+        description="none: constant; cosine: from learningRate down to minLearningRate over the epochs; step: "
+        "multiplied by gamma every stepEpochs epochs.",
+    )
+    step_epochs: int | None = Field(
+        default=None, alias="stepEpochs", ge=1, le=10_000, description="type step: epochs between decays (default 10)."
+    )
+    gamma: float | None = Field(
+        default=None, gt=0, lt=1, description="type step: the factor applied at each decay (default 0.1)."
+    )
+    min_learning_rate: float | None = Field(
+        default=None,
+        alias="minLearningRate",
+        ge=0,
+        le=10,
+        description="type cosine: the learning rate reached at the last epoch (default 0); must be below learningRate.",
+    )
+
+
 class Hyperparameters(ApiModel):
     """Training hyperparameters, handed to the trainer as JSON (camelCase keys)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.momentum) || !has(self.optimizer) || self.optimizer == 'sgd'",
+                message="momentum only applies to optimizer: sgd",
+                field_path=".momentum",
+            ),
+            rule(
+                "!has(self.freezeBackbone) || !self.freezeBackbone || !has(self.frozenLayers)",
+                message="set freezeBackbone or frozenLayers, not both (freezeBackbone: true is frozenLayers: 5)",
+                field_path=".frozenLayers",
+            ),
+            rule(
+                "!has(self.learningRateSchedule) || !has(self.learningRateSchedule.minLearningRate)"
+                " || !has(self.learningRate) || self.learningRateSchedule.minLearningRate < self.learningRate",
+                message="learningRateSchedule.minLearningRate must be below learningRate: cosine decays from one to"
+                " the other",
+                field_path=".learningRateSchedule",
+            ),
+        )
+    )
 
     epochs: int = Field(default=20, ge=1, le=10_000, description="Maximum epochs; early stopping may end sooner.")
     batch_size: int = Field(
@@ -308,6 +374,59 @@ class Hyperparameters(ApiModel):
         description="Share of the training data held out for validation.",
     )
     augment: bool = Field(default=True, description="Apply the plug-in's data augmentation.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        default="adam",
+        description="adam (the default), adamw (Adam with decoupled weight decay: the usual choice for fine-tuning "
+        "a pretrained CNN) or sgd (with momentum).",
+    )
+    momentum: float | None = Field(
+        default=None, ge=0, lt=1, description="optimizer sgd: momentum (default 0.9); Nesterov is not used."
+    )
+    weight_decay: float = Field(
+        default=0.0,
+        alias="weightDecay",
+        ge=0,
+        le=1,
+        description="L2 penalty (adam, sgd) or decoupled weight decay (adamw) on the trained parameters.",
+    )
+    learning_rate_schedule: LearningRateSchedule = Field(
+        default_factory=LearningRateSchedule,
+        alias="learningRateSchedule",
+        description="How the learning rate changes over the epochs (none, cosine or step).",
+    )
+    image_size: int | None = Field(
+        default=None,
+        alias="imageSize",
+        ge=32,
+        le=1024,
+        description="Image plug-ins: the square side in pixels images are resized to, for training and "
+        "verification (the laundry example: default 224; ResNet downsamples 32x). Serving pods must decode to "
+        "the same size (MODELLOOP_LAUNDRY_IMAGE_SIZE on the server). Other plug-ins ignore it.",
+    )
+    freeze_backbone: bool | None = Field(
+        default=None,
+        alias="freezeBackbone",
+        description="Image plug-ins: train only the classification head (transfer learning on little data); "
+        "frozen layers keep their batch-norm statistics too. Other plug-ins ignore it.",
+    )
+    base_weights: str | None = Field(
+        default=None,
+        alias="baseWeights",
+        min_length=1,
+        max_length=1024,
+        pattern=BUCKET_PATH,
+        description="Image plug-ins: bucket key of the starting weights for the first version (transfer learning; "
+        "a safetensors state dict with torchvision's names, e.g. ImageNet weights converted offline). Later "
+        "versions start from their parent. Other plug-ins ignore it.",
+    )
+    frozen_layers: int | None = Field(
+        default=None,
+        alias="frozenLayers",
+        ge=0,
+        le=5,
+        description="Image plug-ins (ResNet): backbone stages kept frozen, counted from the input: 0 none, 1 the "
+        "stem (conv1, bn1), 2-5 also layer1..layer4 (5 is freezeBackbone). Other plug-ins ignore it.",
+    )
 
 
 class Toleration(ApiModel):
@@ -503,6 +622,47 @@ class TrainingSpec(ApiModel):
     )
 
 
+CLASS_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.:]*$"
+MAX_CLASS_GATES = 64
+
+
+class ClassGate(ApiModel):
+    """Floors for one named class on the holdout: recall (its samples found) and/or precision (its
+    predictions right). For a rare, costly class ("defect") overall accuracy hides what matters."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "has(self.minRecall) || has(self.minPrecision)",
+                message="a perClass gate needs minRecall, minPrecision or both: otherwise it checks nothing",
+            )
+        )
+    )
+
+    class_: str = Field(
+        alias="class",
+        min_length=1,
+        max_length=63,
+        pattern=CLASS_NAME,
+        description="The class name, as the model's plug-in declares it (e.g. defect). A name the model does not "
+        "have fails the gate, saying which classes it has.",
+    )
+    min_recall: float | None = Field(
+        default=None,
+        alias="minRecall",
+        ge=0,
+        le=1,
+        description="Floor for the class's holdout recall: of its samples, the share predicted as it.",
+    )
+    min_precision: float | None = Field(
+        default=None,
+        alias="minPrecision",
+        ge=0,
+        le=1,
+        description="Floor for the class's holdout precision: of the samples predicted as it, the share truly of it.",
+    )
+
+
 class GateSpec(ApiModel):
     """Every gate a candidate must pass before promotion; a null gate is off."""
 
@@ -510,9 +670,10 @@ class GateSpec(ApiModel):
         json_schema_extra=validations(
             rule(
                 "has(self.minValidationAccuracy) || has(self.minHoldoutAccuracy) || has(self.minClassAccuracy)"
+                " || has(self.perClass) && size(self.perClass) > 0"
                 " || !has(self.mustBeatActive) || self.mustBeatActive",
                 message="at least one accuracy gate must stay on (minValidationAccuracy, minHoldoutAccuracy,"
-                " minClassAccuracy or mustBeatActive): otherwise any trained model would be promoted",
+                " minClassAccuracy, perClass or mustBeatActive): otherwise any trained model would be promoted",
             ),
             rule(
                 "!has(self.beatMargin) || self.beatMargin == 0.0 || !has(self.mustBeatActive) || self.mustBeatActive",
@@ -557,6 +718,14 @@ class GateSpec(ApiModel):
     )
     min_class_accuracy: float | None = Field(
         default=None, alias="minClassAccuracy", ge=0, le=1, description="Floor for every class's holdout accuracy."
+    )
+    per_class: list[ClassGate] = Field(
+        default_factory=list,
+        alias="perClass",
+        max_length=MAX_CLASS_GATES,
+        description="Recall and precision floors for named classes, e.g. [{class: defect, minRecall: 0.8}]; each "
+        "reported as its own gate (recall[defect], precision[defect]) in the ModelVersion's status.gates.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["class"]},
     )
     max_latency_p95_ms: float | None = Field(
         default=200,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from modelloop.api.artifacts import Verification
 from modelloop.api.modelversion import GateResult
-from modelloop.api.retrainpolicy import GateSpec
+from modelloop.api.retrainpolicy import ClassGate, GateSpec
 
 
 def _at_least(name: str, value: float | None, threshold: float) -> GateResult:
@@ -40,6 +40,8 @@ def evaluate_gates(gates: GateSpec, v: Verification, active_version: str | None)
         results.append(_beats_active(gates, v, active_version))
     if gates.min_class_accuracy is not None:
         results.append(_class_floor(gates.min_class_accuracy, v))
+    for gate in gates.per_class:
+        results.extend(_per_class(gate, v))
     if gates.max_latency_p95_ms is not None:
         results.append(_at_most("latencyP95Ms", v.latency_p95_ms, gates.max_latency_p95_ms))
     if gates.max_memory_mi_b is not None:
@@ -83,6 +85,30 @@ def _class_floor(floor: float, v: Verification) -> GateResult:
     else:
         msg = f"every class >= {floor:.4g} (worst: class {worst_class} {worst:.4g})"
     return GateResult(name=name, passed=not below, value=worst, threshold=floor, message=msg)
+
+
+def _per_class(gate: ClassGate, v: Verification) -> list[GateResult]:
+    """One result per floor set: ``recall[defect]``, ``precision[defect]``, named by the class."""
+    out = []
+    for what, floor, measured in (
+        ("recall", gate.min_recall, v.per_class_recall),
+        ("precision", gate.min_precision, v.per_class_precision),
+    ):
+        if floor is None:
+            continue
+        name = f"{what}[{gate.class_}]"
+        if not measured:
+            message = f"{name}: per-class {what} was not measured (a verifier older than per-class gates)"
+            out.append(GateResult(name=name, passed=False, threshold=floor, message=message))
+        elif gate.class_ not in measured:
+            message = (
+                f"{name}: the model has no class {gate.class_!r} (its classes: {', '.join(sorted(measured))});"
+                " fix spec.verification.gates.perClass"
+            )
+            out.append(GateResult(name=name, passed=False, threshold=floor, message=message))
+        else:
+            out.append(_at_least(name, measured[gate.class_], floor))
+    return out
 
 
 def failing_summary(results: list[GateResult]) -> str:

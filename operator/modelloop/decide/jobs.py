@@ -59,7 +59,7 @@ def _env(
         c.ENV_S3_SECURE: "true" if spec.storage.use_tls else "false",
         c.ENV_DATASET: spec.dataset.path,
         c.ENV_PLUGIN: spec.training.plugin,
-        c.ENV_HYPERPARAMETERS: json.dumps(hyperparameters.model_dump(by_alias=True), sort_keys=True),
+        c.ENV_HYPERPARAMETERS: json.dumps(hyperparameters.model_dump(by_alias=True, exclude_none=True), sort_keys=True),
         **({c.ENV_S3_REGION: spec.storage.region} if spec.storage.region else {}),
         **({c.ENV_S3_CA_FILE: f"{c.S3_CA_DIR}/{spec.storage.ca_bundle.key}"} if spec.storage.ca_bundle else {}),
         **extra,

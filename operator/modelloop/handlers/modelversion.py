@@ -320,6 +320,8 @@ def _verifying(
     m.baseline_holdout_accuracy = v.baseline_holdout_accuracy
     m.macro_f1 = v.macro_f1
     m.per_class_accuracy = dict(v.per_class_accuracy)
+    m.per_class_precision = dict(v.per_class_precision)
+    m.per_class_recall = dict(v.per_class_recall)
     m.latency_p95_ms = v.latency_p95_ms
     m.peak_memory_mi_b = v.peak_memory_mib
     m.throughput_rps = v.throughput_rps

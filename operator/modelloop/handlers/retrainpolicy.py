@@ -682,7 +682,7 @@ def _create_version(
             "version": version,
             "policy": name,
             "trigger": f"{start.reason}: {start.message}"[:1024],
-            "trainingParameters": hyperparameters.model_dump(by_alias=True),
+            "trainingParameters": hyperparameters.model_dump(by_alias=True, exclude_none=True),
             "feedbackSnapshot": {
                 "throughKey": new.feedback.cursor,
                 "samples": new.feedback.pending_reviews,

@@ -10,6 +10,10 @@ serves every variant:
 - ``MODELLOOP_LAUNDRY_FREEZE_BACKBONE``: ``true`` trains only the classification head
 - ``MODELLOOP_LAUNDRY_BASE_WEIGHTS``: bucket key of the base weights (unset: random initialisation)
 
+A policy's ``hyperparameters.imageSize``, ``freezeBackbone``, ``frozenLayers`` and ``baseWeights``
+override these for training and verification (:meth:`LaundryPlugin.configure`); the server, which reads no
+policy, takes the image size from its environment, which must therefore match.
+
 Inputs are RGB values in [0, 1], ``[3, size, size]``; ImageNet normalisation lives in the network.
 """
 
@@ -29,6 +33,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.transforms.v2 import functional as TF
 
 from modelloop.api.artifacts import ArtifactError
+from modelloop.api.retrainpolicy import Hyperparameters
 from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop_trainer.plugin import InputError
 from modelloop_trainer.streaming import StreamingPlugin
@@ -50,27 +55,38 @@ MAX_JITTER = 0.2  # brightness and contrast factors drawn from [0.8, 1.2]
 MAX_ENCODED_PIXELS = 64_000_000  # a decompression bomb is refused before it is decoded
 
 
+# The backbone's stages from the input side: hyperparameters.frozenLayers N freezes the first N.
+STAGES: tuple[tuple[str, ...], ...] = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+def frozen_modules(frozen_layers: int) -> tuple[str, ...]:
+    """Names of the top-level modules frozen by ``frozen_layers`` (0..5; 5 is the whole backbone)."""
+    if not 0 <= frozen_layers <= len(STAGES):
+        raise ValueError(f"frozenLayers {frozen_layers}: must be 0..{len(STAGES)} (the stem and layer1..layer4)")
+    return tuple(name for stage in STAGES[:frozen_layers] for name in stage)
+
+
 class LaundryNet(ResNet):  # type: ignore[misc]  # torchvision ships no type information
     """torchvision's ResNet (same state-dict names, so torchvision weights load as they are) with
-    the normalisation built in and, when the backbone is frozen, its batch norms kept in eval mode."""
+    the normalisation built in and, for frozen stages, their batch norms kept in eval mode."""
 
-    def __init__(self, arch: str, num_classes: int, freeze_backbone: bool) -> None:
+    def __init__(self, arch: str, num_classes: int, freeze_backbone: bool, frozen_layers: int = 0) -> None:
         block, layers = ARCHS[arch]
         super().__init__(block, layers, num_classes=num_classes)
-        self.freeze_backbone = freeze_backbone
+        self.frozen = frozen_modules(len(STAGES) if freeze_backbone else frozen_layers)
+        self.freeze_backbone = len(self.frozen) == sum(len(s) for s in STAGES)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
-        if freeze_backbone:
-            for name, p in self.named_parameters():
-                p.requires_grad_(name.startswith(HEAD))
+        for name, p in self.named_parameters():
+            if name.split(".", 1)[0] in self.frozen:
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> LaundryNet:
         super().train(mode)
-        if self.freeze_backbone and mode:
+        if self.frozen and mode:
             # Frozen means frozen: running statistics must not drift with the new data either.
-            for name, m in self.named_modules():
-                if name and not name.startswith(HEAD.rstrip(".")):
-                    m.eval()
+            for name in self.frozen:
+                getattr(self, name).eval()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,10 +135,23 @@ class LaundryPlugin(StreamingPlugin):
         self.freeze_backbone = (
             freeze_backbone if freeze_backbone is not None else _flag(e.get(ENV_FREEZE, ""), ENV_FREEZE)
         )
+        self.frozen_layers = 0
         self.base_weights = base_weights if base_weights is not None else (e.get(ENV_BASE_WEIGHTS, "").strip() or None)
 
+    def configure(self, hp: Hyperparameters) -> None:
+        """The policy's imageSize, freezeBackbone, frozenLayers and baseWeights win over the environment's."""
+        if hp.image_size is not None:
+            self.image_size = hp.image_size
+            self.input_shape = (3, hp.image_size, hp.image_size)  # type: ignore[misc]
+        if hp.freeze_backbone is not None:
+            self.freeze_backbone = hp.freeze_backbone
+        if hp.frozen_layers is not None:
+            self.frozen_layers = hp.frozen_layers
+        if hp.base_weights is not None:
+            self.base_weights = hp.base_weights
+
     def build(self) -> LaundryNet:
-        return LaundryNet(self.arch, self.num_classes, self.freeze_backbone)
+        return LaundryNet(self.arch, self.num_classes, self.freeze_backbone, self.frozen_layers)
 
     def initialise(self, net: nn.Module, store: ObjectStore) -> None:
         """Load the base weights, strictly for the backbone; the head is kept only if it has our classes."""
