@@ -5,6 +5,7 @@ The operator reads ``spec`` and writes only ``status`` (GitOps tools must see no
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -754,11 +755,10 @@ class CanaryRolloutSpec(ApiModel):
         ),
     )
 
-
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"canary steps must be strictly increasing (for example [10, 50]), got {steps}")
         return steps
 
@@ -1015,7 +1015,9 @@ class CanaryStatus(ApiModel):
         default=0, ge=0, le=99, description="Percent of requests the candidate answers now (0 once decided)."
     )
     step_started_at: datetime | None = Field(
-        default=None, alias="stepStartedAt", description="When the current step began (maxStepDuration counts from here)."
+        default=None,
+        alias="stepStartedAt",
+        description="When the current step began (maxStepDuration counts from here).",
     )
     candidate_reviews: int = Field(
         default=0, alias="candidateReviews", ge=0, description="Reviews in this step of answers the candidate gave."

@@ -86,7 +86,9 @@ class CanaryTally:
     active_correct: int = 0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.candidate_correct <= self.candidate_reviews and 0 <= self.active_correct <= self.active_reviews):
+        if not (
+            0 <= self.candidate_correct <= self.candidate_reviews and 0 <= self.active_correct <= self.active_reviews
+        ):
             raise ValueError(f"correct must be within 0..reviews for each version, got {self}")
 
     @property
