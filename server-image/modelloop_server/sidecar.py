@@ -793,6 +793,8 @@ class Sidecar:
         """Tell the server the share of requests the shadow candidate answers, when it changed."""
         d, percent = self.shadowed, self.canary_percent
         want = (d, percent) if d is not None and d == self.candidate and percent > 0 else None
+        if want is None and d is not None and d in (self.desired, self.pending):
+            return  # being promoted: the reload makes it answer everything; ending the split first would flap keys
         if not self._server_canary_known and not self._learn_server_canary(want):
             return
         applied = self._canary_applied
