@@ -12,7 +12,10 @@ answering a client; the better one is promoted and served.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,7 +82,14 @@ class Loop:
     verifier, client and reviewer."""
 
     def __init__(
-        self, cp: ControlPlane, minio: MinioServer, bucket: str, ns: str, api: client.ApiClient, tmp: Path
+        self,
+        cp: ControlPlane,
+        minio: MinioServer,
+        bucket: str,
+        ns: str,
+        api: client.ApiClient,
+        tmp: Path,
+        rollout: dict[str, object],
     ) -> None:
         self.api, self.ns, self.minio, self.bucket = api, ns, minio, bucket
         self.store = minio.store(bucket)
@@ -93,7 +103,7 @@ class Loop:
                 training={"image": "modelloop/trainer:dev", "plugin": PLUGIN, "backoffLimit": 1},
                 # tolerant offline gates: only the live reviews stand between v2 and the clients
                 verification={"gates": {"minHoldoutAccuracy": 0.05, "mustBeatActive": False}},
-                rollout={"shadow": {"enabled": True, "minReviews": MIN_REVIEWS, "margin": 0.02, "maxDuration": "1d"}},
+                rollout=rollout,
                 retry={"maxAttempts": 1},
             ),
             ns,
@@ -129,12 +139,29 @@ class Loop:
         complete_job(self.api, self.ns, f"{MODEL}-{version}-verify")
         return digest
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         return policy_status(self.api, self.ns)
 
     def shadow(self) -> str | None:
         body = control(self.replica.model_dir, "GET", "/v1/shadow").json()
         return str(body["shadow"]["version"]) if body["shadow"] else None
+
+    def review(self, http: httpx.Client, holdout: Split, rows: range, answers: list[httpx.Response]) -> None:
+        """Each answer's true label, posted by its prediction id to the server's review endpoint."""
+        headers = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
+        for i, a in zip(rows, answers, strict=True):
+            review = {"id": a.json()["id"], "label": int(holdout.y[i % len(holdout.y)])}
+            posted = http.post("/v1/feedback", json=review, headers=headers)
+            assert posted.status_code == 202, posted.text
+
+    def predict(self, http: httpx.Client, holdout: Split, rows: range) -> list[httpx.Response]:
+        answers = [http.post("/v1/predict", json={"input": holdout.x[i % len(holdout.y)].tolist()}) for i in rows]
+        assert [a.status_code for a in answers] == [200] * len(rows), "a request failed"
+        return answers
+
+    def canary(self) -> dict[str, object] | None:
+        found: dict[str, object] | None = control(self.replica.model_dir, "GET", "/v1/canary").json()["canary"]
+        return found
 
     def predict_and_review(self, holdout: Split, start: int, candidate: str) -> list[httpx.Response]:
         """``REQUESTS`` real predictions, then each answer's true label posted by its id once the shadow has
@@ -143,31 +170,35 @@ class Loop:
         scored_before = r.metric("modelloop_server_shadow_scored_requests_total", {"candidate": candidate})
         rows = range(start, start + REQUESTS)
         with httpx.Client(base_url=base, timeout=30) as http:
-            answers = [http.post("/v1/predict", json={"input": holdout.x[i].tolist()}) for i in rows]
-            assert [a.status_code for a in answers] == [200] * REQUESTS, "a request failed"
+            answers = self.predict(http, holdout, rows)
             wait_for(
                 lambda: r.metric("modelloop_server_shadow_scored_requests_total", {"candidate": candidate})
                 == scored_before + REQUESTS,
                 60, f"{candidate} to score every request in the shadow", r.server,
             )  # fmt: skip
-            headers = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
-            for i, a in zip(rows, answers, strict=True):
-                review = {"id": a.json()["id"], "label": int(holdout.y[i])}
-                posted = http.post("/v1/feedback", json=review, headers=headers)
-                assert posted.status_code == 202, posted.text
+            self.review(http, holdout, rows, answers)
         return answers
 
 
 @pytest.fixture
-def loop(
+def make_loop(
     control_plane: ControlPlane, minio: MinioServer, bucket: str, namespace: str, api: client.ApiClient, tmp_path: Path
-) -> object:
-    made = Loop(control_plane, minio, bucket, namespace, api, tmp_path)
-    yield made
-    made.stop()
+) -> Iterator[Callable[[dict[str, object]], Loop]]:
+    made: list[Loop] = []
+
+    def make(rollout: dict[str, object]) -> Loop:
+        made.append(Loop(control_plane, minio, bucket, namespace, api, tmp_path, rollout))
+        return made[-1]
+
+    yield make
+    for loop in made:
+        loop.stop()
 
 
-def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(loop: Loop) -> None:
+def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(
+    make_loop: Callable[[dict[str, object]], Loop],
+) -> None:
+    loop = make_loop({"shadow": {"enabled": True, "minReviews": MIN_REVIEWS, "margin": 0.02, "maxDuration": "1d"}})
     train, holdout = DigitsPlugin().base_dataset()
     v1, v2, v3 = _train(train, 5, False), _train(train, 5, True), _train(train, 30, False)
     acc = {"v1": _accuracy(v1, holdout), "v2": _accuracy(v2, holdout), "v3": _accuracy(v3, holdout)}
@@ -189,6 +220,7 @@ def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(l
     )  # fmt: skip
     answers = loop.predict_and_review(holdout, 0, "v2")
     wait_for(lambda: phase(loop.api, loop.ns, "v2") == "Rejected", WAIT_S, "v2 rejected by the live reviews", op)
+    wait_for(lambda: (loop.status().get("shadow") or {}).get("verdict") == "Reject", WAIT_S, "the verdict", op)
     assert {a.json()["version"] for a in answers} == {"v1"}, "the worse candidate answered a client"
     assert {a.headers["X-Model-Version"] for a in answers} == {"v1"}
     st = loop.status()
@@ -196,7 +228,7 @@ def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(l
     assert isinstance(shadow, dict) and shadow["version"] == "v2" and shadow["verdict"] == "Reject", shadow
     assert shadow["onlyActive"] > shadow["onlyCandidate"], shadow
     assert policy_conditions(loop.api, loop.ns)["ShadowStage"]["reason"] == "Worse"
-    assert (st["activeVersion"], (st["desired"] or {})["version"]) == ("v1", "v1")  # type: ignore[index]
+    assert (st["activeVersion"], (st["desired"] or {})["version"]) == ("v1", "v1")
     wait_for(lambda: loop.shadow() is None, WAIT_S, "the rejected v2 unloaded", loop.replica.sidecar)
     assert loop.replica.metric("modelloop_server_requests_total", {"code": "200", "version": "v2"}) == 0
 
@@ -216,3 +248,67 @@ def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(l
     with httpx.Client(base_url=loop.replica.base, timeout=30) as http:
         served = [http.post("/v1/predict", json={"input": holdout.x[i].tolist()}) for i in range(20)]
     assert {a.json()["version"] for a in served} == {"v3"}
+
+
+def test_the_canary_steps_up_and_promotes_a_better_candidate_and_rolls_back_a_worse_one(
+    make_loop: Callable[[dict[str, object]], Loop],
+) -> None:
+    loop = make_loop({"canary": {"enabled": True, "steps": [20, 50], "minReviewsPerStep": 20, "maxStepDuration": "1d"}})
+    train, holdout = DigitsPlugin().base_dataset()
+    v1, v2, v3 = _train(train, 5, False), _train(train, 30, False), _train(train, 5, True)
+    acc = {"v1": _accuracy(v1, holdout), "v2": _accuracy(v2, holdout), "v3": _accuracy(v3, holdout)}
+    assert acc["v2"] > acc["v1"] + 0.15 and acc["v3"] < acc["v2"] - 0.5, f"the premise: {acc}"
+    op = loop.operator.proc
+    loop.ship("v1", v1, acc["v1"], None)
+    wait_for(lambda: loop.status().get("activeVersion") == "v1", WAIT_S, "v1 active (served by the replica)", op)
+    loop.replica.wait_serving("v1")
+
+    def step(candidate: str, percent: int, rows: range) -> Counter[str]:
+        """Wait for the replica to split ``percent`` % to ``candidate``; serve ``rows`` and review every answer."""
+        want = {"version": candidate, "percent": percent}
+        wait_for(lambda: loop.canary() == want, WAIT_S, f"{candidate} answering {percent}%", loop.replica.sidecar)
+        with httpx.Client(base_url=loop.replica.base, timeout=30) as http:
+            answers = loop.predict(http, holdout, rows)
+            loop.review(http, holdout, rows, answers)
+        return Counter(a.json()["version"] for a in answers)
+
+    # v2, better: 20% then 50% of requests, each step passed on its own reviews, then promoted
+    annotate_policy(loop.api, loop.ns, c.ANNOTATION_RETRAIN_NOW, "better")
+    loop.ship("v2", v2, acc["v2"], "v1")
+    first = step("v2", 20, range(0, 200))
+    assert set(first) == {"v1", "v2"} and 0.1 < first["v2"] / 200 < 0.3, first
+    wait_for(lambda: (loop.status().get("canary") or {}).get("step") == 1, WAIT_S, "the step to 50%", op)
+    second = step("v2", 50, range(200, 400))
+    assert 0.35 < second["v2"] / 200 < 0.65, second
+    wait_for(lambda: loop.status().get("activeVersion") == "v2", WAIT_S, "v2 promoted after the last step", op)
+    loop.replica.wait_serving("v2")
+    canary = loop.status()["canary"]
+    assert isinstance(canary, dict) and (canary["version"], canary["verdict"], canary["percent"]) == (
+        "v2",
+        "Promote",
+        0,
+    )
+    assert canary["candidateReviews"] >= 20 and canary["activeReviews"] >= 20, canary
+    assert loop.canary() is None
+
+    # v3, worse: answers its 20% share, is rolled back on the reviews of those answers, answers nobody after
+    annotate_policy(loop.api, loop.ns, c.ANNOTATION_RETRAIN_NOW, "worse")
+    loop.ship("v3", v3, acc["v3"], "v2")
+    served = step("v3", 20, range(0, 200))
+    assert served["v3"] > 0, served
+    wait_for(lambda: phase(loop.api, loop.ns, "v3") == "Rejected", WAIT_S, "v3 rolled back by the canary", op)
+    # the ModelVersion is marked during the pass, the policy's status at its end
+    wait_for(lambda: (loop.status().get("canary") or {}).get("verdict") == "Reject", WAIT_S, "the verdict", op)
+    canary = loop.status()["canary"]
+    assert isinstance(canary, dict) and (canary["version"], canary["verdict"], canary["reason"]) == (
+        "v3", "Reject", "Worse"
+    ), canary  # fmt: skip
+    cond = policy_conditions(loop.api, loop.ns)["CanaryStage"]
+    assert (cond["status"], cond["reason"]) == ("False", "Worse"), cond
+    events = client.CoreV1Api(loop.api).list_namespaced_event(loop.ns).items
+    assert any(e.reason == "CanaryRejected" and "v3 vs v2" in (e.message or "") for e in events)
+    wait_for(lambda: loop.canary() is None, WAIT_S, "the split ended on the replica", loop.replica.sidecar)
+    with httpx.Client(base_url=loop.replica.base, timeout=30) as http:
+        after = loop.predict(http, holdout, range(100))
+    assert {a.json()["version"] for a in after} == {"v2"}
+    assert loop.status()["activeVersion"] == "v2"

@@ -8,13 +8,15 @@ request fails while the split is set, changed and withdrawn.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from test_server_support import MODEL, Cluster, control, publish_versions, start_server
+from operator_harness import MODEL
+from test_server_support import Cluster, control, publish_versions, start_server
 
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
@@ -33,7 +35,7 @@ def _canary(model_dir: Path) -> dict[str, Any] | None:
     return canary
 
 
-def _versions(base: str, keys: list[str | None], concurrency: int = 8) -> list[httpx.Response]:
+def _versions(base: str, keys: Sequence[str | None], concurrency: int = 8) -> list[httpx.Response]:
     """One /v1/predict per key (None: no routing key), in parallel."""
     with httpx.Client(base_url=base, timeout=30) as http, ThreadPoolExecutor(concurrency) as pool:
         return list(
