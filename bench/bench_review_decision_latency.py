@@ -130,6 +130,8 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
             }}},
         )  # fmt: skip
         base_env = {**start_pods(cp, s3), "MODELLOOP_REVIEW_AUTH": "off"}
+        if os.environ.get("PYTHONPATH"):  # a checkout's own packages over the installed ones, in the replicas too
+            base_env["PYTHONPATH"] = os.pathsep.join([base_env["PYTHONPATH"], os.environ["PYTHONPATH"]])
         pool = urllib3.PoolManager(retries=False, maxsize=REPLICAS * 2)
         core = k8s.CoreV1Api(cp.api_client())
         operator = ManagedProcess(
