@@ -6,11 +6,13 @@ Three serving replicas (``modelloop-server`` + ``modelloop-sidecar`` pairs as lo
 plane and MinIO. Each round measures, on fresh versions the bench publishes (ModelVersions seeded as the
 trainer and verifier leave them, as in ``bench_rollback_latency``):
 
-- baseline: the shadow stage off; the version is Verifying (so every replica prefetches it, as in
-  production), then its phase becomes Verified: the clock runs from that write until all replicas answer
-  ``/v1/predict`` with it (the operator's pass, ``status.desired``, the sidecars' swap).
-- reviews: the shadow stage on (``minReviews`` 20); the version is prefetched and loaded as the shadow on
-  every replica, then Verified and held (``ShadowStage=True``). Requests go to the replicas round-robin;
+- baseline: a Verified version held in the shadow stage and loaded as the shadow on every replica; the
+  shadow stage is then turned off (``spec.rollout.shadow.enabled: false``): the clock runs from that write
+  until all replicas answer ``/v1/predict`` with it (the operator's pass, ``status.desired``, the sidecars'
+  swap of the already-loaded model). This is the promotion of a verified, prefetched version without the
+  stage, measured from the moment it may be promoted.
+- reviews: the shadow stage on (``minReviews`` 20); the Verified version is held (``ShadowStage=True``) and
+  loaded as the shadow on every replica. Requests go to the replicas round-robin;
   for 20 of them where the two models disagree, the review labelling the candidate right is posted to
   the replica that answered (its receipt and shadow pair are there). 19 are posted and counted by the
   operator; the clock starts when the 20th is posted and stops when all replicas answer with the
@@ -50,7 +52,6 @@ from bench.bench_promotion_latency import (
     replicas,
     serving_cluster,
     start_pods,
-    time_until_all_prefetched,
     time_until_all_serve,
 )
 from bench.bench_rollback_latency import version_body
@@ -133,7 +134,6 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
         if os.environ.get("PYTHONPATH"):  # a checkout's own packages over the installed ones, in the replicas too
             base_env["PYTHONPATH"] = os.pathsep.join([base_env["PYTHONPATH"], os.environ["PYTHONPATH"]])
         pool = urllib3.PoolManager(retries=False, maxsize=REPLICAS * 2)
-        core = k8s.CoreV1Api(cp.api_client())
         operator = ManagedProcess(
             "modelloop-operator",
             [
@@ -151,38 +151,45 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
             operator.start()
             try:
                 n = 1
+
+                def held_in_shadow(version: str) -> None:
+                    """A new Verified ``version`` (the stage on), held, and loaded as the shadow on every replica."""
+                    shadow_stage(True)
+                    new_version(int(version[1:]), "Verified")
+                    wait_until(
+                        f"{version} held in the shadow stage",
+                        lambda: (
+                            (status().get("shadow") or {}).get("version") == version
+                            and any(
+                                x.get("type") == "ShadowStage" and x.get("status") == "True"
+                                for x in status().get("conditions") or []
+                            )
+                        ),
+                        timeout,
+                    )
+                    wait_until(
+                        f"{version} loaded as the shadow on every replica",
+                        lambda: all(
+                            (_control(r, "/v1/shadow")[1].get("shadow") or {}).get("version") == version for r in reps
+                        ),
+                        timeout,
+                    )
+
                 for _ in range(rounds):
-                    # baseline: Verified -> every replica serves it, no shadow stage
-                    shadow_stage(False)
+                    # baseline: the stage turned off -> every replica serves the held, loaded version
                     n += 1
-                    v = new_version(n, "Verifying")
-                    time_until_all_prefetched(core, digests[v], timeout)
+                    v = f"v{n}"
+                    held_in_shadow(v)
                     t0 = time.monotonic()
-                    mv_status(v, "Verified")
+                    shadow_stage(False)
                     time_until_all_serve(reps, v, pool, timeout)
                     baseline.append(time.monotonic() - t0)
                     wait_until(f"{v} active", active_is(v), timeout)
 
                     # reviews: the review completing minReviews -> every replica serves the candidate
-                    shadow_stage(True)
                     n += 1
-                    v = new_version(n, "Verifying")
-
-                    def all_shadow(version: str = v) -> bool:
-                        return all(
-                            (_control(r, "/v1/shadow")[1].get("shadow") or {}).get("version") == version for r in reps
-                        )
-
-                    wait_until(f"{v} loaded as the shadow on every replica", all_shadow, timeout)
-                    mv_status(v, "Verified")
-                    wait_until(
-                        f"{v} held in the shadow stage",
-                        lambda: any(
-                            x.get("type") == "ShadowStage" and x.get("status") == "True"
-                            for x in status().get("conditions") or []
-                        ),
-                        timeout,
-                    )
+                    v = f"v{n}"
+                    held_in_shadow(v)
                     picked: list[tuple[Replica, str, int]] = []
                     i = 0
                     while len(picked) < MIN_REVIEWS:
