@@ -4,7 +4,7 @@ serving the candidate, against the promotion of a verified version without the s
 Three serving replicas (``modelloop-server`` + ``modelloop-sidecar`` pairs as local processes, from
 ``bench_promotion_latency``, 50 MB model) and the real ``modelloop-operator`` run against the real control
 plane and MinIO. Each round measures, on fresh versions the bench publishes (ModelVersions seeded as the
-trainer and verifier leave them, as in ``bench_rollback_latency``):
+trainer and verifier leave them, as in ``bench_rollback_latency``, while the operator is stopped):
 
 - baseline: a Verified version held in the shadow stage and loaded as the shadow on every replica; the
   shadow stage is then turned off (``spec.rollout.shadow.enabled: false``): the clock runs from that write
@@ -155,7 +155,11 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
                 def held_in_shadow(version: str) -> None:
                     """A new Verified ``version`` (the stage on), held, and loaded as the shadow on every replica."""
                     shadow_stage(True)
+                    # created while the operator is down: a version it sees before its status says Verified
+                    # (the status is a subresource, written after the create) would get a training Job
+                    operator.stop()
                     new_version(int(version[1:]), "Verified")
+                    operator.start()
                     wait_until(
                         f"{version} held in the shadow stage",
                         lambda: (
