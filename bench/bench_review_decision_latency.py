@@ -258,7 +258,7 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
             unit="s",
             baseline=p50_base,
             figure=p50_rev,
-            baseline_label="Verified -> all replicas serve it, shadow stage off (same run)",
+            baseline_label="held Verified version, loaded as the shadow -> all replicas serve it once the stage is off",
             figure_label="last review needed posted -> all replicas serve the candidate",
             target="reported: the cost of deciding by reviews (feedback flush 5 s + count interval 5 s bound it)",
             passed=True,
