@@ -60,6 +60,11 @@ TRAINING_RETRIES = Counter(
     "Retries started after a failed or rejected training (reason: Failed or Rejected).",
     [*_P, "reason"],
 )
+CANARY_DECISIONS = Counter(
+    "modelloop_canary_decisions_total",
+    "Canary stage decisions applied (verdict Step, Promote or Reject, with the reason).",
+    [*_P, "verdict", "reason"],
+)
 RECONCILE_ERRORS = Counter(
     "modelloop_reconcile_errors_total", "Reconcile passes that raised (kind, error type).", [*_P, "kind", "error"]
 )
@@ -74,7 +79,7 @@ LEADER_TRANSITIONS = Counter(
 
 # --- state gauges, derived from status at every scrape -------------------------------------------
 
-STATUS_FIELDS = ("activeVersion", "desired", "feedback", "liveAccuracy", "conditions")
+STATUS_FIELDS = ("activeVersion", "desired", "feedback", "liveAccuracy", "canary", "conditions")
 """The RetrainPolicy status fields the state gauges read (all a watch cache needs to keep)."""
 
 
@@ -122,6 +127,16 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "modelloop_live_accuracy",
             "Reviewed accuracy of the active version since its promotion (status.liveAccuracy).",
             labels=[*p, "version"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_canary_percent",
+            "Percent of requests the candidate in the canary stage answers (status.canary); 0 once decided.",
+            labels=[*p, "version"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_canary_live_accuracy",
+            "Reviewed accuracy in the current canary step of each version's own answers (role candidate or active).",
+            labels=[*p, "version", "role"],
         ),
         GaugeMetricFamily(
             "modelloop_training_retries_exhausted",
@@ -172,6 +187,16 @@ def _policy_samples(p: PolicyState) -> list[tuple[str, list[str], float]]:
     # Measured for the active version only: a version that stopped being active has no series.
     if active and live.get("version") == active and live.get("accuracy") is not None:
         out.append(("modelloop_live_accuracy", [*ids, active], float(live["accuracy"])))
+    canary = st.get("canary") or {}
+    if canary.get("version"):
+        out.append(("modelloop_canary_percent", [*ids, canary["version"]], float(canary.get("percent") or 0)))
+        for role, version, reviews, correct in (
+            ("candidate", canary["version"], "candidateReviews", "candidateCorrect"),
+            ("active", canary.get("activeVersion"), "activeReviews", "activeCorrect"),
+        ):
+            if version and canary.get(reviews):
+                accuracy = float(canary.get(correct) or 0) / float(canary[reviews])
+                out.append(("modelloop_canary_live_accuracy", [*ids, version, role], accuracy))
     exhausted = _condition(st, "RetriesExhausted").get("status") == "True"
     out.append(("modelloop_training_retries_exhausted", ids, 1 if exhausted else 0))
     blocked = _condition(st, "Training").get("reason") == "BudgetExhausted"

@@ -41,6 +41,7 @@ from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
 
 from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
+from .canary import ROUTING_KEY_HEADER, CanarySplit, check_routing_key, choose
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .groupcommit import COMMIT_RETRY_AFTER_SECONDS, GroupCommit, StoreUnavailable
@@ -207,12 +208,25 @@ class Serving:
     refs: InputRefs
     commits: GroupCommit | None = None  # write-through durability (the default); None: the spool answers
     commit_pool: ThreadPoolExecutor | None = None
+    canary: CanarySplit | None = None
+    """The share of requests the shadow candidate answers (``POST /v1/canary``); None: it answers nobody."""
+
+    def route(self, key: str | None) -> LoadedModel | None:
+        """The model that answers a request with routing key ``key``: read once, as ``holder.current`` is."""
+        return choose(self.holder.current, self.holder.shadow, self.canary, key)
+
+    def publish_canary(self) -> None:
+        self.metrics.canary_percent.clear()
+        split, shadow = self.canary, self.holder.shadow
+        if split is not None and shadow is not None and split.version == shadow.version:
+            self.metrics.canary_percent.labels(split.version).set(split.percent)
 
     def publish(self, model: LoadedModel) -> None:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(model.version, model.digest).set(1)
         self.metrics.ready.set(1)
         self.publish_shadow()
+        self.publish_canary()
         try:
             write_current(self.settings.model_dir, model.version)
         except OSError as e:
@@ -239,13 +253,27 @@ def _answer(probs: Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
+def routing_key(request: Request) -> str | None:
+    """The client's ``X-Modelloop-Routing-Key``, checked, or None (the canary split is then random)."""
+    key = request.headers.get(ROUTING_KEY_HEADER)
+    if key is None:
+        return None
+    try:
+        return check_routing_key(key)
+    except ValueError as e:
+        raise Problem(422, f"header X-Modelloop-Routing-Key: {e}") from None
+
+
 async def predict(request: Request) -> Response:
     s: Serving = request.app.state.serving
     started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    model = s.holder.current  # read once: this request finishes on this model whatever swaps meanwhile
+    model = s.holder.current
     version = model.version if model else NO_VERSION
     try:
+        # read once: this request finishes on this model whatever swaps meanwhile
+        model = s.route(routing_key(request))
+        version = model.version if model else NO_VERSION
         parsed = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
         x, batched = parse_inputs(parsed, s.plugin, s.settings.max_batch)
         client_id = prediction_id(parsed)
@@ -436,6 +464,7 @@ async def reload(request: Request) -> Response:
         return json_response({"error": p.message}, p.status)
     if result.from_shadow:
         s.shadow.forget(result.model.version)
+        s.canary = None  # the candidate answers every request now
     if result.replaced is not None or not result.from_memory:
         s.metrics.swaps.labels(_swap_kind(result)).inc()
         s.metrics.swap_seconds.observe(result.swap_seconds)
@@ -522,6 +551,7 @@ async def shadow_load(request: Request) -> Response:
     if result.replaced is not None and result.replaced is not result.model:
         s.shadow.forget(result.replaced.version)
     s.publish_shadow()
+    s.publish_canary()
     if result.replaced is not result.model:
         how = "kept in memory, no load" if result.from_memory else f"loaded in {result.model.load_seconds:.3f}s"
         log.info(
@@ -538,7 +568,11 @@ async def shadow_unload(request: Request) -> Response:
     if old is not None:
         s.shadow.forget(old.version)
         log.info("stopped shadow scoring %s", old.version)
+    if s.canary is not None:
+        log.info("the canary split of %s ended with its shadow", s.canary.version)
+        s.canary = None
     s.publish_shadow()
+    s.publish_canary()
     return json_response({**_shadow_state(s), "unloaded": old.version if old else None})
 
 
@@ -555,6 +589,57 @@ async def shadow_get(request: Request) -> Response:
             )
         body["pair"] = pair.as_json()
     return json_response(body)
+
+
+def _canary_state(s: Serving) -> dict[str, Any]:
+    split, shadow = s.canary, s.holder.shadow
+    live = split is not None and shadow is not None and split.version == shadow.version
+    return {
+        "active": s.holder.current.version if s.holder.current else None,
+        "shadow": shadow.version if shadow else None,
+        "canary": {"version": split.version, "percent": split.percent} if live and split else None,
+    }
+
+
+async def canary_set(request: Request) -> Response:
+    """Control socket only: the loaded shadow candidate answers ``percent`` % of requests (0 stops it).
+
+    409 when ``version`` is not the loaded shadow: the split never loads anything itself, so a
+    candidate is only served once it was verified, loaded and warmed up as the shadow."""
+    s: Serving = request.app.state.serving
+    try:
+        body = await read_json(request, 4 << 10)
+        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+            raise Problem(422, 'canary body must be {"version": "v<N>", "percent": 0-99}')
+        try:
+            version = check_version(body["version"])
+        except ValueError as e:
+            raise Problem(422, str(e)) from None
+        percent = body.get("percent")
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 99:
+            raise Problem(
+                422, f"percent must be an integer 0-99 (100 is a promotion: POST /v1/reload), got {percent!r}"
+            )
+        shadow = s.holder.shadow
+        if percent > 0 and (shadow is None or shadow.version != version):
+            loaded = f"the shadow is {shadow.version}" if shadow else "no shadow is loaded"
+            raise Problem(409, f"{version} is not loaded as the shadow ({loaded}); POST /v1/shadow first")
+    except Problem as p:
+        return json_response({"error": p.message}, p.status)
+    before = s.canary
+    s.canary = CanarySplit(version, percent) if percent > 0 else None
+    s.publish_canary()
+    if before != s.canary:
+        log.info(
+            "canary: %s answers %d%% of requests (was %s)", version, percent,
+            f"{before.percent}% for {before.version}" if before else "none",
+        )  # fmt: skip
+    return json_response(_canary_state(s))
+
+
+async def canary_get(request: Request) -> Response:
+    """Control socket only: the canary split in force."""
+    return json_response(_canary_state(request.app.state.serving))
 
 
 def _too_large(s: Serving, e: ModelTooLarge) -> Response:
@@ -822,6 +907,8 @@ def create_control_app() -> Starlette:
         Route("/v1/shadow", shadow_load, methods=["POST"]),
         Route("/v1/shadow", shadow_unload, methods=["DELETE"]),
         Route("/v1/shadow", shadow_get, methods=["GET"]),
+        Route("/v1/canary", canary_set, methods=["POST"]),
+        Route("/v1/canary", canary_get, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

@@ -170,6 +170,13 @@ class ServerMetrics:
             ["version", "digest", "active"],
             registry=r,
         )
+        self.canary_percent = Gauge(
+            "modelloop_server_canary_percent",
+            "Percent of requests the candidate loaded as the shadow answers itself (the canary stage's step). "
+            "Absent when it answers nobody. modelloop_server_requests_total by version counts the split done.",
+            ["version"],
+            registry=r,
+        )
         self.shadow_scored = Counter(
             "modelloop_server_shadow_scored_requests",
             "Answered requests the shadow candidate also scored, by candidate version.",

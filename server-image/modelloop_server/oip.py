@@ -42,6 +42,7 @@ from modelloop_trainer.plugin import InputError, ModelPlugin
 
 from .batching import RETRY_AFTER_SECONDS, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
+from .canary import ROUTING_KEY_HEADER, ROUTING_KEY_PARAMETER, check_routing_key
 from .inputrefs import REFERENCE, UNDECODABLE, RefError
 from .metrics import NO_VERSION
 from .model import LoadedModel
@@ -90,6 +91,7 @@ class InferRequest:
     x: Tensor
     outputs: tuple[RequestedOutput, ...]
     encoded: list[bytes] | None = None  # BYTES inputs as sent: their receipts keep digest and size
+    routing_key: str | None = None  # parameters.routing_key: the canary split keeps a key on one version
 
 
 @functools.cache
@@ -380,6 +382,12 @@ def parse_infer(
         except ValueError as e:
             raise OIPError(400, str(e)) from None
     outputs = _requested_outputs(body)
+    routing_key = (body.get("parameters") or {}).get(ROUTING_KEY_PARAMETER)
+    if routing_key is not None:
+        try:
+            check_routing_key(routing_key)
+        except ValueError as e:
+            raise OIPError(400, f"parameters.{ROUTING_KEY_PARAMETER}: {e}") from None
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} tensors" if isinstance(inputs, list) else type(inputs).__name__
@@ -389,7 +397,7 @@ def parse_infer(
         raise OIPError(
             400, f"{len(tail) - used} binary bytes follow the JSON header that no input's binary_data_size accounts for"
         )
-    return InferRequest(request_id, x, outputs, encoded)
+    return InferRequest(request_id, x, outputs, encoded, routing_key)
 
 
 def _bytes_binary(values: Sequence[str]) -> bytes:
@@ -454,6 +462,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _serving(request: Request) -> Serving:
     s: Serving = request.app.state.serving
     return s
+
+
+def _header_routing_key(request: Request) -> str | None:
+    key = request.headers.get(ROUTING_KEY_HEADER)
+    if key is None:
+        return None
+    try:
+        return check_routing_key(key)
+    except ValueError as e:
+        raise OIPError(400, f"header X-Modelloop-Routing-Key: {e}") from None
 
 
 def _check_model(s: Serving, request: Request) -> LoadedModel | None:
@@ -569,6 +587,8 @@ async def infer(request: Request) -> Response:
         raw = await _read_body(request, s.settings.max_body_bytes)
         raw, header_length, refs = await resolve_references(s, raw, request.headers.get(HEADER_LENGTH))
         req = parse_infer(raw, header_length, s.plugin, s.settings.max_batch, s.settings.max_json_depth, refs)
+        if request.path_params.get("version") is None:  # a client that names the version gets that one
+            model = s.route(req.routing_key or _header_routing_key(request))
         if model is None:
             raise OIPError(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
         try:

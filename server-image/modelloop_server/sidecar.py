@@ -39,6 +39,12 @@ would not fit in the memory limit (Event ``ShadowSkipped``; serving and promotio
 When the candidate is promoted the server makes the shadow model the serving one with no second
 load; when it is withdrawn (rejected, failed, overtaken) the sidecar unloads it
 (``DELETE /v1/shadow``).
+
+Canary: when the operator's canary stage names a share in ``status.candidate.canaryPercent``, the
+sidecar tells the server (``POST /v1/canary``) to answer that percent of requests with the shadow
+candidate it already holds (:mod:`modelloop_server.canary`), and 0 when the share is withdrawn.
+The share is only applied to the candidate this sidecar loaded as the shadow: a candidate that is not
+verified, downloaded and warmed up here answers nobody.
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ REASON_LOADED = "ModelLoaded"
 REASON_PREFETCH_FAILED = "CandidatePrefetchFailed"
 REASON_SHADOW_LOADED = "ShadowLoaded"
 REASON_SHADOW_SKIPPED = "ShadowSkipped"
+REASON_CANARY = "CanaryServing"
 SHADOW_RETRY_SECONDS = 30.0
 REJECTED_RETRY_SECONDS = 300.0
 
@@ -144,6 +151,14 @@ def parse_desired(policy: dict[str, Any], model: str) -> Desired | None:
 def parse_candidate(policy: dict[str, Any], model: str) -> Desired | None:
     """The version under verification that may be prefetched, None when there is none."""
     return _parse_ref(policy, model, "candidate")
+
+
+def parse_canary_percent(policy: dict[str, Any]) -> int:
+    """``status.candidate.canaryPercent``: the share of requests the candidate answers, 0 when absent."""
+    percent = ((policy.get("status") or {}).get("candidate") or {}).get("canaryPercent") or 0
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 99:
+        raise DesiredError(f"status.candidate.canaryPercent must be an integer 0-99, got {percent!r}")
+    return percent
 
 
 def too_large_message(body: str) -> str | None:
@@ -332,6 +347,13 @@ class Sidecar:
         self.desired: Desired | None = None
         """The newest ``status.desired`` seen by the watch (``pending`` lags it until the main loop takes it)."""
         self.shadowed: Desired | None = None
+        self.canary_percent = 0
+        """``status.candidate.canaryPercent`` as last watched."""
+        self._canary_applied: tuple[Desired, int] | None = None
+        """The split the server was last told (candidate, percent); None: it answers nobody."""
+        self._server_canary_known = False
+        """False until the server's own split has been asked for: a restarted sidecar must end a split the
+        operator withdrew while it was down."""
         self._shadow_refused: Desired | None = None
         self._shadow_retry_at = 0.0
         self._shadow_attempts = 0
@@ -419,8 +441,13 @@ class Sidecar:
         except DesiredError as e:
             log.error("%s; not prefetching it", e)
             candidate = None
-        if candidate != self.candidate:
-            self.candidate = candidate
+        try:
+            percent = parse_canary_percent(policy) if candidate is not None else 0
+        except DesiredError as e:
+            log.error("%s; the candidate answers nobody", e)
+            percent = 0
+        if candidate != self.candidate or percent != self.canary_percent:
+            self.candidate, self.canary_percent = candidate, percent
             self.prefetch_wake.set()
         if desired_ok and desired is not None:
             self.slot.offer(desired)
@@ -677,6 +704,7 @@ class Sidecar:
         self.annotate_pod(d)
         if answer.get("fromShadow") or self.shadowed == d:
             self.shadowed = None  # the server promoted the shadow model itself
+            self._canary_applied = None  # and ended its split
         if self.served != d:
             if answer.get("fromShadow"):
                 how = "promoted from the shadow: the prefetched copy, already loaded, no download and no second load"
@@ -761,6 +789,62 @@ class Sidecar:
             warning=False,
         )
 
+    def sync_canary(self) -> None:
+        """Tell the server the share of requests the shadow candidate answers, when it changed."""
+        d, percent = self.shadowed, self.canary_percent
+        want = (d, percent) if d is not None and d == self.candidate and percent > 0 else None
+        if want is None and d is not None and d in (self.desired, self.pending):
+            return  # being promoted: the reload makes it answer everything; ending the split first would flap keys
+        if not self._server_canary_known and not self._learn_server_canary(want):
+            return
+        applied = self._canary_applied
+        if want == applied or (want is None and applied is None):
+            return
+        target = want or applied
+        assert target is not None
+        body = json.dumps({"version": target[0].version, "percent": want[1] if want else 0}).encode()
+        try:
+            status, raw = self.control.request("POST", "/v1/canary", body, timeout=10)
+        except OSError as e:
+            log.warning("cannot set the canary split of %s yet (%s); retrying", target[0], e)
+            return
+        if status != 200:
+            log.warning("the model server answered HTTP %d to the canary split of %s: %r", status, target[0], raw[:500])
+            return
+        self._canary_applied = want
+        if want is None:
+            log.info("candidate %s answers nobody any more (canary ended)", target[0])
+            return
+        log.info("candidate %s answers %d%% of requests (canary)", want[0], want[1])
+        self.event(
+            REASON_CANARY,
+            f"candidate {want[0].version} ({want[0].digest}) answers {want[1]}% of requests (canary stage); "
+            "its answers and receipts name it",
+            warning=False,
+        )
+
+    def _learn_server_canary(self, want: tuple[Desired, int] | None) -> bool:
+        """Ends a split the server holds that nobody wants any more; whether the server answered."""
+        try:
+            status, raw = self.control.request("GET", "/v1/canary", timeout=5)
+            held = (json.loads(raw).get("canary") or None) if status == 200 else None
+        except (OSError, ValueError, AttributeError):
+            return False  # the server is not up yet: ask again on the next pass
+        if status != 200:
+            return False
+        if held is not None and want is None:
+            log.info(
+                "the model server still splits %s%% of requests to %s; ending it", held["percent"], held["version"]
+            )
+            body = json.dumps({"version": held["version"], "percent": 0}).encode()
+            try:
+                if self.control.request("POST", "/v1/canary", body, timeout=10)[0] != 200:
+                    return False
+            except OSError:
+                return False
+        self._server_canary_known = True
+        return True
+
     def _learn_server_shadow(self) -> None:
         """Unload a shadow the server still holds for a candidate withdrawn while this sidecar was down.
 
@@ -801,6 +885,7 @@ class Sidecar:
             log.warning("the model server answered HTTP %d to unloading shadow %s: %r", status, d, raw[:500])
             return
         self.shadowed = None
+        self._canary_applied = None  # the server ends the split with the shadow
         log.info("stopped shadow scoring %s: it is no longer the candidate", d)
 
     def prefetch_loop(self) -> None:
@@ -816,6 +901,7 @@ class Sidecar:
             if self.stop.is_set():
                 continue
             self.sync_shadow()
+            self.sync_canary()
             d = self.candidate
             if d is None or d == refused:
                 continue
@@ -831,6 +917,7 @@ class Sidecar:
                 self.prefetch(d)
                 attempts, retry_at = 0, 0.0
                 self.sync_shadow()
+                self.sync_canary()
             except Rejected as e:
                 refused = d
                 still = self.served.version if self.served else "nothing"
@@ -885,6 +972,7 @@ class Sidecar:
                     log.warning("the model server no longer serves %s (restarted?); loading it again", self.pending)
                     self.served = None
                     self.shadowed = None  # a restarted server holds no shadow either
+                    self._canary_applied = None
                     self.prefetch_wake.set()
             if self.pending == self.served or time.monotonic() < retry_at:
                 continue

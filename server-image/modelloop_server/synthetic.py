@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import Tensor
 
 from modelloop.api.artifacts import MANIFEST_FILE, WEIGHTS_FILE, Manifest, ManifestFile, digest_of, sha256_stream
 from modelloop.clients.artifactstore import publish_version
@@ -62,4 +63,11 @@ def publish_synthetic(
     """Publish a version to the bucket through the real artifact store; returns the manifest digest."""
     with tempfile.TemporaryDirectory(prefix=f"synthetic-{version}-") as tmp:
         write_weights(plugin, seed, Path(tmp))
+        return publish_version(store, _manifest(model, version, plugin_ref), Path(tmp))
+
+
+def publish_weights(store: ObjectStore, weights: dict[str, Tensor], plugin_ref: str, model: str, version: str) -> str:
+    """Publish given weights (a network the caller trained, well or badly) as a version; the manifest digest."""
+    with tempfile.TemporaryDirectory(prefix=f"weights-{version}-") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, Path(tmp) / WEIGHTS_FILE)
         return publish_version(store, _manifest(model, version, plugin_ref), Path(tmp))

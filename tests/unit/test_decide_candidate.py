@@ -77,4 +77,5 @@ def test_decide_candidate(
         "version": expected,
         "artifactURI": f"s3://models/digits/{expected}/",
         "manifestDigest": _d(int(expected[1:])),
+        "canaryPercent": None,  # set by the canary stage only (handlers/retrainpolicy.py)
     }

@@ -9,7 +9,7 @@ import pytest
 
 from modelloop.api import constants as c
 from modelloop.api.modelversion import Phase
-from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
+from modelloop.api.retrainpolicy import CanaryRolloutSpec, RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
@@ -27,6 +27,16 @@ def spec(**triggers: Any) -> RetrainPolicySpec:
             "autoRollback": {"enabled": True, "minLiveAccuracy": 0.8, "minReviews": 10},
         }
     )
+
+
+def canary_spec() -> RetrainPolicySpec:
+    s = spec()
+    s.rollout.canary = CanaryRolloutSpec(enabled=True, maxStepDuration="6h")
+    return s
+
+
+def canary_status(step_started: datetime) -> dict[str, Any]:
+    return {"version": "v3", "activeVersion": "v2", "percent": 10, "stepStartedAt": step_started, "verdict": "Collect"}
 
 
 def idle_status(**changes: Any) -> dict[str, Any]:
@@ -223,6 +233,24 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
                     }
                 ],
             ),
+        },
+        None,
+    ),
+    (
+        "a canary step past maxStepDuration",
+        {"spec": canary_spec(), "status": idle_status(canary=canary_status(NOW - timedelta(hours=7)))},
+        "CanaryStepExpired",
+    ),
+    (
+        "a canary step within maxStepDuration",
+        {"spec": canary_spec(), "status": idle_status(canary=canary_status(NOW))},
+        None,
+    ),
+    (
+        "a decided canary is not woken for",
+        {
+            "spec": canary_spec(),
+            "status": idle_status(canary={**canary_status(NOW - timedelta(hours=7)), "verdict": "Reject"}),
         },
         None,
     ),

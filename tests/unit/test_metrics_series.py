@@ -154,6 +154,33 @@ CASES: list[tuple[str, PolicyState, set[Sample]]] = [
         quiet(budget=1),
     ),
     (
+        "a canary step: its share, and each version's live accuracy in the step",
+        policy(
+            {
+                "canary": {
+                    "version": "v3",
+                    "activeVersion": "v2",
+                    "percent": 10,
+                    "candidateReviews": 4,
+                    "candidateCorrect": 3,
+                    "activeReviews": 10,
+                    "activeCorrect": 9,
+                }
+            }
+        ),
+        quiet()
+        | {
+            s("modelloop_canary_percent", 10, version="v3"),
+            s("modelloop_canary_live_accuracy", 0.75, version="v3", role="candidate"),
+            s("modelloop_canary_live_accuracy", 0.9, version="v2", role="active"),
+        },
+    ),
+    (
+        "a canary step with no reviews yet: no accuracy series",
+        policy({"canary": {"version": "v3", "activeVersion": "v2", "percent": 50}}),
+        quiet() | {s("modelloop_canary_percent", 50, version="v3")},
+    ),
+    (
         "budget freed: Training=True InFlight",
         policy({"conditions": [{"type": "Training", "status": "True", "reason": "InFlight"}]}),
         quiet(),

@@ -5,10 +5,11 @@ The operator reads ``spec`` and writes only ``status`` (GitOps tools must see no
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from .cel import immutable, rule, validations
 from .common import CONDITIONS_LIST_MAP, MAX_CONDITIONS, ApiModel, Condition
@@ -897,6 +898,68 @@ class ShadowRolloutSpec(ApiModel):
     )
 
 
+MAX_CANARY_STEPS = 10
+CanaryPercent = Annotated[
+    int, Field(ge=1, le=99, description="Percent of requests the candidate answers (promotion is the step to 100).")
+]
+
+
+class CanaryRolloutSpec(ApiModel):
+    """The canary stage (after the shadow stage, before promotion): the candidate answers a declared share of
+    requests; reviews of each version's own answers decide each step (decide/canary.py)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Serve a candidate that passed the shadow stage (or was verified, when the shadow stage is "
+        "off) to steps[0] percent of requests, then each next step, and promote it after the last; roll it back "
+        "(Rejected) when its reviewed live accuracy is worse than the active version's by more than "
+        "rollout.shadow.margin, or when a step runs past maxStepDuration undecided.",
+    )
+    steps: list[CanaryPercent] = Field(
+        default_factory=lambda: [10, 50],
+        min_length=1,
+        max_length=MAX_CANARY_STEPS,
+        description="Percent of requests the candidate answers at each step, strictly increasing, each in "
+        "1-99 (100 is promotion). Requests carrying a routing key (header X-Modelloop-Routing-Key) are "
+        "split by its hash, so a key keeps its version within a step and across the steps.",
+        json_schema_extra=validations(
+            rule(
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9].all(i, i >= self.size() || self[i] > self[i - 1])",
+                message="canary steps must be strictly increasing (for example [10, 50])",
+            ),
+        ),
+    )
+    min_reviews_per_step: int = Field(
+        default=100,
+        alias="minReviewsPerStep",
+        ge=1,
+        le=1_000_000,
+        description="Reviews of each version's own answers (the candidate's, and the active version's in the "
+        "same step, the comparison) needed before a step may move on or roll the candidate back.",
+    )
+    max_step_duration: str = Field(
+        default="1d",
+        alias="maxStepDuration",
+        pattern=DURATION,
+        max_length=32,
+        description="How long one step may collect reviews; a step still undecided then rolls the candidate "
+        "back (Rejected, reason CanaryTimedOut): users are not left on an unproven version.",
+        json_schema_extra=validations(
+            rule(
+                "!self.matches('^(0+(\\\\.0+)?(ms|s|m|h|d))+$')",
+                message="maxStepDuration must be longer than zero (for example 1d or 6h)",
+            )
+        ),
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"canary steps must be strictly increasing (for example [10, 50]), got {steps}")
+        return steps
+
+
 class RolloutSpec(ApiModel):
     """How a verified version reaches every replica: decided by live reviews."""
 
@@ -904,6 +967,11 @@ class RolloutSpec(ApiModel):
         default_factory=ShadowRolloutSpec,
         description="The shadow stage: the candidate scores the same live inputs off the response path; the "
         "paired review tally decides promotion.",
+    )
+    canary: CanaryRolloutSpec = Field(
+        default_factory=CanaryRolloutSpec,
+        description="The canary stage: the candidate answers a growing share of requests; per-version live "
+        "accuracy from reviews decides each step (margin and alpha are rollout.shadow's).",
     )
 
 
@@ -1021,6 +1089,14 @@ class CandidateVersion(ApiModel):
         pattern=r"^sha256:[0-9a-f]{64}$",
         description="sha256 of the version's manifest.json; a prefetched copy must match it.",
     )
+    canary_percent: int | None = Field(
+        default=None,
+        alias="canaryPercent",
+        ge=0,
+        le=99,
+        description="Percent of requests the serving pods answer with this version (the canary stage's step); "
+        "absent or 0: it answers nobody (scored in the shadow only).",
+    )
 
 
 class RolloutStatus(ApiModel):
@@ -1124,6 +1200,41 @@ class ShadowStatus(ApiModel):
     message: str | None = Field(default=None, max_length=2048, description="Why, with the live accuracies.")
 
 
+class CanaryStatus(ApiModel):
+    """The canary stage of a candidate: its step, and the reviews of each version's own answers in that step."""
+
+    version: str | None = Field(default=None, description="The candidate in the canary stage.")
+    active_version: str | None = Field(
+        default=None, alias="activeVersion", description="The active version answering the other requests."
+    )
+    step: int = Field(default=0, ge=0, description="Index into spec.rollout.canary.steps of the current step.")
+    percent: int = Field(
+        default=0, ge=0, le=99, description="Percent of requests the candidate answers now (0 once decided)."
+    )
+    step_started_at: datetime | None = Field(
+        default=None,
+        alias="stepStartedAt",
+        description="When the current step began (maxStepDuration counts from here).",
+    )
+    candidate_reviews: int = Field(
+        default=0, alias="candidateReviews", ge=0, description="Reviews in this step of answers the candidate gave."
+    )
+    candidate_correct: int = Field(
+        default=0, alias="candidateCorrect", ge=0, description="Of those, the ones the reviewer confirmed."
+    )
+    active_reviews: int = Field(
+        default=0, alias="activeReviews", ge=0, description="Reviews in this step of answers the active version gave."
+    )
+    active_correct: int = Field(
+        default=0, alias="activeCorrect", ge=0, description="Of those, the ones the reviewer confirmed."
+    )
+    verdict: str | None = Field(
+        default=None, description="The last decision: Collect, Step, Promote or Reject (decide/canary.py)."
+    )
+    reason: str | None = Field(default=None, max_length=128, description="The decision's reason, CamelCase.")
+    message: str | None = Field(default=None, max_length=2048, description="Why, with both live accuracies.")
+
+
 class HandledRequests(ApiModel):
     """Annotation values already acted on, so each is handled once (metadata is never edited)."""
 
@@ -1164,6 +1275,11 @@ class RetrainPolicyStatus(ApiModel):
         default=None,
         description="The candidate's paired review tally: reviews of requests both models answered (the active "
         "one to the client, the candidate in the shadow). Absent while no candidate is scored.",
+    )
+    canary: CanaryStatus | None = Field(
+        default=None,
+        description="The candidate's canary stage: its step and each version's reviewed live accuracy in it. "
+        "Kept after the decision as its evidence; absent until a candidate enters the stage.",
     )
     feedback: FeedbackStatus = Field(default_factory=FeedbackStatus)
     live_accuracy: LiveAccuracy = Field(

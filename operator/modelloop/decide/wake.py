@@ -17,6 +17,8 @@ from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 
 from .budget import decide_budget
+from .canary import in_progress
+from .durations import parse_duration
 from .rollback import decide_auto_rollback
 from .triggers import TriggerSnapshot, decide_trigger
 from .versions import in_flight
@@ -112,6 +114,15 @@ def full_pass_reason(
         )
         if auto.act:
             return "AutoRollback"
+        canary = status.canary
+        if (
+            spec.rollout.canary.enabled
+            and canary is not None
+            and in_progress(canary, canary.version)
+            and canary.step_started_at is not None
+            and now - canary.step_started_at >= parse_duration(spec.rollout.canary.max_step_duration)
+        ):
+            return "CanaryStepExpired"  # decided now, not at the next resync: users are on an unproven version
     if seconds_since_pass >= resync_seconds:
         return "Resync"
     return None

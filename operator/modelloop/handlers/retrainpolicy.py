@@ -34,6 +34,16 @@ from modelloop.api.retrainpolicy import (
 from modelloop.clients import kube
 from modelloop.clients.objectstore import NotFound, ObjectStore, check_resolvable
 from modelloop.decide.budget import BudgetDecision, decide_budget, recent_starts
+from modelloop.decide.canary import (
+    CanaryVerdict,
+    after,
+    canary_for,
+    canary_settings,
+    count_canary_review,
+    decide_canary,
+    in_progress,
+    tally_of,
+)
 from modelloop.decide.candidate import VersionView, decide_candidate
 from modelloop.decide.conditions import get_condition, parse_rfc3339, set_condition
 from modelloop.decide.durations import parse_duration
@@ -195,7 +205,11 @@ def reconcile_policy(
     elif new.desired is None or new.desired.version == new.active_version:
         candidate = promotion_candidate(phases, new.active_version)
         if candidate is not None and phases[candidate] == Phase.VERIFIED:
-            conds, held = _shadow_stage(spec, new, candidate, body, namespace, name, now, conds, generation, logger)
+            held = False
+            if not in_progress(new.canary, candidate):  # a candidate in the canary stage has passed the shadow
+                conds, held = _shadow_stage(spec, new, candidate, body, namespace, name, now, conds, generation, logger)
+            if not held:
+                conds, held = _canary_stage(spec, new, candidate, body, namespace, name, now, conds, generation, logger)
             if held:
                 candidate = None
         if candidate is not None:
@@ -277,6 +291,13 @@ def reconcile_policy(
     new.candidate = decide_candidate(
         _version_views(mvs, phases), new.active_version, new.desired.version if new.desired else None
     )
+    if (
+        new.candidate is not None
+        and new.canary is not None
+        and in_progress(new.canary, new.candidate.version)
+        and new.canary.active_version == new.active_version
+    ):
+        new.candidate.canary_percent = new.canary.percent  # what the serving sidecars split by
 
     # Retention.
     protected = [new.active_version, new.previous_version, new.desired.version if new.desired else None]
@@ -416,6 +437,66 @@ def _shadow_stage(
     return conds, False
 
 
+def _canary_stage(
+    spec: RetrainPolicySpec,
+    new: RetrainPolicyStatus,
+    candidate: str,
+    body: Any,
+    namespace: str,
+    name: str,
+    now: datetime,
+    conds: list[dict[str, Any]],
+    generation: int,
+    logger: Any,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Applies the canary stage's decision to ``candidate`` (verified, past the shadow stage); whether its
+    promotion is held back. ``CanaryStage``: True while a step collects reviews, False once decided.
+
+    A rejection is a rollback of the share it answered: the ModelVersion becomes Rejected, so the next
+    ``status.candidate`` no longer names it and every sidecar drops its slot (the split ends with it)."""
+    if not spec.rollout.canary.enabled or new.active_version is None:
+        return conds, False
+    settings = canary_settings(spec.rollout)
+    stage = canary_for(new.canary, candidate, new.active_version, settings, now)
+    labels = (namespace, name)
+    if stage.verdict == CanaryVerdict.PROMOTE.value:
+        return conds, False  # decided on an earlier pass whose promotion is being applied
+    if stage.verdict == CanaryVerdict.REJECT.value:
+        return conds, True
+    if stage is not new.canary:
+        msg = f"{candidate} answers {stage.percent}% of requests (canary step 1 of {len(settings.steps)}) beside {new.active_version}"
+        kopf.info(body, reason="CanaryStarted", message=msg)
+        logger.info(msg)
+    decision = decide_canary(settings, stage.step, tally_of(stage), stage.step_started_at, now)
+    new.canary = after(stage, decision, now)
+    msg = f"{candidate} vs {new.active_version}: {decision.message}"[:1000]
+    if decision.verdict is CanaryVerdict.COLLECT:
+        conds = set_condition(conds, "CanaryStage", "True", decision.reason, msg, now, generation)
+        return conds, True
+    metrics.CANARY_DECISIONS.labels(*labels, decision.verdict.value, decision.reason).inc()
+    if decision.verdict is CanaryVerdict.STEP:
+        kopf.info(body, reason="CanaryStepped", message=msg)
+        logger.info("canary of %s moves to %d%%: %s", candidate, decision.percent, decision.message)
+        conds = set_condition(conds, "CanaryStage", "True", "Stepped", msg, now, generation)
+        return conds, True
+    if decision.verdict is CanaryVerdict.REJECT:
+        kopf.warn(body, reason="CanaryRejected", message=msg)
+        logger.warning("canary of %s rolled back: %s", candidate, decision.message)
+        kube.patch_modelversion_status(
+            namespace,
+            modelversion_name(name, candidate),
+            {
+                "phase": Phase.REJECTED.value,
+                "message": f"rolled back by the canary stage ({decision.reason}): {decision.message}"[:1024],
+            },
+        )
+        conds = set_condition(conds, "CanaryStage", "False", decision.reason, msg, now, generation)
+        return conds, True
+    kopf.info(body, reason="CanaryPassed", message=msg)
+    conds = set_condition(conds, "CanaryStage", "False", decision.reason, msg, now, generation)
+    return conds, False
+
+
 def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[str, Any]]) -> dict[str, Any]:
     out = new.model_dump(by_alias=True, mode="json", exclude={"kopf", "conditions"})
     out["conditions"] = conds
@@ -466,6 +547,8 @@ def _count_feedback(
             fb.pending_reviews += 1
             if rec.is_correction:
                 fb.pending_corrections += 1
+            if new.canary is not None:
+                count_canary_review(new.canary, rec.version, not rec.is_correction)
             if new.shadow is not None:
                 count_review(
                     new.shadow, rec.version, rec.predicted, rec.label, rec.shadow_version, rec.shadow_predicted
