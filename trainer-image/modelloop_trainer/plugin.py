@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from modelloop.api.feedback import FeedbackRecord
 from modelloop.clients.objectstore import NotFound, ObjectStore
 
+from .inference import Optimised, optimise
 from .metrics import Evaluation, evaluate_logits
 
 
@@ -61,10 +62,24 @@ class ModelPlugin(ABC):
     class_names: ClassVar[tuple[str, ...]]
     # Inclusive bounds on every input value; None accepts any finite number.
     value_range: ClassVar[tuple[float, float] | None] = None
+    # Serve convolutions channels-last (see for_inference): faster for image-sized inputs, slower for tiny ones.
+    channels_last: ClassVar[bool] = False
 
     @abstractmethod
     def build(self) -> nn.Module:
         """A freshly initialised network mapping preprocess()'s output to ``[N, num_classes]`` logits."""
+
+    def for_inference(self, net: nn.Module) -> Optimised:
+        """The loaded network (eval mode, gradients off) as it answers requests, with the same outputs.
+
+        The server's loader and the verifier both call this, so the verifier's latency probe times
+        the network that serves. The default folds batch norms into convolutions and, where the plug-in
+        sets ``channels_last``, runs convolutions channels-last (see
+        :mod:`modelloop_trainer.inference`), keeping a
+        rewrite only when its probabilities match the eager network's; a plug-in may do more or
+        return ``Optimised(net, ())`` to serve its network as built.
+        """
+        return optimise(net, self.input_shape, self.channels_last)
 
     def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Training-time augmentation; must draw randomness only from ``generator`` (resumability)."""
