@@ -110,9 +110,10 @@ class StoreSource(Source):
         self.config = config
         self.prefix = prefix.strip("/") + "/"
         self._store: ObjectStore | None = None
+        self._store_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "prefix": self.prefix, "_store": None}
+        return {"config": self.config, "prefix": self.prefix, "_store": None, "_store_pid": 0}
 
     def key(self, ref: str) -> str:
         if ref.startswith("s3://"):
@@ -125,12 +126,15 @@ class StoreSource(Source):
         return self.prefix + ref
 
     def fetch(self, ref: str) -> bytes:
-        if self._store is None:
+        store = self._store
+        if store is None or self._store_pid != os.getpid():
             with _CLIENT_LOCK:  # a worker's sample threads share one client and its connection pool
-                if self._store is None:
+                if self._store is None or self._store_pid != os.getpid():  # never a forked parent's sockets
                     self._store = ObjectStore(self.config)
+                    self._store_pid = os.getpid()
+                store = self._store
         try:
-            return self._store.get_bytes(self.key(ref))
+            return store.get_bytes(self.key(ref))
         except NotFound as e:
             raise DatasetError(f"{self.describe(ref)} is listed in the index but missing") from e
 
@@ -181,6 +185,7 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         self.seed = seed
         self.inline = inline
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": None}
@@ -207,8 +212,10 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         """A whole batch (what a DataLoader worker asks for), its samples read, decoded and augmented
         concurrently: waiting for one object overlaps decoding others (Pillow and torch release the
         GIL), where reading the whole batch first left the core idle for the slowest read."""
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():
+            # A forked DataLoader worker inherits the parent's pool object but none of its threads.
             self._pool = ThreadPoolExecutor(SAMPLE_THREADS, thread_name_prefix="sample", initializer=_one_torch_thread)
+            self._pool_pid = os.getpid()
         return list(self._pool.map(self.__getitem__, items))
 
     def _item(self, item: tuple[int, int] | int) -> tuple[Tensor, int]:
