@@ -10,11 +10,20 @@ label, so both operators are measured in identical windows on the same control p
 rate of an idle window with no operator at all is recorded beside them (the control plane's
 own loops).
 
-``python -m bench.bench_operator_scale --bare-operator`` runs the baseline operator alone.
+Counting pending corrections (issue 15): the operator's own counting pass (``_count_feedback``,
+what every reconcile runs) over 10,000 pending reviews in a real MinIO, in a fresh process each
+time: image corrections as the server writes them (joined to their receipts, the input known by
+reference and digest, a reason) against digit reviews carrying their 64 inputs inline, in the same
+run, alternating order. Time and peak resident memory must stay flat in the input's size: the
+operator never reads an input, only the small records.
+
+``python -m bench.bench_operator_scale --bare-operator`` runs the baseline operator alone;
+``--feedback-only`` runs only the counting comparison (no API server needed).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -31,6 +40,10 @@ from typing import Any
 
 from bench import report
 from modelloop.api import constants as c
+
+FEEDBACK_RECORDS = 10_000
+FEEDBACK_BATCH = 100  # the server's default MODELLOOP_FEEDBACK_BATCH
+IMAGE, DIGITS = "laundry", "digits"
 
 NAMESPACE = "scale"
 OPERATOR_CMD_ENV = "MODELLOOP_BENCH_OPERATOR_CMD"  # another command line for "ours", e.g. an installed build
@@ -453,6 +466,133 @@ def run(policies: int, versions: int, idle_s: float, timeout: float) -> list[rep
     ]  # fmt: skip
 
 
+# --- counting pending corrections ---------------------------------------------------------------
+
+
+def feedback_records(kind: str, n: int) -> list[bytes]:
+    """``n`` reviews as the server writes them, in batches of ``FEEDBACK_BATCH`` (encoded JSON lines).
+
+    Three in four are corrections; image inputs are referenced (``inputRef`` + digest), digit inputs
+    are the 64 numbers the server kept inline.
+    """
+    from datetime import UTC, datetime
+
+    from modelloop.api.feedback import FeedbackRecord, encode_batch
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    records = []
+    for i in range(n):
+        label, predicted = (1, 0) if i % 4 else (0, 0)
+        common: dict[str, Any] = {"id": f"r-{i:06d}", "version": "v1", "predicted": predicted, "label": label}
+        if kind == IMAGE:
+            extra: dict[str, Any] = {
+                "input_ref": f"s3://scale-bench/tasks/TASK-{i:06d}.jpg",
+                "input_sha256": f"{i:064x}",
+                "input_size": 180_000,
+                "reason": "missed stain" if label else None,
+                "reviewer": "static:inspector",
+            }
+        else:
+            extra = {"input": [float((i + k) % 17) for k in range(64)]}
+        records.append(FeedbackRecord(**common, **extra, reviewed_at=at))
+    return [encode_batch(records[i : i + FEEDBACK_BATCH]) for i in range(0, n, FEEDBACK_BATCH)]
+
+
+def count_feedback_once(model: str) -> None:
+    """Run in a fresh process: one counting pass over ``model``'s feedback; prints seconds, RSS and counts."""
+    import json
+    import resource
+    from datetime import UTC, datetime
+
+    from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
+    from modelloop.clients.objectstore import ObjectStore, StoreConfig
+    from modelloop.handlers.retrainpolicy import _count_feedback
+
+    config = StoreConfig(**json.loads(os.environ["MODELLOOP_BENCH_STORE"]))
+    store = ObjectStore(config)
+    spec = RetrainPolicySpec.model_validate(policy_body(0, config.endpoint, 30)["spec"] | {"model": model})
+    status = RetrainPolicyStatus()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    _count_feedback(store, spec, status, datetime.now(UTC), lambda q: None)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {
+        "seconds": seconds,
+        "peakRssMiB": peak / 1024,
+        "growthMiB": (peak - before) / 1024,
+        "reviews": status.feedback.pending_reviews,
+        "corrections": status.feedback.pending_corrections,
+    }
+    print(json.dumps(out), flush=True)
+
+
+def run_feedback_count(records: int, rounds: int) -> list[report.Measurement]:
+    import dataclasses
+    import json
+    import statistics
+
+    from bench.servers import local_minio
+    from modelloop.api.feedback import batch_key
+
+    with tempfile.TemporaryDirectory(prefix="bench-count-") as tmp, local_minio(Path(tmp), "scale-bench") as store:
+        stored = {}
+        for kind in (IMAGE, DIGITS):
+            batches = feedback_records(kind, records)
+            for body in batches:
+                store.put_bytes(batch_key(kind), body, "application/x-ndjson")
+            stored[kind] = sum(len(b) for b in batches)
+        env = {**os.environ, "MODELLOOP_BENCH_STORE": json.dumps(dataclasses.asdict(store.config))}
+        results: dict[str, list[dict[str, float]]] = {IMAGE: [], DIGITS: []}
+        for r in range(rounds):
+            for kind in (IMAGE, DIGITS) if r % 2 == 0 else (DIGITS, IMAGE):
+                argv = [sys.executable, "-m", "bench.bench_operator_scale", "--count-feedback", kind]
+                out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=600)
+                results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                last = results[kind][-1]
+                print(
+                    f"round {r + 1}/{rounds} {kind}: {last['reviews']:.0f} reviews "
+                    f"({last['corrections']:.0f} corrections) counted in {last['seconds']:.2f} s, "
+                    f"peak RSS {last['peakRssMiB']:.0f} MiB (+{last['growthMiB']:.1f} MiB while counting)",
+                    flush=True,
+                )
+    for kind, rs in results.items():
+        if any(x["reviews"] != records for x in rs):
+            raise AssertionError(f"{kind}: counted {[x['reviews'] for x in rs]} reviews, expected {records}")
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[kind])
+
+    details = {"rounds": rounds, "storedBytes": stored, IMAGE: results[IMAGE], DIGITS: results[DIGITS]}
+    what = f"{records:,} pending reviews ({records * 3 // 4:,} corrections) in batches of {FEEDBACK_BATCH}"
+    image_label = f"image corrections, receipts-joined, inputs by reference ({stored[IMAGE] / 2**20:.1f} MiB stored)"
+    digits_label = f"digit reviews with 64 inputs inline ({stored[DIGITS] / 2**20:.1f} MiB stored)"
+    return [
+        report.Measurement(
+            name=f"operator: time to count {what}",
+            unit="s",
+            baseline=med(DIGITS, "seconds"),
+            figure=med(IMAGE, "seconds"),
+            baseline_label=digits_label,
+            figure_label=image_label,
+            target="ratio <= 1.2 (flat in the input's size)",
+            passed=med(IMAGE, "seconds") <= 1.2 * med(DIGITS, "seconds"),
+            details=details,
+        ),
+        report.Measurement(
+            name=f"operator: peak RSS counting {what}",
+            unit="MiB",
+            baseline=med(DIGITS, "peakRssMiB"),
+            figure=med(IMAGE, "peakRssMiB"),
+            baseline_label=digits_label,
+            figure_label=image_label,
+            target="ratio <= 1.1 (flat in the input's size)",
+            passed=med(IMAGE, "peakRssMiB") <= 1.1 * med(DIGITS, "peakRssMiB"),
+            details=details,
+        ),
+    ]
+
+
 def main() -> None:
     p = report.parser(__doc__ or "")
     p.add_argument("--bare-operator", action="store_true", help="run the baseline operator (used by the bench itself)")
@@ -460,9 +600,20 @@ def main() -> None:
     p.add_argument("--versions", type=int, default=None, help="ModelVersions per policy (default 20; 5 with --quick)")
     p.add_argument("--idle-seconds", type=float, default=None, help="idle window (default 60; 15 with --quick)")
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed for a resync")
+    p.add_argument("--feedback-only", action="store_true", help="only the pending-corrections count comparison")
+    p.add_argument("--feedback-records", type=int, default=FEEDBACK_RECORDS, help="pending reviews per kind")
+    p.add_argument("--feedback-rounds", type=int, default=None, help="alternating rounds (default 4; 2 with --quick)")
+    p.add_argument("--count-feedback", choices=(IMAGE, DIGITS), help=argparse.SUPPRESS)  # the bench's own child
     args = p.parse_args()
     if args.bare_operator:
         bare_operator()
+        return
+    if args.count_feedback:
+        count_feedback_once(args.count_feedback)
+        return
+    for m in run_feedback_count(args.feedback_records, args.feedback_rounds or (2 if args.quick else 4)):
+        report.emit(m)
+    if args.feedback_only:
         return
     policies = args.policies or (20 if args.quick else 200)
     versions = args.versions or (5 if args.quick else 20)

@@ -33,7 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
@@ -262,13 +262,13 @@ def modelloop_server(
 
 
 def kserve_server(
-    tmp: Path, kpy: Path, module: str, weights: Path, model: str = MODEL
+    tmp: Path, kpy: Path, module: str, weights: Path, model: str = MODEL, extra: Sequence[str] = (), log: str = "kserve"
 ) -> Callable[[int], ManagedProcess]:
     """A factory (port -> process) for the KServe model server in ``module`` (run by the KServe venv)."""
 
     def make(port: int) -> ManagedProcess:
         argv: list[str | Path] = [kpy, "-m", module, "--port", str(port), "--model-name", model, "--weights", weights]
-        return ManagedProcess("kserve", argv, tmp / "kserve.log", env=clean_env(), cwd=REPO)
+        return ManagedProcess(log, [*argv, *extra], tmp / f"{log}.log", env=clean_env(), cwd=REPO)
 
     return make
 

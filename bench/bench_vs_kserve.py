@@ -12,14 +12,18 @@ KServe gets it base64-encoded in JSON (KServe's documented form for images: its 
 binary-extension BYTES elements into UTF-8 text and answers 500 on a JPEG); base64 and JSON of
 ~33 kB cost well under a millisecond, against a forward pass of ~100 ms CPU. Fairness: one server process each, the same inference pool (one worker thread per core,
 ``torch.set_num_threads(1)`` in each), the same torch and Pillow builds (the KServe venv imports
-them from modelloop's). modelloop-server runs twice: as shipped (opportunistic batching: requests
+them from modelloop's). KServe runs twice too: with the network as a KServe user writes it (``load_state_dict`` then
+``eval()``, the headline comparison) and with the network rewritten exactly as modelloop-server
+serves it (``ModelPlugin.for_inference``: batch norms folded, channels-last), so the share of
+the gain that is arithmetic and the share that is the server's own code are both shown.
+modelloop-server runs twice: as shipped (opportunistic batching: requests
 that queue while a forward pass runs share the next one; KServe's Python server has no batching of
 its own) and with batching off (``MODELLOOP_INFERENCE_BATCH_ROWS=1``), so the gain from batching
 is shown apart.
 
 The load is bench_serving_throughput's: 32 keep-alive connections in a closed loop, each server
 driven alone for the same window, rotating which goes first each round so drift in a shared
-machine's load falls on all three. Reported: req/s over all rounds, the median and range of the
+machine's load falls on all four. Reported: req/s over all rounds, the median and range of the
 per-round ratio, p50/p99 latency and server CPU seconds per request (``/proc/<pid>/stat``).
 
 The KServe venv is built on first use (see ``bench_serving_throughput.kserve_python``); if that
@@ -69,7 +73,7 @@ TARGET_RATIO = 1.5  # issue 15
 BATCH_ROWS = 256  # the server's default MODELLOOP_INFERENCE_BATCH_ROWS
 IMAGES = 32
 IMAGE_SIDE = 256  # photos arrive larger than the model's 224: the resize is part of the work
-OURS, UNBATCHED, KSERVE = "modelloop", "unbatched", "kserve"
+OURS, UNBATCHED, KSERVE, KSERVE_OPT = "modelloop", "unbatched", "kserve", "kserve-opt"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
@@ -120,6 +124,7 @@ def start_servers(tmp: Path, kpy: Path, images: list[bytes]) -> list[Server]:
     weights = model_dir / "v1" / "model.safetensors"
     ours = partial(modelloop_server, tmp, model_dir, plugin=PLUGIN, model=MODEL)
     theirs = kserve_server(tmp, kpy, "bench.kserve_laundry", weights, model=MODEL)
+    theirs_opt = kserve_server(tmp, kpy, "bench.kserve_laundry", weights, MODEL, ["--optimised"], "kserve-opt")
     ours_ready = serving_digest(digest)
 
     def theirs_ready(port: int) -> bool:
@@ -128,10 +133,12 @@ def start_servers(tmp: Path, kpy: Path, images: list[bytes]) -> list[Server]:
     mine, port = _start(ours(BATCH_ROWS), ours_ready, "modelloop-server ready")
     alone, aport = _start(ours(1), ours_ready, "modelloop-server (no batching) ready")
     base, kport = _start(theirs, theirs_ready, "KServe ready")
+    base_opt, oport = _start(theirs_opt, theirs_ready, "KServe (optimised network) ready")
     return [
         Server(OURS, mine, port, INFER, "oip-bytes", http_requests(port, images, binary=True)),
         Server(UNBATCHED, alone, aport, INFER, "oip-bytes", http_requests(aport, images, binary=True)),
         Server(KSERVE, base, kport, INFER, "oip-bytes-base64", http_requests(kport, images, binary=False)),
+        Server(KSERVE_OPT, base_opt, oport, INFER, "oip-bytes-base64", http_requests(oport, images, binary=False)),
     ]
 
 
@@ -191,6 +198,26 @@ def run(rounds: int, seconds: float, warmup: float, build: bool = True) -> list[
                 details=details | {name: mine},
             )
         )
+    # The same comparison with KServe serving the network rewritten as modelloop-server serves it: what
+    # is left is the servers' own code (batching, decode, protocol), not the arithmetic.
+    opt = _total(windows[KSERVE_OPT], seconds)
+    mine, ratios, mid = compare(windows, OURS, KSERVE_OPT, seconds, opt, f"({versions}, optimised network)")
+    measurements.append(
+        report.Measurement(
+            name="image serving vs KServe, both serving the optimised network (laundry ResNet-18, 224x224, CPU)",
+            unit="req/s",
+            baseline=opt["rps"],
+            baseline_label=f"KServe {KSERVE_PIN}, the network folded + channels-last (ModelPlugin.for_inference), "
+            f"{CONCURRENCY} clients, p50 {opt['p50_ms']:.0f} ms, p99 {opt['p99_ms']:.0f} ms, "
+            f"{opt[cpu]:.1f} ms CPU per request, {opt['failed']:.0f} failed",
+            figure=mine["rps"],
+            figure_label=f"modelloop-server as shipped, {CONCURRENCY} clients; per-round ratio median {mid:.2f}, "
+            f"range {min(ratios):.2f}-{max(ratios):.2f}",
+            target="ratio >= 1.0 (the servers' own code; the issue's 1.5 target is against KServe as written above)",
+            passed=mine["rps"] >= opt["rps"] and mine["failed"] == 0,
+            details=details | {OURS: mine, KSERVE_OPT: opt, "roundRatios": ratios, "medianRoundRatio": mid},
+        )
+    )
     return measurements
 
 

@@ -53,7 +53,7 @@ def _images(data: Any) -> list[bytes]:
     return [base64.b64decode(d) for d in data]
 
 
-def build_model(kserve: Any, name: str, weights: Path, threads: int) -> Any:
+def build_model(kserve: Any, name: str, weights: Path, threads: int, optimised: bool = False) -> Any:
     """A ``kserve.Model`` subclass instance, loaded and ready (kserve is imported late, see main)."""
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
@@ -71,7 +71,8 @@ def build_model(kserve: Any, name: str, weights: Path, threads: int) -> Any:
             net.eval()
             for p in net.parameters():
                 p.requires_grad_(False)
-            self.net = net
+            # --optimised: the very rewrites modelloop-server serves (conv+bn folded, channels-last).
+            self.net = plugin.for_inference(net).network if optimised else net
             self.ready = True
             return True
 
@@ -107,17 +108,26 @@ def main() -> None:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--model-name", default="laundry")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="inference workers (default: cores)")
+    p.add_argument(
+        "--optimised",
+        action="store_true",
+        help="serve the network as modelloop-server does (ModelPlugin.for_inference)",
+    )
     args = p.parse_args()
     # kserve parses sys.argv when imported; it must not see (or choke on) this script's arguments.
     sys.argv = sys.argv[:1]
     import kserve
 
     torch.set_num_threads(1)
-    model = build_model(kserve, args.model_name, args.weights, args.threads)
+    model = build_model(kserve, args.model_name, args.weights, args.threads, args.optimised)
     server = kserve.ModelServer(http_port=args.port, workers=1, enable_grpc=False, enable_latency_logging=False)
     for quiet in ("uvicorn.access", "kserve.trace"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
-    print(f"kserve {version('kserve')}, torch {torch.__version__}, threads={args.threads}", flush=True)
+    print(
+        f"kserve {version('kserve')}, torch {torch.__version__}, threads={args.threads}, "
+        f"network {'optimised as modelloop-server serves it' if args.optimised else 'as built (eager)'}",
+        flush=True,
+    )
     server.start([model])
 
 

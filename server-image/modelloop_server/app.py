@@ -38,6 +38,7 @@ from modelloop.api.feedback import MAX_REASON
 from modelloop.api.receipts import check_client_id, check_review_id, issued_at, join
 from modelloop.clients.objectstore import CABundleInvalid, ObjectStore
 from modelloop_trainer.plugin import InputError, ModelPlugin, load_plugin
+from modelloop_trainer.runtime import cpu_threads
 
 from .batching import RETRY_AFTER_SECONDS, InferenceBatcher, Overloaded
 from .bodylimits import BodyTooLarge, nesting_depth, read_bounded
@@ -735,7 +736,7 @@ def _input_refs(settings: ServerSettings, store: ObjectStore | None, metrics: Se
 def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: ModelPlugin | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threads = settings.inference_threads or (os.cpu_count() or 1)
+        threads = settings.inference_threads or cpu_threads(1)  # the container's CPU quota, not the node's cores
         p = plugin or load_plugin(settings.plugin)
         m = ServerMetrics()
         infer_pool = ThreadPoolExecutor(threads, thread_name_prefix="infer", initializer=_one_torch_thread)

@@ -85,6 +85,13 @@ def load_version(plugin: ModelPlugin, version: str, path: Path, warmup_passes: i
     network.eval()
     for p in network.parameters():
         p.requires_grad_(False)
+    optimised = plugin.for_inference(network)
+    network = optimised.network
+    if optimised.steps:
+        log.info(
+            "%s runs with %s (probabilities within %.1g of the network as built)",
+            version, ", ".join(optimised.steps), optimised.max_difference,
+        )  # fmt: skip
     model = LoadedModel(version=version, digest=digest, path=path, network=network)
     for n in range(max(1, warmup_passes)):
         batch = torch.zeros((1 + n * 7, *plugin.input_shape), dtype=torch.float32)

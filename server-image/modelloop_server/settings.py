@@ -182,7 +182,7 @@ class ServerSettings:
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH  # arrays/objects nested deeper are refused before parsing
     max_batch: int = 256
     max_queued_rows: int = 4096  # rows waiting for an inference thread; beyond it predict answers 429
-    inference_threads: int = 0  # 0: one per CPU
+    inference_threads: int = 0  # 0: one per CPU of the container's quota (cgroup cpu.max)
     inference_batch_rows: int = 256  # rows one forward pass may take from queued requests; 1: no coalescing
     warmup_passes: int = 3
     feedback_durability: str = WRITE_THROUGH  # or SPOOL: what a review's 2xx waits for

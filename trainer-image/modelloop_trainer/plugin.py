@@ -26,6 +26,7 @@ from modelloop.api.feedback import FeedbackRecord
 from modelloop.api.retrainpolicy import Hyperparameters
 from modelloop.clients.objectstore import NotFound, ObjectStore
 
+from .inference import Optimised, optimise
 from .metrics import Evaluation, evaluate_logits
 
 
@@ -62,6 +63,8 @@ class ModelPlugin(ABC):
     class_names: ClassVar[tuple[str, ...]]
     # Inclusive bounds on every input value; None accepts any finite number.
     value_range: ClassVar[tuple[float, float] | None] = None
+    # Serve convolutions channels-last (see for_inference): faster for image-sized inputs, slower for tiny ones.
+    channels_last: ClassVar[bool] = False
 
     @abstractmethod
     def build(self) -> nn.Module:
@@ -71,6 +74,18 @@ class ModelPlugin(ABC):
         """Take the model-shaping hyperparameters of the policy (image size, frozen layers); the trainer
         and verifier call it before :meth:`build`. The default ignores them."""
         return None
+
+    def for_inference(self, net: nn.Module) -> Optimised:
+        """The loaded network (eval mode, gradients off) as it answers requests, with the same outputs.
+
+        The server's loader and the verifier both call this, so the verifier's latency probe times
+        the network that serves. The default folds batch norms into convolutions and, where the plug-in
+        sets ``channels_last``, runs convolutions channels-last (see
+        :mod:`modelloop_trainer.inference`), keeping a
+        rewrite only when its probabilities match the eager network's; a plug-in may do more or
+        return ``Optimised(net, ())`` to serve its network as built.
+        """
+        return optimise(net, self.input_shape, self.channels_last)
 
     def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Training-time augmentation; must draw randomness only from ``generator`` (resumability)."""

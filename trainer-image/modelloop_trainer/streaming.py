@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,8 @@ from .plugin import DatasetError, InputError, ModelPlugin, Split
 INDEX_SUFFIX = ".jsonl"
 ENV_WORKERS = "MODELLOOP_DATALOADER_WORKERS"
 PREFETCH_FACTOR = 4
-FETCH_THREADS = 8  # concurrent object reads per worker: hides the store's latency behind decoding
+_CLIENT_LOCK = threading.Lock()
+SAMPLE_THREADS = 8  # samples in flight per worker: one's store read overlaps others' decoding
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,10 @@ class StoreSource(Source):
         self.config = config
         self.prefix = prefix.strip("/") + "/"
         self._store: ObjectStore | None = None
+        self._store_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "prefix": self.prefix, "_store": None}
+        return {"config": self.config, "prefix": self.prefix, "_store": None, "_store_pid": 0}
 
     def key(self, ref: str) -> str:
         if ref.startswith("s3://"):
@@ -123,10 +126,15 @@ class StoreSource(Source):
         return self.prefix + ref
 
     def fetch(self, ref: str) -> bytes:
-        if self._store is None:
-            self._store = ObjectStore(self.config)
+        store = self._store
+        if store is None or self._store_pid != os.getpid():
+            with _CLIENT_LOCK:  # a worker's sample threads share one client and its connection pool
+                if self._store is None or self._store_pid != os.getpid():  # never a forked parent's sockets
+                    self._store = ObjectStore(self.config)
+                    self._store_pid = os.getpid()
+                store = self._store
         try:
-            return self._store.get_bytes(self.key(ref))
+            return store.get_bytes(self.key(ref))
         except NotFound as e:
             raise DatasetError(f"{self.describe(ref)} is listed in the index but missing") from e
 
@@ -177,6 +185,7 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         self.seed = seed
         self.inline = inline
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": None}
@@ -197,23 +206,24 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
         return IndexedDataset(self.plugin, refs, self.source, self.augment, self.seed, inline)
 
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, int]:
-        return self._item(item, None)
+        return self._item(item)
 
     def __getitems__(self, items: Sequence[tuple[int, int] | int]) -> list[tuple[Tensor, int]]:
-        """A whole batch (what a DataLoader worker asks for): the objects are read concurrently."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
-        keys = [item if isinstance(item, tuple) else (item, 0) for item in items]
-        refs = [self.samples[i].ref for i, _ in keys if i < len(self.samples)]
-        raw = iter(list(self._pool.map(self.source.fetch, refs)))
-        return [self._item(k, next(raw) if k[0] < len(self.samples) else None) for k in keys]
+        """A whole batch (what a DataLoader worker asks for), its samples read, decoded and augmented
+        concurrently: waiting for one object overlaps decoding others (Pillow and torch release the
+        GIL), where reading the whole batch first left the core idle for the slowest read."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            # A forked DataLoader worker inherits the parent's pool object but none of its threads.
+            self._pool = ThreadPoolExecutor(SAMPLE_THREADS, thread_name_prefix="sample", initializer=_one_torch_thread)
+            self._pool_pid = os.getpid()
+        return list(self._pool.map(self.__getitem__, items))
 
-    def _item(self, item: tuple[int, int] | int, raw: bytes | None) -> tuple[Tensor, int]:
+    def _item(self, item: tuple[int, int] | int) -> tuple[Tensor, int]:
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         if i < len(self.samples):
             sample = self.samples[i]
             try:
-                x = self.plugin.decode_bytes(raw if raw is not None else self.source.fetch(sample.ref))
+                x = self.plugin.decode_bytes(self.source.fetch(sample.ref))
             except InputError as e:
                 raise DatasetError(f"{self.source.describe(sample.ref)}: {e}") from e
             label = sample.label
@@ -224,6 +234,12 @@ class IndexedDataset(Dataset[tuple[Tensor, int]]):
             gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + i) % 2**63)
             x = self.plugin.augment(x.unsqueeze(0), gen)[0]
         return x, label
+
+
+def _one_torch_thread() -> None:
+    """OpenMP's thread count is per calling thread: a sample thread left at the default would start a
+    team per core for every augmentation op, oversubscribing the worker's share of the CPUs."""
+    torch.set_num_threads(1)
 
 
 class EpochSampler(Sampler[list[tuple[int, int]]]):

@@ -15,10 +15,12 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from modelloop.clients.objectstore import ObjectStore
 
 from .config import JobConfig
 from .metrics import Evaluation
-from .plugin import ModelPlugin, Split
+from .plugin import ModelPlugin
 from .report import TrainingMetrics
 from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader
 
@@ -50,7 +52,7 @@ LATENCY_REQUESTS = 200
 WARMUP_REQUESTS = 20
 THROUGHPUT_BATCH = 32
 THROUGHPUT_SECONDS = 1.0
-PROBE_SAMPLES = 64  # holdout samples decoded for the probe's requests (streamed datasets)
+PROBE_SAMPLES = 64  # holdout samples the probe sends as requests (encoded files for a decoding plug-in)
 EVAL_BATCH = 256
 
 
@@ -96,7 +98,10 @@ def load_version(
             metrics = TrainingMetrics.model_validate_json((dest / METRICS_FILE).read_bytes())
         except ValidationError as e:
             raise ArtifactError(f"{where}/{METRICS_FILE} is not valid training metrics: {e.errors()[0]['msg']}") from e
-    return LoadedVersion(version, digest, net.to(device).eval(), metrics)
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return LoadedVersion(version, digest, plugin.for_inference(net).network, metrics)
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -107,14 +112,20 @@ def _peak_memory_mib(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def probe(plugin: ModelPlugin, net: nn.Module, holdout: Split, device: torch.device) -> Probe:
-    """Single-request latency and batched throughput as the server sees them: preprocess of JSON-like
-    lists included, so a slow validation shows up here and not first in production."""
-    requests = [row.tolist() for row in holdout.x[: max(THROUGHPUT_BATCH, 64)]]
+def probe(plugin: ModelPlugin, net: nn.Module, requests: Sequence[Any], device: torch.device) -> Probe:
+    """Single-request latency and batched throughput as the server sees them, its input path included.
 
-    def answer(batch: list[list[float]]) -> None:
+    ``requests`` are what clients send: JSON-like lists of numbers, validated by ``preprocess``, or
+    for a plug-in that decodes (an image model) the encoded files themselves, decoded by
+    ``decode_bytes`` as the server decodes BYTES inputs. A slow decode or validation shows up
+    here and not first in production.
+    """
+    encoded = bool(requests) and isinstance(requests[0], bytes)
+
+    def answer(batch: Sequence[Any]) -> None:
+        items = [plugin.decode_bytes(raw) for raw in batch] if encoded else batch
         with torch.inference_mode():
-            out = net(plugin.preprocess(batch).to(device))
+            out = net(plugin.preprocess(items).to(device))
             out.argmax(dim=1).cpu()
 
     for i in range(WARMUP_REQUESTS):
@@ -125,7 +136,7 @@ def probe(plugin: ModelPlugin, net: nn.Module, holdout: Split, device: torch.dev
         answer([requests[i % len(requests)]])
         latencies.append((time.perf_counter() - t0) * 1000)
     served = 0
-    batch = requests[:THROUGHPUT_BATCH]
+    batch = [requests[i % len(requests)] for i in range(THROUGHPUT_BATCH)]
     t0 = time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < THROUGHPUT_SECONDS:
         answer(batch)
@@ -150,14 +161,16 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         if cfg.active_version and cfg.active_version != cfg.version:
             baseline = load_version(store, plugin, cfg.model, cfg.active_version, workdir, device)
         streamed: IndexedDataset | None = None
+        requests: list[Any]
         if isinstance(plugin, StreamingPlugin):
             samples = plugin.load_samples(store, cfg.dataset, "holdout")
-            streamed = IndexedDataset(plugin, samples, StoreSource(store.config, cfg.dataset))
-            # The probe needs requests, not the whole holdout: a bounded sample of it, decoded.
-            first = [streamed[i] for i in range(min(PROBE_SAMPLES, len(streamed)))]
-            holdout = Split(torch.stack([x for x, _ in first]), torch.tensor([y for _, y in first]))
+            source = StoreSource(store.config, cfg.dataset)
+            streamed = IndexedDataset(plugin, samples, source)
+            # The probe needs requests, not the whole holdout: a bounded sample of its encoded files.
+            requests = [source.fetch(s.ref) for s in samples[:PROBE_SAMPLES]]
         else:
             holdout = plugin.load_split(store, cfg.dataset, "holdout")
+            requests = [row.tolist() for row in holdout.x[:PROBE_SAMPLES]]
 
         def evaluate(net: nn.Module) -> Evaluation:
             if streamed is None:
@@ -174,7 +187,7 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
             acc_future = pool.submit(accuracy)
-            probe_future = pool.submit(probe, plugin, candidate.net, holdout, device)
+            probe_future = pool.submit(probe, plugin, candidate.net, requests, device)
             cand_eval, base_eval = acc_future.result()
             perf = probe_future.result()
 
@@ -183,7 +196,7 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         version=cfg.version,
         manifest_digest=candidate.digest,
         baseline_version=baseline.version if baseline else None,
-        holdout_samples=len(streamed if streamed is not None else holdout),
+        holdout_samples=len(streamed) if streamed is not None else len(holdout),
         validation_accuracy=candidate.metrics.validation_accuracy,
         holdout_accuracy=cand_eval.accuracy,
         baseline_holdout_accuracy=base_eval.accuracy if base_eval else None,

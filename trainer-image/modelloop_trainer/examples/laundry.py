@@ -108,6 +108,7 @@ class LaundryPlugin(StreamingPlugin):
     class_names: ClassVar[tuple[str, ...]] = ("ok", "defect")
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     input_shape: ClassVar[tuple[int, ...]] = (3, 224, 224)
+    channels_last: ClassVar[bool] = True  # ResNet at 224x224 on CPU: see bench/bench_inference.py
 
     def __init__(
         self,
