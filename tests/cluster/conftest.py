@@ -8,8 +8,11 @@ Kueue's manager runs only for the modules that ask for the ``kueue`` fixture.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_harness import Installed, install
@@ -45,3 +48,15 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield controller
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="module")
+def report(installed: Installed, pytestconfig: pytest.Config) -> Iterator[dict[str, Any]]:
+    """The figures the README and the issue notes quote, written to the terminal even under capture."""
+    timings = {k: round(v, 1) for k, v in installed.cluster.timings.items()}
+    figures: dict[str, Any] = {"install_s": round(installed.install_s, 1), **timings}
+    yield figures
+    line = "cluster figures: " + json.dumps(figures, default=str)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(f"\n{line}")

@@ -23,11 +23,9 @@ from the state the previous one left):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,18 +40,6 @@ from modelloop_dev.loadgen import LoadGenerator, Tally, review
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROLLOUT_TIMEOUT_S = 180.0
-
-
-@pytest.fixture(scope="module")
-def report(installed: Installed, pytestconfig: pytest.Config) -> Iterator[dict[str, Any]]:
-    """The figures the README and the issue notes quote, written to the terminal even under capture."""
-    timings = {k: round(v, 1) for k, v in installed.cluster.timings.items()}
-    figures: dict[str, Any] = {"install_s": round(installed.install_s, 1), **timings}
-    yield figures
-    line = "cluster figures: " + json.dumps(figures, default=str)
-    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print(f"\n{line}")
 
 
 def check(installed: Installed, ok: bool, what: str) -> None:
