@@ -108,7 +108,7 @@ def job_workloads(namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
     """The Kueue Workloads made for ``job`` (by its UID label); empty when Kueue is not installed."""
     uid = (job.get("metadata") or {}).get("uid") or ""
     try:
-        found = custom().list_namespaced_custom_object(
+        found: dict[str, Any] = custom().list_namespaced_custom_object(  # type: ignore[assignment]
             c.KUEUE_GROUP,
             c.KUEUE_VERSION,
             namespace,
