@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
 QUEUE = "training"
 # One training Job's request: two do not fit the ClusterQueue's 150m.
 TRAIN_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
+SECOND_EPOCHS = 150
 
 
 def kueue_objects() -> list[dict[str, Any]]:
@@ -135,7 +136,9 @@ def test_queued_admitted_preempted_and_resumed_through_kueue(
         lambda: condition(first.mvs().get("v1"), "Queued").get("reason") == "Admitted",
         VERSION_TIMEOUT_S,
     )
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy(installed, "kq-second", "low", 12)))
+    # Long enough that the preemption lands mid-training: in the first run 12 epochs (about 1 s each
+    # on the node) were all done before the urgent policy's Job had been created and admitted.
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy(installed, "kq-second", "low", SECOND_EPOCHS)))
     queued = wait_for(
         "kq-second's v1 to show Queued=True",
         lambda: (lambda mv: mv if condition(mv, "Queued").get("status") == "True" else None)(second.mvs().get("v1")),
@@ -171,6 +174,7 @@ def test_queued_admitted_preempted_and_resumed_through_kueue(
     )
     epoch_at_preemption = int(preempted["status"]["progress"].get("epoch") or 0)
     report["kueue_preempted_at_epoch"] = epoch_at_preemption
+    check(epoch_at_preemption < SECOND_EPOCHS, "kq-second finished training before the preemption: nothing to resume")
     check(preempted["status"]["phase"] == "Training", f"a preempted version is {preempted['status']['phase']}")
 
     # 4. Urgent done; second resumes from its checkpoint and publishes one version.
