@@ -8,7 +8,7 @@ PIP_STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools test test-unit test-integration test-faults test-cluster cluster cluster-down demo crds crds-check lint bench images kind-e2e clean
+.PHONY: help setup tools kueue test test-unit test-integration test-faults test-cluster cluster cluster-down demo crds crds-check lint bench images kind-e2e clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,10 @@ tools: ## build the Kubernetes control plane and node, CoreDNS, MinIO, Helm; ins
 	@bash hack/packages.sh
 	@bash hack/tools.sh >/dev/null
 
-test: setup ## everything CI runs: lint, CRD drift, unit, integration, e2e, fault and cluster tests
+kueue: ## build Kueue's controller manager and copy its CRDs (hack/kueue.sh; the cluster tier's Kueue test runs it)
+	@bash hack/kueue.sh >/dev/null
+
+test: setup kueue ## everything CI runs: lint, CRD drift, unit, integration, e2e, fault and cluster tests
 	@$(MAKE) --no-print-directory lint crds-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -39,7 +42,7 @@ test-integration: setup ## tests against a real kube-apiserver and MinIO
 test-faults: setup ## the fault suite (operator killed, MinIO stopped, API server restarted, ...)
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
-test-cluster: setup ## the README's install steps and the loop on a real single-node cluster (root; builds the images)
+test-cluster: setup kueue ## the README's install steps and the loop on a real single-node cluster (root; builds the images)
 	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 cluster: setup ## a real single-node cluster on this machine (containerd, kubelet, kube-proxy, CoreDNS) until Ctrl-C; ARGS=--images loads ours

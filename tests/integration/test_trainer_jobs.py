@@ -217,6 +217,44 @@ def test_killed_training_resumes_without_redoing_epochs_and_matches_an_uninterru
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
+def test_sigterm_checkpoints_the_epoch_in_progress_exits_143_and_the_next_run_resumes_from_it(digits: Bucket) -> None:
+    """What a Kueue preemption (or a drain) does to a training pod: SIGTERM, then SIGKILL after the grace
+    period. With checkpointInterval 5 no checkpoint would exist before epoch 5; the SIGTERM one does."""
+    env = job_env(digits, "preempted", "v1")
+    env[c.ENV_HYPERPARAMETERS] = json.dumps({**HP, "checkpointInterval": 5})
+    prefix = checkpoints_prefix("preempted", "v1")
+    progress_key = version_key("preempted", "v1", PROGRESS_FILE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelloop_trainer", "train"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not digits.store.exists(progress_key):
+            assert proc.poll() is None, "the trainer exited before its first epoch"
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.02)  # polling interval of a condition, not a synchronisation guess
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)  # well inside a pod's default 30 s grace period per epoch
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 143, f"exit {proc.returncode}\n{stderr[-3000:]}"
+    stopped = trained_epochs(stderr)[-1]
+    assert stopped < 5, f"SIGTERM came after epoch {stopped}: too late to tell a SIGTERM checkpoint from a periodic one"
+    assert f"stopped on SIGTERM after checkpointing epoch {stopped}" in stderr.splitlines()[-1]
+    assert scan_keys(prefix, digits.store.list_keys(prefix)).complete == [stopped]
+    assert not digits.store.exists(version_key("preempted", "v1", MANIFEST_FILE))
+
+    result = ok(trainer("train", env))
+    assert f"epochs 1..{stopped} are done" in result.stderr
+    assert trained_epochs(result.stderr) == list(range(stopped + 1, 13)), "the checkpointed epochs were trained again"
+    assert metrics_of(digits.store, "preempted", "v1")["epochsRun"] == 12
+
+
 def test_torchrun_two_workers_publish_one_valid_version(digits: Bucket, tmp_path: Path) -> None:
     env = job_env(digits, "ddp", "v1", **{c.ENV_HYPERPARAMETERS: json.dumps({**HP, "epochs": 3})})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

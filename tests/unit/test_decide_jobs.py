@@ -251,3 +251,25 @@ def test_the_verification_job_runs_as_the_verifier_where_the_policy_names_one(
     )
     names = [x["name"] for x in job["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert names.count(c.ENV_ACCESS_KEY) == 1 and names.count(c.ENV_SECRET_KEY) == 1
+
+
+@pytest.mark.parametrize(("verb", "workers"), [("train", 1), ("verify", 1), ("train", 2)])
+def test_a_queued_policy_submits_every_job_suspended_to_its_kueue_queue(verb: Verb, workers: int) -> None:
+    """Without Kueue's webhook only the Job itself can say "wait": created suspended, Kueue unsuspends it."""
+    job = build_job(
+        policy="p", spec=spec(queueName="training", workloadPriorityClass="urgent", workers=workers), version="v1",
+        verb=verb, parent_version=None, active_version=None, feedback_through="",
+    )  # fmt: skip
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][c.KUEUE_LABEL_QUEUE_NAME] == "training"
+    assert job["metadata"]["labels"][c.KUEUE_LABEL_PRIORITY_CLASS] == "urgent"
+    assert job["spec"].get("completionMode") == ("Indexed" if verb == "train" and workers > 1 else None)
+
+
+def test_without_a_queue_the_job_starts_at_once_with_no_kueue_label() -> None:
+    job = build_job(
+        policy="p", spec=spec(), version="v1", verb="train",
+        parent_version=None, active_version=None, feedback_through="",
+    )  # fmt: skip
+    assert "suspend" not in job["spec"]
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in job["metadata"]["labels"])

@@ -23,13 +23,15 @@ from modelloop.clients.objectstore import CABundleInvalid, ObjectStore, tls_fail
 
 from .config import ConfigError, from_env
 from .plugin import DatasetError, InputError, load_plugin
+from .preemption import EXIT_CODE as STOPPED_EXIT_CODE
+from .preemption import Stopped
 
 log = logging.getLogger("modelloop_trainer")
 
 TERMINATION_LOG = Path("/dev/termination-log")
 ENV_TERMINATION_LOG = "MODELLOOP_TERMINATION_LOG"  # docs/contracts.md: the development node's stand-in
 # Failures whose message is the whole story; anything else also gets a traceback on stderr.
-EXPECTED = (ArtifactError, ConfigError, DatasetError, InputError, FloatingPointError, CABundleInvalid)
+EXPECTED = (Stopped, ArtifactError, ConfigError, DatasetError, InputError, FloatingPointError, CABundleInvalid)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +97,10 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
 
             verify(cfg, store, plugin)
         return 0
+    except Stopped as e:
+        log.warning("%s", e)
+        _report_failure(args.verb, e, environ)
+        return STOPPED_EXIT_CODE
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the process's last word, reported below
         _report_failure(args.verb, e, environ)
         return 1

@@ -59,6 +59,7 @@ from .feedback import Feedback, load_feedback
 from .metrics import Evaluation
 from .optim import build_optimizer, learning_rate_at, set_learning_rate
 from .plugin import ModelPlugin, Split
+from .preemption import Stopped, StopRequest, stop_on_sigterm
 from .report import TrainingMetrics, plot_curves
 from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader, worker_count
 
@@ -109,8 +110,16 @@ def _snapshot(net: nn.Module) -> dict[str, Tensor]:
 
 
 class Trainer:
-    def __init__(self, cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin, runtime: rt.Runtime) -> None:
+    def __init__(
+        self,
+        cfg: JobConfig,
+        store: ObjectStore,
+        plugin: ModelPlugin,
+        runtime: rt.Runtime,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.stop = stop or StopRequest()
         self.hp = cfg.hyperparameters
         self.store = store
         self.plugin = plugin
@@ -180,7 +189,9 @@ class Trainer:
                 self._loop(model, net, optimizer, state, train, val, writer, resumed_from)
             finally:
                 if writer is not None:
-                    writer.close()
+                    writer.close()  # waits for the last checkpoint's upload, SIGTERM's included
+            if self._stopping() and state.epoch < hp.epochs and not state.early_stopping.should_stop:
+                raise Stopped(state.epoch)
             if runtime.is_main:
                 self._publish(net, state, train, val, feedback, resumed_from, workdir)
         runtime.barrier()
@@ -241,6 +252,8 @@ class Trainer:
             state.best_model = _snapshot(net)
         mark = time.perf_counter()
         while state.epoch < hp.epochs and not state.early_stopping.should_stop:
+            if self._stopping():
+                return
             epoch = state.epoch + 1
             sampler.set_epoch(epoch)
             set_learning_rate(optimizer, learning_rate_at(hp, epoch))
@@ -269,7 +282,8 @@ class Trainer:
             es = state.early_stopping
             if writer is not None:
                 self._write_progress(writer, epoch, train_loss, ev.loss, ev.accuracy, resumed_from)
-            checkpoint = epoch % hp.checkpoint_interval == 0 or epoch == hp.epochs or es.should_stop
+            # SIGTERM (a preemption) checkpoints the epoch it let finish, whatever the interval says.
+            checkpoint = epoch % hp.checkpoint_interval == 0 or epoch == hp.epochs or es.should_stop or self._stopping()
             # Mark to mark: an epoch's time includes the previous epoch's checkpoint hand-off (serialising,
             # and waiting when uploads fall behind), so checkpoint overhead shows up in epochSeconds.
             now = time.perf_counter()
@@ -300,6 +314,12 @@ class Trainer:
                 state.early_stopping.patience,
                 state.early_stopping.best_epoch,
             )
+
+    def _stopping(self) -> bool:
+        """Whether any rank got SIGTERM; every rank must agree, or one would wait forever in a collective."""
+        if not self.rt.distributed:
+            return self.stop.requested
+        return self.rt.all_reduce_sum([float(self.stop.requested)])[0] > 0
 
     def _batches(self, train: Data, index: Tensor, epoch: int, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         if isinstance(train, IndexedDataset):
@@ -417,6 +437,7 @@ class Trainer:
 def train(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin, env: Mapping[str, str] | None = None) -> None:
     runtime = rt.start(env)
     try:
-        Trainer(cfg, store, plugin, runtime).run()
+        with stop_on_sigterm() as stop:
+            Trainer(cfg, store, plugin, runtime, stop).run()
     finally:
         rt.stop(runtime)

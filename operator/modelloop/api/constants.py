@@ -39,6 +39,14 @@ LABEL_POLICY: Final = f"{GROUP}/policy"
 LABEL_VERSION: Final = f"{GROUP}/version"
 LABEL_COMPONENT: Final = f"{GROUP}/component"  # "train" | "verify"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+# Kueue's (sigs.k8s.io/kueue): the LocalQueue a Job is submitted to, its WorkloadPriorityClass, and
+# the label Kueue puts on the Workload it creates for a Job (the Job's UID).
+KUEUE_LABEL_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
+KUEUE_LABEL_PRIORITY_CLASS: Final = "kueue.x-k8s.io/priority-class"
+KUEUE_LABEL_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_VERSION: Final = "v1beta2"
+KUEUE_WORKLOAD_PLURAL: Final = "workloads"
 MANAGED_BY: Final = "modelloop"
 
 # Environment the operator sets on training and verification pods (the trainer's contract).

@@ -530,6 +530,11 @@ class TrainingSpec(ApiModel):
                 field_path=".workers",
             ),
             rule(
+                "!has(self.workloadPriorityClass) || has(self.queueName)",
+                message="workloadPriorityClass needs queueName: only Kueue reads it",
+                field_path=".workloadPriorityClass",
+            ),
+            rule(
                 f"!has(self.gpusPerWorker) || self.gpusPerWorker == 0 || !has(self.resources)"
                 f" || (!has(self.resources.limits) || !('{GPU}' in self.resources.limits))"
                 f" && (!has(self.resources.requests) || !('{GPU}' in self.resources.requests))",
@@ -620,6 +625,25 @@ class TrainingSpec(ApiModel):
         ge=0,
         le=16,
         description="nvidia.com/gpu per pod (sets the limit); use this or resources.limits, not both.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        alias="queueName",
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Kueue LocalQueue (in the policy's namespace) that admits the training and verification Jobs:"
+        " they are created suspended with the kueue.x-k8s.io/queue-name label and Kueue unsuspends them on"
+        " admission (and suspends them again to preempt). While a Job waits the version shows condition"
+        " Queued=True. Unset: the Jobs start at once, without Kueue.",
+    )
+    workload_priority_class: str | None = Field(
+        default=None,
+        alias="workloadPriorityClass",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Kueue WorkloadPriorityClass of the Jobs (label kueue.x-k8s.io/priority-class): orders them"
+        " in the queue and lets a higher one preempt a lower one's running training, which checkpoints on"
+        " SIGTERM and resumes when admitted again. Needs queueName.",
     )
 
 

@@ -104,6 +104,25 @@ def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return out
 
 
+def job_workloads(namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Kueue Workloads made for ``job`` (by its UID label); empty when Kueue is not installed."""
+    uid = (job.get("metadata") or {}).get("uid") or ""
+    try:
+        found: dict[str, Any] = custom().list_namespaced_custom_object(  # type: ignore[assignment]
+            c.KUEUE_GROUP,
+            c.KUEUE_VERSION,
+            namespace,
+            c.KUEUE_WORKLOAD_PLURAL,
+            label_selector=f"{c.KUEUE_LABEL_JOB_UID}={uid}",
+        )
+    except ApiException as e:
+        if e.status == 404:  # Kueue's CRDs absent: no Workload will ever appear
+            return []
+        raise
+    items: list[dict[str, Any]] = found.get("items") or []
+    return items
+
+
 def create_job(namespace: str, body: dict[str, Any]) -> bool:
     try:
         batch().create_namespaced_job(namespace, body)  # type: ignore[arg-type]

@@ -209,10 +209,18 @@ def build_job(
         job_spec["activeDeadlineSeconds"] = deadline
     if workers > 1:
         job_spec.update(completionMode="Indexed", completions=workers, parallelism=workers)
+    job_labels = dict(lbl)
+    if t.queue_name:
+        # Created suspended: Kueue unsuspends it on admission (and suspends it to preempt). Without
+        # Kueue's webhook nothing else would stop the Job from starting before it is admitted.
+        job_labels[c.KUEUE_LABEL_QUEUE_NAME] = t.queue_name
+        if t.workload_priority_class:
+            job_labels[c.KUEUE_LABEL_PRIORITY_CLASS] = t.workload_priority_class
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "labels": lbl},
+        "metadata": {"name": name, "labels": job_labels},
         "spec": job_spec,
     }
 

@@ -42,6 +42,7 @@ from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop.decide.conditions import set_condition
 from modelloop.decide.gates import evaluate_gates, failing_summary
 from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
+from modelloop.decide.queueing import queue_event, queue_name, queue_state
 from modelloop.decide.signing import SignAction, decide_signing
 
 from .clock import utc_now
@@ -185,6 +186,8 @@ def _training(
     store = store_for(namespace, pspec)
     if outcome == "Running":
         _progress(store, mv, new)
+        if _queued(job, namespace, new, body, conds, logger, "Training"):
+            new.progress.summary = f"queued ({new.progress.summary})" if new.progress.epoch else "queued"
         return
     if outcome == "Failed":
         term = kube.job_termination_message(namespace, new.training_job)
@@ -238,6 +241,34 @@ def _training(
     logger.info("version %s: %s", mv.version, new.message)
 
 
+def _queued(
+    job: dict[str, Any], namespace: str, new: ModelVersionStatus, body: Any, conds: _Conditions, logger: Any, doing: str
+) -> bool:
+    """Condition Queued from the Job's Kueue Workload (one Event per change); True while the Job waits.
+
+    A preempted Job is suspended, not failed: it stays in this phase and resumes from its checkpoint.
+    """
+    if queue_name(job) is None:
+        return False
+    state = queue_state(job, kube.job_workloads(namespace, job))
+    assert state is not None
+    previous = next((x for x in conds.items if x.get("type") == "Queued"), None)
+    event = queue_event(previous.get("reason") if previous else None, state)
+    conds.set("Queued", "True" if state.queued else "False", state.reason, state.message)
+    if event is not None:
+        reason, kind = event
+        (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=state.message)
+        logger.info("version %s: %s", body.get("spec", {}).get("version", ""), state.message)
+    ready = next((x for x in conds.items if x.get("type") == "Ready"), {})
+    if state.queued:
+        new.message = state.message
+        conds.set("Ready", "False", "Queued", state.message)
+    elif ready.get("reason") == "Queued":
+        new.message = f"{job['metadata']['name']}: {state.message}"
+        conds.set("Ready", "False", doing, new.message)
+    return state.queued
+
+
 def _hyperparameters(mv: ModelVersionSpec) -> Hyperparameters | None:
     """A retry trains with the adjusted hyperparameters its spec records; a first attempt with the policy's."""
     if mv.retry_of is None:
@@ -285,6 +316,7 @@ def _verifying(
         return
     outcome, why = job_outcome(job)
     if outcome == "Running":
+        _queued(job, namespace, new, body, conds, logger, "Verifying")
         return
     if outcome == "Failed":
         term = kube.job_termination_message(namespace, new.verification_job)
