@@ -256,16 +256,7 @@ def run(rounds: int, seconds: float, warmup: float) -> list[report.Measurement]:
 
 
 def main() -> None:
-    p = report.parser(__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4; 2 with --quick)")
-    p.add_argument("--seconds", type=float, default=None, help="window per mode per round (default 10; 5 quick)")
-    args = p.parse_args()
-    rounds = args.rounds or (2 if args.quick else 4)
-    seconds = args.seconds or (5.0 if args.quick else 10.0)
-    started = time.monotonic()
-    for m in run(rounds, seconds, warmup=3.0):
-        report.emit(m)
-    print(f"  ({time.monotonic() - started:.0f} s in all)")
+    report.windows_main(__doc__.splitlines()[0] if __doc__ else "", run, "mode")
 
 
 if __name__ == "__main__":

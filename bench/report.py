@@ -26,6 +26,7 @@ import json
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -91,6 +92,20 @@ def rounds_main(
         p.error("--rounds must be at least 1")
     for m in run(rounds, args.timeout):
         emit(m)
+
+
+def windows_main(description: str, run: Callable[[int, float, float], Iterable[Measurement]], per: str) -> None:
+    """The command line of the throughput benches: alternating ``--rounds`` of ``--seconds`` windows per ``per``."""
+    p = parser(description)
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4; 2 with --quick)")
+    p.add_argument("--seconds", type=float, default=None, help=f"window per {per} per round (default 10; 5 quick)")
+    args = p.parse_args()
+    rounds = args.rounds or (2 if args.quick else 4)
+    seconds = args.seconds or (5.0 if args.quick else 10.0)
+    started = time.monotonic()
+    for m in run(rounds, seconds, 3.0):
+        emit(m)
+    print(f"  ({time.monotonic() - started:.0f} s in all)")
 
 
 def fmt(value: float, unit: str = "") -> str:

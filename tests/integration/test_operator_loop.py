@@ -190,6 +190,7 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
         c.ANNOTATION_ROLLBACK_TO,
         c.ANNOTATION_RETRAIN_NOW,
     }, "the operator never writes the user's metadata"
+    assert get_policy(api, ns)["metadata"]["generation"] == 1, "nor its spec: what Git holds stays as Git wrote it"
 
 
 def test_unreachable_storage_is_a_condition_not_a_crash(

@@ -41,7 +41,7 @@ from modelloop.clients import artifactstore, kube, signing
 from modelloop.clients.objectstore import NotFound, ObjectStore
 from modelloop.decide.conditions import set_condition
 from modelloop.decide.gates import evaluate_gates, failing_summary
-from modelloop.decide.jobs import build_job, build_rendezvous_service, job_outcome
+from modelloop.decide.jobs import Verb, build_job, build_rendezvous_service, job_outcome
 from modelloop.decide.queueing import queue_event, queue_name, queue_state
 from modelloop.decide.signing import SignAction, decide_signing
 
@@ -123,16 +123,7 @@ def reconcile_modelversion(
         logger.warning("version %s failed: %s", mv.version, message)
 
     if new.phase == Phase.PENDING:
-        job = build_job(
-            policy=mv.policy,
-            spec=pspec,
-            version=mv.version,
-            verb="train",
-            parent_version=mv.parent_version,
-            active_version=None,
-            feedback_through=mv.feedback_snapshot.through_key,
-            hyperparameters=_hyperparameters(mv),
-        )
+        job = _job_for(mv, pspec, "train", active_version=None)
         kopf.adopt(job, owner=body)
         if pspec.training.workers > 1:
             svc = build_rendezvous_service(mv.policy, pspec, mv.version)
@@ -218,16 +209,7 @@ def _training(
     new.artifact = ArtifactRef(uri=artifact_uri(pspec.storage.bucket, mv.model, mv.version), manifest_digest=digest)
     new.training_completion_time = now
     active = pstatus.get("activeVersion")
-    vjob = build_job(
-        policy=mv.policy,
-        spec=pspec,
-        version=mv.version,
-        verb="verify",
-        parent_version=mv.parent_version,
-        active_version=active,
-        feedback_through=mv.feedback_snapshot.through_key,
-        hyperparameters=_hyperparameters(mv),
-    )
+    vjob = _job_for(mv, pspec, "verify", active_version=active)
     kopf.adopt(vjob, owner=body)
     kube.create_job(namespace, vjob)
     new.verification_job = vjob["metadata"]["name"]
@@ -267,6 +249,20 @@ def _queued(
         new.message = f"{job['metadata']['name']}: {state.message}"
         conds.set("Ready", "False", doing, new.message)
     return state.queued
+
+
+def _job_for(mv: ModelVersionSpec, pspec: RetrainPolicySpec, verb: Verb, active_version: str | None) -> dict[str, Any]:
+    """The training or verification Job of ``mv``: both read the same feedback bound and hyperparameters."""
+    return build_job(
+        policy=mv.policy,
+        spec=pspec,
+        version=mv.version,
+        verb=verb,
+        parent_version=mv.parent_version,
+        active_version=active_version,
+        feedback_through=mv.feedback_snapshot.through_key,
+        hyperparameters=_hyperparameters(mv),
+    )
 
 
 def _hyperparameters(mv: ModelVersionSpec) -> Hyperparameters | None:
