@@ -211,7 +211,8 @@ def run(rounds: int, seconds: float, warmup: float, build: bool = True) -> list[
             f"{CONCURRENCY} clients, p50 {opt['p50_ms']:.0f} ms, p99 {opt['p99_ms']:.0f} ms, "
             f"{opt[cpu]:.1f} ms CPU per request, {opt['failed']:.0f} failed",
             figure=mine["rps"],
-            figure_label=f"modelloop-server as shipped, {CONCURRENCY} clients; per-round ratio median {mid:.2f}, "
+            figure_label=f"modelloop-server as shipped, {CONCURRENCY} clients, {mine['failed']:.0f} failed; "
+            f"per-round ratio median {mid:.2f}, "
             f"range {min(ratios):.2f}-{max(ratios):.2f}",
             target="ratio >= 1.0 (the servers' own code; the issue's 1.5 target is against KServe as written above)",
             passed=mine["rps"] >= opt["rps"] and mine["failed"] == 0,

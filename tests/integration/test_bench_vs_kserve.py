@@ -1,7 +1,7 @@
 """The KServe comparison bench runs end to end at smoke size, when its KServe venv is already built.
 
-The bench (bench/bench_vs_kserve.py) starts three real servers (modelloop-server batched and
-unbatched, KServe's Python server) and drives them with encoded JPEGs over the OIP binary
+The bench (bench/bench_vs_kserve.py) starts four real servers (modelloop-server batched and
+unbatched, KServe's Python server with the network as written and with modelloop's rewrite) and drives them with encoded JPEGs over the OIP binary
 extension. Building KServe's venv takes minutes and ~450 MB, so the test never builds it
 (``--no-build``): where ``make bench`` has not built it yet, the test is skipped and says how to
 build it. Run as ``python -m bench`` runs a bench (a subprocess from the repository root, results
@@ -31,9 +31,9 @@ def test_bench_vs_kserve_quick_reports_every_figure_with_no_failed_request(tmp_p
         pytest.skip(f"KServe venv not built (build it with `make bench` once): {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     measurements = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    assert len(measurements) == 4, measurements
+    assert len(measurements) == 5, measurements
     throughput = [m for m in measurements if m["unit"] == "req/s"]
-    assert len(throughput) == 2
+    assert len(throughput) == 3, "batching on and off vs KServe as written, and vs KServe serving the same rewrite"
     for m in throughput:
         assert m["baseline"] > 0 and m["figure"] > 0, m
         assert ", 0 failed" in m["baseline_label"] and ", 0 failed" in m["figure_label"], m
