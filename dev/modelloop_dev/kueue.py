@@ -15,14 +15,13 @@ which still listens though nothing calls it.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from modelloop_dev.cluster import Cluster
 from modelloop_dev.pki import TestCA
-from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, http_get, wait_for
+from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, hack_script_output, http_get, wait_for
 
 NAMESPACE = "kueue-system"
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
@@ -31,14 +30,7 @@ METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 def locate_kueue(repo_root: Path) -> Path:
     """Kueue's cache directory (``bin/kueue``, ``crds/``): ``MODELLOOP_KUEUE_DIR`` or ``hack/kueue.sh``."""
     override = os.environ.get("MODELLOOP_KUEUE_DIR")
-    if override:
-        root = Path(override)
-    else:
-        script = repo_root / "hack" / "kueue.sh"
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ProcessFailed(f"{script} failed with status {done.returncode}:\n{done.stderr[-4000:]}")
-        root = Path(done.stdout.strip().splitlines()[-1]).parent
+    root = Path(override) if override else hack_script_output(repo_root / "hack" / "kueue.sh").parent
     if not (root / "bin" / "kueue").is_file() or not list((root / "crds").glob("*.yaml")):
         raise ProcessFailed(f"{root} lacks bin/kueue or crds/*.yaml; run `bash hack/kueue.sh`")
     return root

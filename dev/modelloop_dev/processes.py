@@ -259,6 +259,17 @@ def free_port() -> int:
         return port
 
 
+def hack_script_output(script: Path) -> Path:
+    """The path a build script under hack/ prints on its last stdout line (instant when its cache is warm)."""
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ProcessFailed(f"{script} failed with status {done.returncode}:\n{done.stderr[-4000:]}")
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise ProcessFailed(f"{script} printed no path on stdout")
+    return Path(lines[-1])
+
+
 def locate_tools(repo_root: Path) -> Path:
     """The directory holding etcd, kube-apiserver, kube-controller-manager, kubectl, minio, helm.
 
@@ -266,17 +277,7 @@ def locate_tools(repo_root: Path) -> Path:
     cache is warm, a build from source when not) and its last stdout line is the directory.
     """
     override = os.environ.get("MODELLOOP_TOOLS_BIN")
-    if override:
-        bin_dir = Path(override)
-    else:
-        script = repo_root / "hack" / "tools.sh"
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ProcessFailed(f"{script} failed with status {done.returncode}:\n{done.stderr[-4000:]}")
-        lines = done.stdout.strip().splitlines()
-        if not lines:
-            raise ProcessFailed(f"{script} printed no bin directory on stdout")
-        bin_dir = Path(lines[-1])
+    bin_dir = Path(override) if override else hack_script_output(repo_root / "hack" / "tools.sh")
     missing = [
         t
         for t in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "minio")

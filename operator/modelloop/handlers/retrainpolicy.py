@@ -422,14 +422,7 @@ def _shadow_stage(
         if prev is None or prev.get("reason") != decision.reason or prev.get("status") != "False":
             kopf.warn(body, reason="ShadowRejected", message=msg[:1000])
             logger.warning("shadow stage rejected %s: %s", candidate, decision.message)
-        kube.patch_modelversion_status(
-            namespace,
-            modelversion_name(name, candidate),
-            {
-                "phase": Phase.REJECTED.value,
-                "message": f"rejected by live reviews ({decision.reason}): {decision.message}"[:1024],
-            },
-        )
+        _reject(namespace, name, candidate, f"rejected by live reviews ({decision.reason}): {decision.message}")
         conds = set_condition(conds, "ShadowStage", "False", decision.reason, msg[:1000], now, generation)
         return conds, True
     kopf.info(body, reason="ShadowPassed", message=msg[:1000])
@@ -482,19 +475,19 @@ def _canary_stage(
     if decision.verdict is CanaryVerdict.REJECT:
         kopf.warn(body, reason="CanaryRejected", message=msg)
         logger.warning("canary of %s rolled back: %s", candidate, decision.message)
-        kube.patch_modelversion_status(
-            namespace,
-            modelversion_name(name, candidate),
-            {
-                "phase": Phase.REJECTED.value,
-                "message": f"rolled back by the canary stage ({decision.reason}): {decision.message}"[:1024],
-            },
-        )
+        _reject(namespace, name, candidate, f"rolled back by the canary stage ({decision.reason}): {decision.message}")
         conds = set_condition(conds, "CanaryStage", "False", decision.reason, msg, now, generation)
         return conds, True
     kopf.info(body, reason="CanaryPassed", message=msg)
     conds = set_condition(conds, "CanaryStage", "False", decision.reason, msg, now, generation)
     return conds, False
+
+
+def _reject(namespace: str, policy: str, version: str, message: str) -> None:
+    """Marks a candidate a live-review stage turned down Rejected, which ends its slot on every sidecar."""
+    kube.patch_modelversion_status(
+        namespace, modelversion_name(policy, version), {"phase": Phase.REJECTED.value, "message": message[:1024]}
+    )
 
 
 def _diff(old: RetrainPolicyStatus, new: RetrainPolicyStatus, conds: list[dict[str, Any]]) -> dict[str, Any]:
