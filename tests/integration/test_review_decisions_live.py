@@ -122,6 +122,10 @@ class Loop:
             serving_kubeconfig(cp, ns, tmp),
             sidecar_env={"MODELLOOP_REVIEWER_TOKENS_DIR": str(tokens)},
             MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5",
+            # one reviewer posts every review here, as fast as the machine runs: the per-reviewer limit
+            # (tests/integration/test_review_auth.py proves it) would measure the machine, not the decisions
+            MODELLOOP_REVIEW_RATE_PER_MINUTE="100000",
+            MODELLOOP_REVIEW_BURST="10000",
         ).start()
 
     def stop(self) -> None:
