@@ -46,6 +46,7 @@ from .canary import ROUTING_KEY_HEADER, CanarySplit, check_routing_key, choose
 from .control import bind_control_socket
 from .feedback import BacklogFull, FeedbackBuffer, SpoolUnavailable
 from .groupcommit import COMMIT_RETRY_AFTER_SECONDS, GroupCommit, StoreUnavailable
+from .inlineinputs import InlineInputStore
 from .inputrefs import InputRefs, RefLimits, S3Reader
 from .memory import REASON_TOO_LARGE, MemoryCheck, ModelTooLarge, read_limits, size
 from .metrics import NO_VERSION, REFUSED_INVALID, REFUSED_TOO_LARGE, ServerMetrics
@@ -207,6 +208,7 @@ class Serving:
         return self.receipts.record(model.version, probs, inputs, client_id)
 
     refs: InputRefs
+    inline_inputs: InlineInputStore
     commits: GroupCommit | None = None  # write-through durability (the default); None: the spool answers
     commit_pool: ThreadPoolExecutor | None = None
     canary: CanarySplit | None = None
@@ -799,6 +801,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             ledger=ReviewLedger(settings.receipt_index_size),
             join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
             refs=_input_refs(settings, store, m),
+            inline_inputs=InlineInputStore(settings.model, store, m, settings.inline_input_max_backlog_bytes),
         )
         if store is not None and settings.feedback_durability == WRITE_THROUGH:
             s.commit_pool = ThreadPoolExecutor(1, thread_name_prefix="feedback-commit")
@@ -882,6 +885,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
             s.batcher.close()
             s.shadow.close()
             s.refs.close()
+            await loop.run_in_executor(None, s.inline_inputs.close)
             for pool in (s.infer_pool, s.load_pool, s.flush_pool, s.spool_pool, s.auth_pool, s.join_pool):
                 pool.shutdown(wait=True)
             if s.commit_pool is not None:

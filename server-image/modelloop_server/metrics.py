@@ -247,6 +247,32 @@ class ServerMetrics:
             "Bytes of receipts not yet stored in the object store (what the receipt spool holds).",
             registry=r,
         )
+        self.inline_inputs_stored = Counter(
+            "modelloop_server_inline_inputs_stored",
+            "Inputs sent inline (encoded images) stored under <model>/inline-inputs/<sha256>, so reviews of them can "
+            "be trained on; an input this replica already stored is not stored again.",
+            registry=r,
+        )
+        self.inline_input_bytes_stored = Counter(
+            "modelloop_server_inline_input_bytes_stored",
+            "Bytes of inline inputs stored under <model>/inline-inputs/.",
+            registry=r,
+        )
+        self.inline_inputs_not_stored = Counter(
+            "modelloop_server_inline_inputs_not_stored",
+            "Inline inputs not stored, by reason (backlog_full: MODELLOOP_INLINE_INPUT_MAX_BACKLOG_BYTES of inputs "
+            "were waiting for the object store; upload_failed: the store refused or did not answer; off: storing is "
+            "off). The prediction was answered; a review of that input is skipped by training.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("backlog_full", "upload_failed", "off"):
+            self.inline_inputs_not_stored.labels(reason)
+        self.inline_input_backlog_bytes = Gauge(
+            "modelloop_server_inline_input_backlog_bytes",
+            "Bytes of inline inputs accepted for storing and not yet stored.",
+            registry=r,
+        )
         self.review_joins = Counter(
             "modelloop_server_review_joins",
             "Reviews by prediction id, by where the receipt was found: memory (this replica answered), bucket "

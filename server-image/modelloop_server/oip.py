@@ -90,7 +90,7 @@ class InferRequest:
     id: str | None
     x: Tensor
     outputs: tuple[RequestedOutput, ...]
-    encoded: list[bytes] | None = None  # BYTES inputs as sent: their receipts keep digest and size
+    encoded: list[bytes] | None = None  # BYTES inputs as sent: receipts keep digest and size, and where they are stored
     routing_key: str | None = None  # parameters.routing_key: the canary split keeps a key on one version
 
 
@@ -602,11 +602,12 @@ async def infer(request: Request) -> Response:
         s.metrics.requests.labels(str(e.status), version).inc()
         return _error(e.status, e.message, {"X-Request-Id": header_id or uuid.uuid4().hex, **e.headers})
     assert model is not None
-    facts = (
-        bytes_facts(req.encoded, refs)
-        if req.encoded is not None
-        else tensor_facts(req.x, s.settings.receipt_inline_values)
-    )
+    if req.encoded is None:
+        facts = tensor_facts(req.x, s.settings.receipt_inline_values)
+    elif refs is None:  # sent inline: stored off the response path, so a review of it can be trained on
+        facts = s.inline_inputs.keep(req.encoded, bytes_facts(req.encoded))
+    else:
+        facts = bytes_facts(req.encoded, refs)
     pid, ids = s.receipt(model, probs, facts, req.id)
     request_id = header_id or pid
     s.shadow.submit(pid, model, req.x, probs)

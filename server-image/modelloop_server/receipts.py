@@ -54,12 +54,15 @@ class ReceiptStoreUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class InputFacts:
-    """What a receipt keeps of one input: the values when small, else their digest and size (and a reference)."""
+    """What a receipt keeps of one input: the values when small, else their digest and size (and a reference,
+    or where the server stores an input sent inline, or why it does not)."""
 
     values: list[float] | None = None
     sha256: str | None = None
     size: int | None = None
     ref: str | None = None
+    stored: str | None = None
+    not_stored: str | None = None
 
 
 def tensor_facts(x: Tensor, max_inline: int) -> list[InputFacts]:
@@ -171,6 +174,8 @@ class ReceiptBook:
                     input_sha256=facts.sha256,
                     input_size=facts.size,
                     input_ref=facts.ref,
+                    input_stored=facts.stored,
+                    input_not_stored=facts.not_stored,
                     at=at,
                 )
                 for i, facts in enumerate(inputs)

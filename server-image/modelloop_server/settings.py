@@ -222,6 +222,7 @@ class ServerSettings:
     input_ref_timeout_seconds: float = 5.0  # all references of one request, HEAD and read; then 503
     input_ref_max_request_bytes: int = 64 << 20  # all references of one request together; beyond it 413
     input_ref_concurrency: int = 8  # fetches at once, on their own threads; a request waits until its deadline
+    inline_input_max_backlog_bytes: int = 64 << 20  # inline inputs waiting to be stored; beyond it not stored (0: off)
 
     @property
     def spool_dir(self) -> Path:
@@ -294,6 +295,7 @@ class ServerSettings:
             input_ref_timeout_seconds=_float(e, "MODELLOOP_INPUT_REF_TIMEOUT_SECONDS", 5.0),
             input_ref_max_request_bytes=_int(e, "MODELLOOP_INPUT_REF_MAX_REQUEST_BYTES", 64 << 20, 1),
             input_ref_concurrency=_int(e, "MODELLOOP_INPUT_REF_CONCURRENCY", 8, 1),
+            inline_input_max_backlog_bytes=_int(e, "MODELLOOP_INLINE_INPUT_MAX_BACKLOG_BYTES", 64 << 20, 0),
         )
 
 

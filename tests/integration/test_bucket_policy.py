@@ -1,9 +1,10 @@
-"""The documented bucket policies (docs/storage/trainer-policy.json, verifier-policy.json) hold on a real MinIO.
+"""The documented bucket policies (docs/storage/{trainer,verifier,serving}-policy.json) hold on a real MinIO.
 
 Applied as written (only the bucket name replaced) to fresh MinIO users through MinIO's admin API:
 the training identity works in its model's prefix and reads its dataset, and cannot write the
 holdout set, the verification results its version is judged on, another model's prefix, or read or
-list it; the verifier identity reads what it measures and writes the verification results only.
+list it; the verifier identity reads what it measures and writes the verification results only; the
+serving identity reads the models and writes feedback, receipts and inputs sent inline only.
 """
 
 from __future__ import annotations
@@ -100,3 +101,24 @@ def test_verification_results_are_written_by_the_verifier_and_not_by_the_trainer
     assert admin_store.get_bytes("digits/v1/verification.json") == b'{"verdict": "measured by the verifier"}'
     assert admin_store.get_bytes("digits/v2/model.safetensors") == b"candidate weights"
     assert admin_store.get_bytes("datasets/digits/holdout.safetensors").startswith(b"the holdout")
+
+
+def test_the_serving_policy_writes_feedback_receipts_and_inline_inputs_only(minio: MinioServer, bucket: str) -> None:
+    admin_store = minio.store(bucket)
+    admin_store.put_bytes("laundry/v1/model.safetensors", b"served weights")
+    admin_store.put_bytes("laundry/inputs/TASK-1.png", b"a client's photo")
+    serving = ObjectStore(identity(minio, bucket, "serving"), attempts=1)
+
+    assert serving.get_bytes("laundry/v1/model.safetensors") == b"served weights"
+    assert serving.get_bytes("laundry/inputs/TASK-1.png") == b"a client's photo"
+    serving.put_bytes("laundry/feedback/batch-1.jsonl", b"{}\n")
+    serving.put_bytes("laundry/receipts/batch-1.jsonl", b"{}\n")
+    serving.put_bytes(f"laundry/inline-inputs/{'a' * 64}", b"an image sent inline")
+
+    assert denied(lambda: serving.put_bytes("laundry/v1/model.safetensors", b"other weights"))
+    assert denied(lambda: serving.put_bytes("laundry/v2/manifest.json", b"{}"))
+    assert denied(lambda: serving.put_bytes("laundry/inputs/TASK-1.png", b"another photo"))
+    assert denied(lambda: serving.put_bytes("datasets/laundry/train.jsonl", b"poisoned"))
+    assert admin_store.get_bytes("laundry/v1/model.safetensors") == b"served weights"
+    assert admin_store.get_bytes("laundry/inputs/TASK-1.png") == b"a client's photo"
+    assert admin_store.get_bytes(f"laundry/inline-inputs/{'a' * 64}") == b"an image sent inline"

@@ -3,6 +3,7 @@ DataLoader workers, transfer learning from base weights in the bucket, published
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -123,8 +124,9 @@ def test_the_verifier_streams_the_holdout_index_and_records_the_measurement(
 def test_v2_learns_from_reviews_of_images_by_reference_with_the_policys_hyperparameters(
     laundry: tuple[ObjectStore, dict[str, str]], trained: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
-    """Reviews whose input came by reference are streamed from the bucket like the base set's images;
-    one whose image was sent inline (kept as a digest only) is counted as skipped, with its reason."""
+    """Reviews whose input came by reference, or was sent inline and stored by the server, are streamed from
+    the bucket like the base set's images; one kept as a digest only, and one whose stored input is missing,
+    are counted as skipped, each with its reason."""
     store, bucket_env = laundry
     images = sorted(k for k in store.list_keys(f"{DATASET}/images/"))[:5]
     now = datetime.now(UTC)
@@ -138,6 +140,17 @@ def test_v2_learns_from_reviews_of_images_by_reference_with_the_policys_hyperpar
     records.append(
         FeedbackRecord(id="inline", version="v1", input_sha256="b" * 64, predicted=0, label=1, reviewed_at=now)
     )
+    # Sent inline and stored by the server (content-addressed), and one whose upload never happened.
+    photo = store.get_bytes(sorted(store.list_keys(f"{DATASET}/images/"))[5])
+    sha = hashlib.sha256(photo).hexdigest()
+    store.put_bytes(f"laundry/inline-inputs/{sha}", photo)
+    for rid, digest in (("stored", sha), ("lost", "c" * 64)):
+        records.append(
+            FeedbackRecord(
+                id=rid, version="v1", input_sha256=digest, input_stored=f"s3://{store.bucket}/laundry/inline-inputs/{digest}",
+                predicted=0, label=1, reviewed_at=now,
+            )
+        )  # fmt: skip
     key = batch_key("laundry", now)
     store.put_bytes(key, encode_batch(records))
     hp = {
@@ -157,11 +170,12 @@ def test_v2_learns_from_reviews_of_images_by_reference_with_the_policys_hyperpar
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = fetch_version(store, "laundry", "v2", tmp_path / "v2")
     assert manifest.parent_version == "v1" and manifest.training_parameters["optimizer"] == "sgd"
-    assert (manifest.feedback_snapshot.samples, manifest.feedback_snapshot.corrections) == (5, 2)
+    assert (manifest.feedback_snapshot.samples, manifest.feedback_snapshot.corrections) == (6, 3)
     metrics = json.loads((tmp_path / "v2" / METRICS_FILE).read_text())
-    assert (metrics["feedbackSamples"], metrics["feedbackCorrections"], metrics["feedbackByReference"]) == (5, 2, 5)
-    assert metrics["feedbackSkipped"] == {"inputKnownByDigestOnly": 1}
-    assert metrics["trainSamples"] + metrics["validationSamples"] == 24 + 5
+    assert (metrics["feedbackSamples"], metrics["feedbackCorrections"], metrics["feedbackByReference"]) == (6, 3, 6)
+    assert metrics["feedbackStoredInline"] == 1
+    assert metrics["feedbackSkipped"] == {"inputKnownByDigestOnly": 1, "inlineInputNotStored": 1}
+    assert metrics["trainSamples"] + metrics["validationSamples"] == 24 + 6
     assert set(metrics["perClassRecall"]) == set(metrics["perClassPrecision"]) == {"ok", "defect"}
     # frozenLayers 4: the stem and layer1..layer3 are the parent's, bit for bit; layer4 and the head trained.
     fetch_version(store, "laundry", "v1", tmp_path / "v1")

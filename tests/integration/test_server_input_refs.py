@@ -1,14 +1,18 @@
-"""Inputs by reference on a real server and a real MinIO, with the laundry image model.
+"""Inputs by reference, and inputs sent inline stored for training, on a real server and a real MinIO,
+with the laundry image model.
 
 A photo uploaded under ``s3://<bucket>/laundry/inputs/`` and named in an OIP BYTES input flagged
 ``content_type: reference`` must answer exactly as the same bytes sent inline (one decode path),
 through the stock ``tritonclient`` as well as raw JSON; every refusal is the status the docs
 promise (docs/models.md, "Inputs by reference") with a message naming the field; a store that
-does not answer is a 503 with Retry-After within the timeout, never a 500 or a hung worker.
+does not answer is a 503 with Retry-After within the timeout, never a 500 or a hung worker. A photo
+sent inline is stored under ``<model>/inline-inputs/<sha256>`` and its review reaches the trainer's
+index like a referenced one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from collections.abc import Iterator
@@ -18,15 +22,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 import tritonclient.http as triton
 from test_server_support import start_server
 from tritonclient.utils import InferenceServerException
 
+from modelloop.api.artifacts import feedback_prefix
 from modelloop.clients.objectstore import ObjectStore
 from modelloop_dev.minio import MinioServer
-from modelloop_dev.processes import ManagedProcess, free_port
+from modelloop_dev.processes import ManagedProcess, free_port, wait_for
 from modelloop_trainer.examples.laundry import LaundryPlugin
 from modelloop_trainer.examples.laundry_data import png, swatch
+from modelloop_trainer.feedback import load_feedback
+from modelloop_trainer.streaming import IndexedDataset, Sample, StoreSource
 
 MODEL = "laundry"
 PLUGIN_REF = "modelloop_trainer.examples.laundry:LaundryPlugin"
@@ -119,6 +127,41 @@ def test_a_reference_answers_as_the_same_bytes_inline(client: triton.InferenceSe
     assert raw.status_code == 200, raw.text
     probs = next(o for o in raw.json()["outputs"] if o["name"] == "probabilities")
     np.testing.assert_allclose(np.array(probs["data"]).reshape(3, 2), inline, rtol=1e-6, atol=1e-7)
+
+
+def stored_total(server: str) -> float:
+    for line in httpx.get(f"{server}/metrics", timeout=10).text.splitlines():
+        if line.startswith("modelloop_server_inline_inputs_stored_total "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("modelloop_server_inline_inputs_stored_total not in /metrics")
+
+
+def test_a_photo_sent_inline_is_stored_and_its_review_reaches_the_trainers_index(
+    client: triton.InferenceServerClient, server: str, store: ObjectStore
+) -> None:
+    image = photos(1, seed=11)[0]
+    sha = hashlib.sha256(image).hexdigest()
+    stored = f"s3://{BUCKET}/{MODEL}/inline-inputs/{sha}"
+    before = stored_total(server)
+    stock_infer(client, [image], request_id="TASK-inline-1")
+    stock_infer(client, [image], request_id="TASK-inline-2")  # the same photo again: the same object
+    wait_for(lambda: stored_total(server) == before + 1, 30, "the inline photo stored in the bucket")
+    assert store.get_bytes(f"{MODEL}/inline-inputs/{sha}") == image
+    for rid in ("TASK-inline-1", "TASK-inline-2"):
+        review = httpx.post(
+            f"{server}/v1/feedback", json={"id": rid, "label": "defect", "reason": "missed stain"}, timeout=30
+        )
+        assert review.status_code == 202, review.text
+
+    through = max(store.list_keys(feedback_prefix(MODEL)))
+    plugin = LaundryPlugin(image_size=SIZE, env={})
+    feedback = load_feedback(store, plugin, MODEL, through)
+    assert feedback.refs == [Sample(stored, 1), Sample(stored, 1)] and feedback.stored_inline == 2
+    assert feedback.skipped == {}
+    streamed = IndexedDataset(plugin, feedback.refs, StoreSource(store.config, "datasets/laundry"))
+    x, label = streamed[0]
+    assert label == 1 and torch.equal(x, plugin.decode_bytes(image))
+    assert stored_total(server) == before + 1, "the repeated photo is not stored again"
 
 
 REFUSALS = [

@@ -1,4 +1,4 @@
-"""The bucket policy install.md shows is the file test_bucket_policy.py applies to a real MinIO user."""
+"""The bucket policies install.md shows are the files test_bucket_policy.py applies to real MinIO users."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def test_install_md_shows_the_tested_trainer_policy() -> None:
+@pytest.mark.parametrize("role", ["trainer", "verifier", "serving"])
+def test_install_md_shows_the_tested_policies(role: str) -> None:
     text = (DOCS / "install.md").read_text()
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
-    tested = json.loads((DOCS / "storage/trainer-policy.json").read_text())
-    assert tested in blocks, "docs/install.md's trainer policy drifted from docs/storage/trainer-policy.json"
+    tested = json.loads((DOCS / f"storage/{role}-policy.json").read_text())
+    assert tested in blocks, f"docs/install.md's {role} policy drifted from docs/storage/{role}-policy.json"

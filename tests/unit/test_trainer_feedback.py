@@ -14,8 +14,10 @@ from modelloop_trainer.feedback import (
     SKIP_BAD_INPUT,
     SKIP_BAD_LABEL,
     SKIP_DIGEST_ONLY,
+    SKIP_NOT_STORED,
     SKIP_NOT_STREAMING,
     SKIP_OUTSIDE_BUCKET,
+    drop_unstored,
     sort_records,
 )
 from modelloop_trainer.plugin import ModelPlugin
@@ -31,6 +33,7 @@ def record(rid: str, **kw: Any) -> FeedbackRecord:
 
 
 REF = {"inputRef": f"s3://{BUCKET}/laundry/inputs/TASK-1.png", "inputSha256": "a" * 64, "inputSize": 10}
+STORED = {"inputStored": f"s3://{BUCKET}/laundry/inline-inputs/{'c' * 64}", "inputSha256": "c" * 64, "inputSize": 10}
 CASES: list[tuple[str, ModelPlugin, dict[str, Any], str]] = [
     ("an image by reference is streamed", LaundryPlugin(image_size=32), REF, "ref"),
     ("an inline image known by digest only", LaundryPlugin(image_size=32), {"inputSha256": "b" * 64}, SKIP_DIGEST_ONLY),
@@ -44,6 +47,20 @@ CASES: list[tuple[str, ModelPlugin, dict[str, Any], str]] = [
     ("a label past the classes", LaundryPlugin(image_size=32), {**REF, "label": 2}, SKIP_BAD_LABEL),
     ("a reference for a numbers-only plug-in", DigitsPlugin(), REF, SKIP_NOT_STREAMING),
     ("small numeric input kept inline", DigitsPlugin(), {"input": [1.0] * 64}, "inline"),
+    ("an inline image the server stored is streamed", LaundryPlugin(image_size=32), STORED, "ref"),
+    (
+        "an inline image the server did not store",
+        LaundryPlugin(image_size=32),
+        {"inputSha256": "c" * 64, "inputNotStored": "the queue was full"},
+        SKIP_NOT_STORED,
+    ),
+    ("a stored image for a numbers-only plug-in", DigitsPlugin(), STORED, SKIP_NOT_STREAMING),
+    (
+        "a stored image in another bucket",
+        LaundryPlugin(image_size=32),
+        {"inputStored": f"s3://other/laundry/inline-inputs/{'c' * 64}"},
+        SKIP_OUTSIDE_BUCKET,
+    ),
     ("inline input of the wrong shape", DigitsPlugin(), {"input": [1.0] * 3}, SKIP_BAD_INPUT),
 ]
 
@@ -69,3 +86,33 @@ def test_confirmations_and_corrections_are_both_kept_and_skips_counted_per_reaso
     assert inline == [] and [r.id for r in by_ref] == ["confirmed", "corrected"]
     assert [r.is_correction for r in by_ref] == [False, True]
     assert dict(skipped) == {SKIP_DIGEST_ONLY: 2}
+
+
+class FakeStore:
+    """Only what drop_unstored asks: whether a key exists."""
+
+    bucket = BUCKET
+
+    def __init__(self, keys: set[str]) -> None:
+        self.keys = keys
+        self.asked: list[str] = []
+
+    def exists(self, key: str) -> bool:
+        self.asked.append(key)
+        return key in self.keys
+
+
+def test_a_stored_inline_input_missing_from_the_bucket_is_skipped_and_a_referenced_one_is_not_looked_up() -> None:
+    plugin = LaundryPlugin(image_size=32)
+    present = record("present", **STORED)
+    missing = record("missing", inputStored=f"s3://{BUCKET}/laundry/inline-inputs/{'d' * 64}", inputSha256="d" * 64)
+    referenced = record("referenced", **REF)
+    _, by_ref, skipped = sort_records([present, missing, referenced], plugin, BUCKET)
+    store = FakeStore({f"laundry/inline-inputs/{'c' * 64}"})
+
+    kept = drop_unstored(by_ref, store, skipped)  # type: ignore[arg-type]
+
+    assert [r.id for r in kept] == ["present", "referenced"]
+    assert kept[0].input_ref == STORED["inputStored"]
+    assert skipped == {SKIP_NOT_STORED: 1}
+    assert sorted(store.asked) == [f"laundry/inline-inputs/{'c' * 64}", f"laundry/inline-inputs/{'d' * 64}"]

@@ -9,12 +9,15 @@ A prediction reviewed more than once (a replayed request, a reviewer changing th
 one sample: the latest review per prediction id wins, in the samples and in the snapshot's counts.
 Confirmations and corrections are both samples; only the operator's trigger tells them apart.
 
-A reviewed input reaches training one of two ways: inline (small numeric inputs the receipt kept)
-or by reference (an image the server fetched from ``s3://<bucket>/...``). A reference becomes a
-:class:`~.streaming.Sample` of the same index the base dataset streams from: the object is read,
-decoded and augmented by the DataLoader workers like any dataset image, never copied. An input the
-receipt knows by digest only (an image sent inline as BYTES) cannot be trained on; it is counted
-under ``feedbackSkipped`` with its reason.
+A reviewed input reaches training one of three ways: inline (small numeric inputs the receipt
+kept), by reference (an image the server fetched from ``s3://<bucket>/...``), or stored (an image
+sent inline as BYTES, which the server stored under ``<model>/inline-inputs/<sha256>``). A reference
+or a stored input becomes a :class:`~.streaming.Sample` of the same index the base dataset streams
+from: the object is read, decoded and augmented by the DataLoader workers like any dataset image,
+never copied. A stored input is looked up (HEAD) first: the server names the key in the receipt
+before its asynchronous upload, so an upload that failed must skip the review, not fail the Job.
+An input known by digest only (the server did not store it, or a large numeric input) cannot be
+trained on; it is counted under ``feedbackSkipped`` with its reason.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -40,6 +44,8 @@ SKIP_NOT_STREAMING = "referenceButPluginTakesNumbers"
 SKIP_OUTSIDE_BUCKET = "referenceOutsideBucket"
 SKIP_BAD_LABEL = "labelNotAClass"
 SKIP_BAD_INPUT = "inputDoesNotFit"
+SKIP_NOT_STORED = "inlineInputNotStored"
+EXISTS_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Feedback:
     refs: list[Sample]
     snapshot: FeedbackSnapshot
     skipped: dict[str, int] = field(default_factory=dict)
+    stored_inline: int = 0  # of ``refs``, the inputs sent inline that the server stored
 
     @property
     def samples(self) -> int:
@@ -75,6 +82,8 @@ def sort_records(
     skipped: Counter[str] = Counter()
     own = f"s3://{bucket}/"
     for r in records:
+        if r.input is None and r.input_ref is None and r.input_stored is not None:
+            r = r.model_copy(update={"input_ref": r.input_stored})  # a stored input streams like a reference
         if r.label >= plugin.num_classes:
             why = f"label {r.label} is not a class (0..{plugin.num_classes - 1})"
             log.warning("feedback record %s skipped: %s", r.id, why)
@@ -99,13 +108,46 @@ def sort_records(
                 skipped[SKIP_OUTSIDE_BUCKET] += 1
             else:
                 by_ref.append(r)
+        elif r.input_not_stored is not None:
+            log.warning(
+                "feedback record %s skipped: its input was sent inline and the server did not store it (%s)",
+                r.id, r.input_not_stored,
+            )  # fmt: skip
+            skipped[SKIP_NOT_STORED] += 1
         else:
             log.warning(
-                "feedback record %s skipped: its input was sent inline as encoded bytes and is known by digest only "
-                "(sha256 %s); send inputs by reference (s3://) for reviews to be trained on", r.id, r.input_sha256,
+                "feedback record %s skipped: its input is known by digest only (sha256 %s): a large numeric input, or "
+                "an image sent inline to a server that predates storing them; send inputs by reference (s3://) or "
+                "as encoded bytes for reviews to be trained on", r.id, r.input_sha256,
             )  # fmt: skip
             skipped[SKIP_DIGEST_ONLY] += 1
     return inline, by_ref, skipped
+
+
+def drop_unstored(records: Sequence[FeedbackRecord], store: ObjectStore, skipped: Counter[str]) -> list[FeedbackRecord]:
+    """By-reference records without the ones whose stored inline input is not in the bucket (counted in ``skipped``).
+
+    Only inputs the server stored are looked up: a missing object a client referenced fails the Job
+    naming it, as a missing dataset image does.
+    """
+    prefix = f"s3://{store.bucket}/"
+    stored = [r for r in records if r.input_stored is not None and r.input_ref == r.input_stored]
+    if not stored:
+        return list(records)
+    keys = {r.id: r.input_stored[len(prefix) :] for r in stored if r.input_stored is not None}
+    with ThreadPoolExecutor(EXISTS_THREADS, thread_name_prefix="feedback-exists") as pool:
+        present = dict(zip(keys, pool.map(store.exists, keys.values()), strict=True))
+    kept = []
+    for r in records:
+        if present.get(r.id, True):
+            kept.append(r)
+        else:
+            log.warning(
+                "feedback record %s skipped: the server named %s for its input sent inline, but did not store it "
+                "(see modelloop_server_inline_inputs_not_stored_total)", r.id, r.input_stored,
+            )  # fmt: skip
+            skipped[SKIP_NOT_STORED] += 1
+    return kept
 
 
 def load_feedback(store: ObjectStore, plugin: ModelPlugin, model: str, through: str | None) -> Feedback:
@@ -125,6 +167,7 @@ def load_feedback(store: ObjectStore, plugin: ModelPlugin, model: str, through: 
             continue
         reviewed.extend(batch)
     inline, by_ref, skipped = sort_records(latest_per_id(reviewed), plugin, store.bucket)
+    by_ref = drop_unstored(by_ref, store, skipped)
     used = [*inline, *by_ref]
     snapshot = FeedbackSnapshot(
         through_key=through or "",
@@ -149,4 +192,5 @@ def load_feedback(store: ObjectStore, plugin: ModelPlugin, model: str, through: 
         refs=refs,
         snapshot=snapshot,
         skipped=dict(skipped),
+        stored_inline=sum(r.input_stored is not None for r in by_ref),
     )

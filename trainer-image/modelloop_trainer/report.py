@@ -57,13 +57,21 @@ class TrainingMetrics(BaseModel):
         default=0,
         alias="feedbackByReference",
         ge=0,
-        description="Of those, the ones whose input was streamed from its s3:// reference (images).",
+        description="Of those, the ones whose input was streamed from its s3:// reference (images), stored inline "
+        "inputs included.",
+    )
+    feedback_stored_inline: int = Field(
+        default=0,
+        alias="feedbackStoredInline",
+        ge=0,
+        description="Of those, the ones whose input was sent inline and stored by the server under "
+        "<model>/inline-inputs/.",
     )
     feedback_skipped: dict[str, int] = Field(
         default_factory=dict,
         alias="feedbackSkipped",
-        description="Reviews not trained on, by reason (inputKnownByDigestOnly: an image sent inline, kept "
-        "as a digest; referenceOutsideBucket; labelNotAClass; inputDoesNotFit; referenceButPluginTakesNumbers).",
+        description="Reviews not trained on, by reason (inlineInputNotStored: an image sent inline that the "
+        "server did not store; inputKnownByDigestOnly: an input kept as a digest only; referenceOutsideBucket; labelNotAClass; inputDoesNotFit; referenceButPluginTakesNumbers).",
     )
     validation_samples: int = Field(alias="validationSamples")
     device: str

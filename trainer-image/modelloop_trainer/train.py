@@ -402,6 +402,7 @@ class Trainer:
             feedback_samples=feedback.samples,
             feedback_corrections=feedback.snapshot.corrections,
             feedback_by_reference=len(feedback.refs),
+            feedback_stored_inline=feedback.stored_inline,
             feedback_skipped=feedback.skipped,
             validation_samples=len(val),
             device=str(self.rt.device),

@@ -29,6 +29,7 @@ PROGRESS_FILE: Final = "progress.json"
 CHECKPOINTS_DIR: Final = "checkpoints"
 FEEDBACK_DIR: Final = "feedback"
 RECEIPTS_DIR: Final = "receipts"
+INLINE_INPUTS_DIR: Final = "inline-inputs"
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _VERSION = re.compile(r"^v[1-9][0-9]*$")
@@ -74,6 +75,18 @@ def feedback_prefix(model: str) -> str:
 def receipts_prefix(model: str) -> str:
     """Where the server stores what it answered (one receipt per prediction); reviews are joined to them."""
     return f"{check_model_name(model)}/{RECEIPTS_DIR}/"
+
+
+def inline_inputs_prefix(model: str) -> str:
+    """Where the server stores inputs sent inline (encoded images), so that reviews of them can be trained on."""
+    return f"{check_model_name(model)}/{INLINE_INPUTS_DIR}/"
+
+
+def inline_input_key(model: str, sha256: str) -> str:
+    """Content-addressed by the input's SHA-256: the same bytes sent twice, or by two replicas, are one object."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"{sha256[:80]!r} is not a SHA-256 hex digest")
+    return inline_inputs_prefix(model) + sha256
 
 
 def artifact_uri(bucket: str, model: str, version: str) -> str:

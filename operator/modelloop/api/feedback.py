@@ -37,6 +37,16 @@ class FeedbackRecord(BaseModel):
     input_sha256: str | None = Field(default=None, alias="inputSha256", description="SHA-256 of an encoded input.")
     input_size: int | None = Field(default=None, alias="inputSize", ge=0, description="Size of that input in bytes.")
     input_ref: str | None = Field(default=None, alias="inputRef", description="Object reference of the input.")
+    input_stored: str | None = Field(
+        default=None,
+        alias="inputStored",
+        description="Where the server stored an input sent inline (from the receipt); training reads it from there.",
+    )
+    input_not_stored: str | None = Field(
+        default=None,
+        alias="inputNotStored",
+        description="Why the server did not store an input sent inline (from the receipt).",
+    )
     predicted: int = Field(ge=0, description="What the server answered (from the receipt).")
     label: int = Field(ge=0, description="The reviewer's answer.")
     reason: str | None = Field(

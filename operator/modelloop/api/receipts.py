@@ -56,6 +56,18 @@ class Receipt(BaseModel):
     input_ref: str | None = Field(
         default=None, alias="inputRef", description="The object reference the input was fetched from, if any."
     )
+    input_stored: str | None = Field(
+        default=None,
+        alias="inputStored",
+        description="Where the server stores an input that was sent inline (s3://<bucket>/<model>/inline-inputs/"
+        "<sha256>), so that a review of it can be trained on; set when the input was accepted for storing.",
+    )
+    input_not_stored: str | None = Field(
+        default=None,
+        alias="inputNotStored",
+        description="Why an input sent inline was not accepted for storing (the server's queue of inputs to store was "
+        "full, or storing is off); a review of it is skipped by training.",
+    )
     at: datetime = Field(description="When the server answered.")
 
 
@@ -138,6 +150,8 @@ def join(
         input_sha256=receipt.input_sha256,
         input_size=receipt.input_size,
         input_ref=receipt.input_ref,
+        input_stored=receipt.input_stored,
+        input_not_stored=receipt.input_not_stored,
         predicted=receipt.predicted,
         label=label,
         reason=reason,
