@@ -214,6 +214,10 @@ class Serving:
     canary: CanarySplit | None = None
     """The share of requests the shadow candidate answers (``POST /v1/canary``); None: it answers nobody."""
 
+    def plugin_for(self, model: LoadedModel | None) -> ModelPlugin:
+        """The plug-in that preprocesses the requests ``model`` answers: as its manifest says it was trained."""
+        return model.plugin if model is not None and model.plugin is not None else self.plugin
+
     def route(self, key: str | None) -> LoadedModel | None:
         """The model that answers a request with routing key ``key``: read once, as ``holder.current`` is."""
         return choose(self.holder.current, self.holder.shadow, self.canary, key)
@@ -278,7 +282,7 @@ async def predict(request: Request) -> Response:
         model = s.route(routing_key(request))
         version = model.version if model else NO_VERSION
         parsed = await read_json(request, s.settings.max_body_bytes, s.settings.max_json_depth)
-        x, batched = parse_inputs(parsed, s.plugin, s.settings.max_batch)
+        x, batched = parse_inputs(parsed, s.plugin_for(model), s.settings.max_batch)
         client_id = prediction_id(parsed)
         if model is None:
             raise Problem(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")

@@ -41,6 +41,12 @@ class LoadedModel:
     path: Path
     network: nn.Module = field(repr=False)
     load_seconds: float = 0.0
+    plugin: ModelPlugin | None = field(default=None, repr=False, compare=False)
+    """The plug-in as it preprocesses for this version (its manifest's ``preprocessing``): requests this
+    version answers are decoded with it. None only for models built outside :func:`load_version` (tests)."""
+
+    def plugin_or(self, default: ModelPlugin) -> ModelPlugin:
+        return self.plugin if self.plugin is not None else default
 
     @property
     def resident_bytes(self) -> int:
@@ -72,6 +78,14 @@ def load_version(plugin: ModelPlugin, version: str, path: Path, warmup_passes: i
         raise ArtifactError(f"{path}/manifest.json describes {manifest.version}, not {version}")
     if not any(f.path == WEIGHTS_FILE for f in manifest.files):
         raise ArtifactError(f"{path}/manifest.json lists no {WEIGHTS_FILE}; this version has no weights")
+    try:
+        plugin = plugin.for_preprocessing(manifest.preprocessing)
+    except ValueError as e:
+        raise ArtifactError(
+            f"{path}/manifest.json: cannot preprocess inputs for {version} as it was trained: {e}"
+        ) from e
+    if plugin.preprocessing():
+        log.info("%s preprocesses inputs with %s, from its manifest", version, plugin.preprocessing())
     weights_path = path / WEIGHTS_FILE
     try:
         weights = load_file(weights_path)
@@ -92,7 +106,7 @@ def load_version(plugin: ModelPlugin, version: str, path: Path, warmup_passes: i
             "%s runs with %s (probabilities within %.1g of the network as built)",
             version, ", ".join(optimised.steps), optimised.max_difference,
         )  # fmt: skip
-    model = LoadedModel(version=version, digest=digest, path=path, network=network)
+    model = LoadedModel(version=version, digest=digest, path=path, network=network, plugin=plugin)
     for n in range(max(1, warmup_passes)):
         batch = torch.zeros((1 + n * 7, *plugin.input_shape), dtype=torch.float32)
         out = model.probabilities(batch)
@@ -102,7 +116,12 @@ def load_version(plugin: ModelPlugin, version: str, path: Path, warmup_passes: i
                 f"{bool(torch.isfinite(out).all())}), expected ({batch.shape[0]}, {plugin.num_classes}) finite values"
             )
     return LoadedModel(
-        version=version, digest=digest, path=path, network=network, load_seconds=time.perf_counter() - started
+        version=version,
+        digest=digest,
+        path=path,
+        network=network,
+        load_seconds=time.perf_counter() - started,
+        plugin=plugin,
     )
 
 

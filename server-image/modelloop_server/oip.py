@@ -506,7 +506,7 @@ async def metadata(request: Request) -> Response:
         model = _check_model(s, request)
     except OIPError as e:
         return _error(e.status, e.message)
-    return _json(model_metadata(s.plugin, s.settings.model, model))
+    return _json(model_metadata(s.plugin_for(model), s.settings.model, model))
 
 
 async def model_ready(request: Request) -> Response:
@@ -586,11 +586,16 @@ async def infer(request: Request) -> Response:
         model = _check_model(s, request)
         raw = await _read_body(request, s.settings.max_body_bytes)
         raw, header_length, refs = await resolve_references(s, raw, request.headers.get(HEADER_LENGTH))
-        req = parse_infer(raw, header_length, s.plugin, s.settings.max_batch, s.settings.max_json_depth, refs)
+        decoder = s.plugin_for(model)
+        req = parse_infer(raw, header_length, decoder, s.settings.max_batch, s.settings.max_json_depth, refs)
         if request.path_params.get("version") is None:  # a client that names the version gets that one
             model = s.route(req.routing_key or _header_routing_key(request))
         if model is None:
             raise OIPError(503, "no model loaded yet: the server is waiting for its sidecar to deliver a version")
+        routed = s.plugin_for(model)
+        if routed is not decoder and routed.preprocessing() != decoder.preprocessing():
+            # a canary trained with other preprocessing (another image size): decoded again, as it was trained
+            req = parse_infer(raw, header_length, routed, s.settings.max_batch, s.settings.max_json_depth, refs)
         try:
             probs = await s.batcher.probabilities(model, req.x)
         except Overloaded as e:
@@ -610,7 +615,7 @@ async def infer(request: Request) -> Response:
         facts = bytes_facts(req.encoded, refs)
     pid, ids = s.receipt(model, probs, facts, req.id)
     request_id = header_id or pid
-    s.shadow.submit(pid, model, req.x, probs)
+    s.shadow.submit(pid, model, req.x, probs, req.encoded)
     tensors, chunks = render_outputs(probs, s.plugin.class_names, req.outputs)
     body: dict[str, Any] = {"model_name": s.settings.model, "model_version": model.version, "id": pid}
     if len(ids) > 1:

@@ -66,6 +66,21 @@ class _Job:
     active_version: str
     x: Tensor
     active_probs: Tensor
+    encoded: list[bytes] | None = None  # the encoded inputs, for a candidate that decodes them differently
+
+
+def _input_for(model: LoadedModel, job: _Job) -> Tensor:
+    """The job's input as ``model`` takes it: as the active model decoded it, or decoded again from the encoded
+    bytes when the candidate was trained with other preprocessing (its input shape differs)."""
+    if model.plugin is None or tuple(job.x.shape[1:]) == tuple(model.plugin.input_shape):
+        return job.x
+    if job.encoded is None:
+        raise ValueError(
+            f"{model.version} takes inputs of shape {list(model.plugin.input_shape)} and the request sent numbers of "
+            f"shape {list(job.x.shape[1:])}; only encoded (BYTES) inputs can be decoded again for a candidate trained "
+            "with other preprocessing"
+        )
+    return model.plugin.preprocess([model.plugin.decode_bytes(raw) for raw in job.encoded])
 
 
 class ShadowScorer:
@@ -120,8 +135,14 @@ class ShadowScorer:
         """``listener(pair)`` runs on the shadow thread for every scored request; it must not block for long."""
         self._listeners.append(listener)
 
-    def submit(self, request_id: str, active: LoadedModel, x: Tensor, probs: Tensor) -> None:
-        """Queue ``x`` for the shadow model, or drop it when the queue is full; never blocks."""
+    def submit(
+        self, request_id: str, active: LoadedModel, x: Tensor, probs: Tensor, encoded: list[bytes] | None = None
+    ) -> None:
+        """Queue ``x`` for the shadow model, or drop it when the queue is full; never blocks.
+
+        ``encoded``: the request's encoded inputs (OIP BYTES), decoded again on the shadow thread for a
+        candidate trained with other preprocessing (another image size) than the active model.
+        """
         model = self._shadow()
         if model is None or model is active:
             return
@@ -130,7 +151,7 @@ class ShadowScorer:
             # an empty queue takes a request of any size, as the inference queue does
             full = self._closed or self._max_rows <= 0 or bool(self._jobs and self._rows + rows > self._max_rows)
             if not full:
-                self._jobs.append(_Job(model, request_id, active.version, x, probs))
+                self._jobs.append(_Job(model, request_id, active.version, x, probs, encoded))
                 self._rows += rows
                 self._cond.notify()
         if full:
@@ -201,8 +222,19 @@ class ShadowScorer:
 
     def _score(self, batch: list[_Job]) -> None:
         model = batch[0].model
+        inputs, ready = [], []
+        for job in batch:
+            try:
+                inputs.append(_input_for(model, job))
+                ready.append(job)
+            except ValueError as e:  # this request only: the others of the pass are still scored
+                self._metrics.shadow_failed.labels(model.version).inc()
+                log.warning("shadow model %s cannot score request %s: %s", model.version, job.request_id, e)
+        if not ready:
+            return
+        batch = ready
         try:
-            x = batch[0].x if len(batch) == 1 else torch.cat([j.x for j in batch])
+            x = inputs[0] if len(batch) == 1 else torch.cat(inputs)
             predicted = model.probabilities(x).argmax(dim=1)
         except Exception as e:  # noqa: BLE001 — the candidate failing must never reach a client
             self._metrics.shadow_failed.labels(model.version).inc(len(batch))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -21,7 +22,7 @@ from modelloop.clients.objectstore import ObjectStore
 from modelloop_trainer.plugin import ModelPlugin
 
 
-def _manifest(model: str, version: str, plugin: str) -> Manifest:
+def _manifest(model: str, version: str, plugin: str, preprocessing: dict[str, Any] | None = None) -> Manifest:
     return Manifest(
         model=model,
         version=version,
@@ -30,6 +31,7 @@ def _manifest(model: str, version: str, plugin: str) -> Manifest:
         plugin=plugin,
         framework={"torch": torch.__version__},
         training_parameters={"synthetic": True},
+        preprocessing=preprocessing or {},
     )
 
 
@@ -50,7 +52,7 @@ def write_local_version(
     weights = write_weights(plugin, seed, out)
     with weights.open("rb") as f:
         sha, size = sha256_stream(f)
-    manifest = _manifest(model, version, plugin_ref)
+    manifest = _manifest(model, version, plugin_ref, plugin.preprocessing())
     manifest.files = [ManifestFile(path=WEIGHTS_FILE, size=size, sha256=sha)]
     raw = manifest.to_bytes()
     (out / MANIFEST_FILE).write_bytes(raw)
@@ -63,7 +65,7 @@ def publish_synthetic(
     """Publish a version to the bucket through the real artifact store; returns the manifest digest."""
     with tempfile.TemporaryDirectory(prefix=f"synthetic-{version}-") as tmp:
         write_weights(plugin, seed, Path(tmp))
-        return publish_version(store, _manifest(model, version, plugin_ref), Path(tmp))
+        return publish_version(store, _manifest(model, version, plugin_ref, plugin.preprocessing()), Path(tmp))
 
 
 def publish_weights(store: ObjectStore, weights: dict[str, Tensor], plugin_ref: str, model: str, version: str) -> str:

@@ -93,6 +93,7 @@ def test_resnet18_trains_from_base_weights_streamed_from_minio_and_publishes_a_v
     assert "streaming 24 indexed samples" in trained.stderr
     manifest = fetch_version(store, "laundry", "v1", tmp_path / "v1")
     assert manifest.plugin == PLUGIN and {f.path for f in manifest.files} >= {WEIGHTS_FILE, METRICS_FILE}
+    assert manifest.preprocessing == {"imageSize": SIZE}, "the server decodes photos for v1 at this size"
     metrics = json.loads((tmp_path / "v1" / METRICS_FILE).read_text())
     assert metrics["epochsRun"] == 2 and set(metrics["perClassAccuracy"]) == {"ok", "defect"}
     assert metrics["trainSamples"] + metrics["validationSamples"] == 24
@@ -170,6 +171,7 @@ def test_v2_learns_from_reviews_of_images_by_reference_with_the_policys_hyperpar
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = fetch_version(store, "laundry", "v2", tmp_path / "v2")
     assert manifest.parent_version == "v1" and manifest.training_parameters["optimizer"] == "sgd"
+    assert manifest.preprocessing == {"imageSize": SIZE}, "the policy's imageSize, not the environment's 224"
     assert (manifest.feedback_snapshot.samples, manifest.feedback_snapshot.corrections) == (6, 3)
     metrics = json.loads((tmp_path / "v2" / METRICS_FILE).read_text())
     assert (metrics["feedbackSamples"], metrics["feedbackCorrections"], metrics["feedbackByReference"]) == (6, 3, 6)

@@ -60,7 +60,7 @@ def laundry_server(tmp: Path, **env: str) -> tuple[ManagedProcess, str]:
         tmp,
         plugin=(LaundryPlugin(image_size=SIZE, env={}), PLUGIN_REF),
         model=MODEL,
-        MODELLOOP_LAUNDRY_IMAGE_SIZE=str(SIZE),
+        # No MODELLOOP_LAUNDRY_IMAGE_SIZE (its default is 224): the versions' manifests say SIZE.
         MODELLOOP_MAX_BODY_BYTES=str(1 << 20),
         MODELLOOP_INPUT_REF_MAX_BYTES=str(MAX_REF_BYTES),
         **env,
@@ -127,6 +127,23 @@ def test_a_reference_answers_as_the_same_bytes_inline(client: triton.InferenceSe
     assert raw.status_code == 200, raw.text
     probs = next(o for o in raw.json()["outputs"] if o["name"] == "probabilities")
     np.testing.assert_allclose(np.array(probs["data"]).reshape(3, 2), inline, rtol=1e-6, atol=1e-7)
+
+
+def test_the_server_takes_the_image_size_from_the_versions_manifest_not_its_environment(
+    client: triton.InferenceServerClient, server: str
+) -> None:
+    """The server's environment leaves MODELLOOP_LAUNDRY_IMAGE_SIZE at its default (224); the version was
+    trained at SIZE and its manifest says so, which is what metadata, FP32 shapes and photo decoding follow."""
+    assert client.get_model_metadata(MODEL)["inputs"][0]["shape"] == [-1, 3, SIZE, SIZE]
+    pixels = np.full((1, 3, SIZE, SIZE), 0.5, dtype=np.float32)
+    fp32 = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}]
+    }
+    r = httpx.post(f"{server}{INFER}", json=fp32, timeout=30)
+    assert r.status_code == 200, r.text
+    wrong = {"inputs": [{**fp32["inputs"][0], "shape": [1, 3, 224, 224], "data": [0.5] * (3 * 224 * 224)}]}
+    r = httpx.post(f"{server}{INFER}", json=wrong, timeout=30)
+    assert r.status_code == 400 and f"it takes [-1, 3, {SIZE}, {SIZE}]" in r.json()["error"], r.text
 
 
 def stored_total(server: str) -> float:

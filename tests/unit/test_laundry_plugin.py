@@ -11,6 +11,7 @@ from torchvision.models import resnet18
 
 from modelloop.api.artifacts import ArtifactError
 from modelloop.api.retrainpolicy import Hyperparameters
+from modelloop_trainer.examples.digits import DigitsPlugin
 from modelloop_trainer.examples.laundry import LaundryPlugin, load_base_weights
 from modelloop_trainer.plugin import InputError
 
@@ -145,3 +146,23 @@ def test_policy_hyperparameters_override_the_environment() -> None:
     untouched = LaundryPlugin(env=env)
     untouched.configure(Hyperparameters())
     assert untouched.input_shape == (3, 224, 224) and not untouched.freeze_backbone
+
+
+def test_the_image_size_travels_as_preprocessing_and_a_copy_takes_it_back() -> None:
+    trained = LaundryPlugin(image_size=48, env={})
+    assert trained.preprocessing() == {"imageSize": 48}
+    serving = LaundryPlugin(env={})  # 224 by default
+    assert serving.for_preprocessing({}) is serving and serving.for_preprocessing({"imageSize": 224}) is serving
+    copy = serving.for_preprocessing(trained.preprocessing())
+    assert copy is not serving and copy.input_shape == (3, 48, 48) and serving.input_shape == (3, 224, 224)
+    assert copy.decode_bytes(_png((10, 200, 10))).shape == (3, 48, 48)
+    for bad, message in (({"imageSize": 8}, "32..1024"), ({"imageSize": "64"}, "32..1024"), ({"mean": 1}, "mean")):
+        with pytest.raises(ValueError, match=message):
+            serving.for_preprocessing(bad)
+
+
+def test_a_plugin_without_preprocessing_refuses_a_manifest_that_asks_for_some() -> None:
+    digits = DigitsPlugin()
+    assert digits.preprocessing() == {} and digits.for_preprocessing({}) is digits
+    with pytest.raises(ValueError, match=r"DigitsPlugin has no preprocessing parameters .*imageSize"):
+        digits.for_preprocessing({"imageSize": 64})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -13,7 +14,12 @@ from torch import Tensor, nn
 
 from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, Manifest, ManifestFile, sha256_stream
 from modelloop_server.model import load_version
+from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsNet, DigitsPlugin
+from modelloop_trainer.examples.laundry import LaundryPlugin
+from modelloop_trainer.examples.laundry_data import png, swatch
+
+LAUNDRY = "modelloop_trainer.examples.laundry:LaundryPlugin"
 
 
 class ScaledNet(DigitsNet):
@@ -64,3 +70,29 @@ def test_weights_of_another_shape_are_refused(tmp_path: Path) -> None:
     wrong = nn.Sequential(nn.Linear(3, 3))
     with pytest.raises(ArtifactError, match="do not fit plug-in DigitsPlugin"):
         load_version(DigitsPlugin(), "v1", _version(tmp_path, wrong))
+
+
+def test_a_version_is_served_at_the_image_size_its_manifest_says_whatever_the_servers_own_setting(
+    tmp_path: Path,
+) -> None:
+    trained = LaundryPlugin(image_size=40, env={})
+    write_local_version(trained, LAUNDRY, tmp_path, "laundry", "v1", seed=1)
+    served = LaundryPlugin(image_size=64, env={})  # the server's environment says 64
+
+    model = load_version(served, "v1", tmp_path / "v1", warmup_passes=1)
+
+    assert model.plugin is not None and model.plugin.input_shape == (3, 40, 40)
+    assert model.plugin.preprocessing() == {"imageSize": 40} == trained.preprocessing()
+    assert served.input_shape == (3, 64, 64), "the server's plug-in is not changed: other versions load beside"
+    photo = png(swatch(np.random.default_rng(3), 96, defect=True).pixels)
+    x = model.plugin.preprocess([model.plugin.decode_bytes(photo)])
+    assert tuple(model.probabilities(x).shape) == (1, 2)
+
+
+def test_a_manifest_asking_for_preprocessing_the_plugin_cannot_do_is_refused(tmp_path: Path) -> None:
+    path = _version(tmp_path, DigitsNet())
+    manifest = Manifest.model_validate_json((path / "manifest.json").read_bytes())
+    manifest.preprocessing = {"imageSize": 64}
+    (path / "manifest.json").write_bytes(manifest.to_bytes())
+    with pytest.raises(ArtifactError, match=r"cannot preprocess inputs for v1 as it was trained: .*DigitsPlugin"):
+        load_version(DigitsPlugin(), "v1", path, warmup_passes=1)

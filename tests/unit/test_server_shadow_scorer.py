@@ -7,16 +7,20 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from modelloop.api import constants as c
 from modelloop.api.artifacts import ArtifactError
+from modelloop_dev.processes import wait_for
 from modelloop_server.metrics import ServerMetrics
 from modelloop_server.model import LoadedModel, ModelHolder
 from modelloop_server.shadow import ShadowPair, ShadowScorer
 from modelloop_server.synthetic import write_local_version
 from modelloop_trainer.examples.digits import DigitsPlugin
+from modelloop_trainer.examples.laundry import LaundryPlugin
+from modelloop_trainer.examples.laundry_data import png, swatch
 
 
 @pytest.fixture
@@ -149,3 +153,40 @@ def test_a_review_finds_the_candidates_answer_to_the_same_prediction(
     scorer._record(ShadowPair("p", "v1", (3,), "v2", (5,)), counted=False)
     scorer._record(ShadowPair("b", "v1", (2, 7), "v2", (2, 7)), counted=False)
     assert scorer.candidate_answer(review_id, active_version, predicted) == expected
+
+
+def test_a_candidate_trained_at_another_image_size_scores_the_encoded_inputs_decoded_again(tmp_path: Path) -> None:
+    """The active model decodes at 48 px, the candidate was trained at 32 px: the shadow decodes the photo
+    again for the candidate, off the response path; numbers of the wrong shape fail as shadow work only."""
+    ref = "modelloop_trainer.examples.laundry:LaundryPlugin"
+    write_local_version(LaundryPlugin(image_size=48, env={}), ref, tmp_path, "laundry", "v1", 1)
+    write_local_version(LaundryPlugin(image_size=32, env={}), ref, tmp_path, "laundry", "v2", 2)
+    holder = ModelHolder(LaundryPlugin(image_size=48, env={}), warmup_passes=1)
+    active = holder.load("v1", tmp_path / "v1").model
+    candidate = holder.load_shadow("v2", tmp_path / "v2").model
+    assert active.plugin is not None and candidate.plugin is not None
+    metrics = ServerMetrics()
+    scorer = ShadowScorer(lambda: holder.shadow, metrics)
+    scorer.start()
+    try:
+        photos = [png(swatch(np.random.default_rng(i), 64, defect=i == 1).pixels) for i in range(2)]
+        x = active.plugin.preprocess([active.plugin.decode_bytes(p) for p in photos])
+        probs = active.probabilities(x)
+        scorer.submit("photos", active, x, probs, photos)
+        scorer.submit("numbers", active, x, probs)
+        wait_for(
+            lambda: (
+                scorer.pair("photos") is not None
+                and _sample(metrics, "modelloop_server_shadow_failed_requests_total", "v2") == 1
+            ),
+            30,
+            "both scored",
+        )
+        expected = candidate.probabilities(
+            candidate.plugin.preprocess([candidate.plugin.decode_bytes(p) for p in photos])
+        )
+        pair = scorer.pair("photos")
+        assert pair is not None and pair.candidate == tuple(expected.argmax(dim=1).tolist())
+        assert scorer.pair("numbers") is None
+    finally:
+        scorer.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,6 +74,29 @@ class ModelPlugin(ABC):
         """Take the model-shaping hyperparameters of the policy (image size, frozen layers); the trainer
         and verifier call it before :meth:`build`. The default ignores them."""
         return None
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The parameters that turn a client's input into the network's (an image size, say), as this
+        plug-in is configured. The trainer writes them into the version's manifest
+        (``preprocessing``) and the server reads them back with :meth:`for_preprocessing` when it loads
+        the version, so a version is always served with the preprocessing it was trained with. The
+        default has none: the input is the network's input."""
+        return {}
+
+    def for_preprocessing(self, params: Mapping[str, Any]) -> ModelPlugin:
+        """This plug-in as it must preprocess for a version whose manifest says ``params``: itself when they
+        match its own, else a configured copy (never changed in place: other versions may be loaded beside).
+
+        Raises ValueError naming what it cannot take; the server then refuses the version. The default
+        takes only its own parameters.
+        """
+        params = dict(params)
+        if not params or params == self.preprocessing():
+            return self
+        raise ValueError(
+            f"plug-in {type(self).__name__} has no preprocessing parameters to set, and the version's manifest "
+            f"asks for {params}; was it trained with another plug-in?"
+        )
 
     def for_inference(self, net: nn.Module) -> Optimised:
         """The loaded network (eval mode, gradients off) as it answers requests, with the same outputs.

@@ -421,6 +421,7 @@ class Trainer:
             feedback_snapshot=feedback.snapshot,
             plugin=cfg.plugin,
             framework={"torch": torch.__version__, "safetensors": safetensors.__version__},
+            preprocessing=self.plugin.preprocessing(),
         )
         digest = publish_version(self.store, manifest, out)
         log.info(

@@ -44,7 +44,7 @@ from .config import JobConfig
 from .metrics import Evaluation
 from .plugin import ModelPlugin
 from .report import TrainingMetrics
-from .streaming import EpochSampler, IndexedDataset, StoreSource, StreamingPlugin, evaluate_stream, loader
+from .streaming import EpochSampler, IndexedDataset, Sample, StoreSource, StreamingPlugin, evaluate_stream, loader
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class LoadedVersion:
     digest: str
     net: nn.Module
     metrics: TrainingMetrics | None
+    plugin: ModelPlugin  # as it preprocesses for this version (its manifest's preprocessing)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ def load_version(
     if WEIGHTS_FILE not in listed:
         raise ArtifactError(f"{where}/{WEIGHTS_FILE} is not listed in the manifest; the version has no weights")
     try:
+        plugin = plugin.for_preprocessing(manifest.preprocessing)
+    except ValueError as e:
+        raise ArtifactError(f"{where}/manifest.json: cannot preprocess inputs as {version} was trained: {e}") from e
+    try:
         weights = load_file(dest / WEIGHTS_FILE)
     except (SafetensorError, ValueError, OSError) as e:
         raise ArtifactError(f"{where}/{WEIGHTS_FILE} is not a valid safetensors file ({e}); refusing to load it") from e
@@ -101,7 +106,7 @@ def load_version(
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return LoadedVersion(version, digest, plugin.for_inference(net).network, metrics)
+    return LoadedVersion(version, digest, plugin.for_inference(net).network, metrics, plugin)
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -160,34 +165,35 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         baseline = None
         if cfg.active_version and cfg.active_version != cfg.version:
             baseline = load_version(store, plugin, cfg.model, cfg.active_version, workdir, device)
-        streamed: IndexedDataset | None = None
+        samples: list[Sample] = []
         requests: list[Any]
         if isinstance(plugin, StreamingPlugin):
             samples = plugin.load_samples(store, cfg.dataset, "holdout")
             source = StoreSource(store.config, cfg.dataset)
-            streamed = IndexedDataset(plugin, samples, source)
             # The probe needs requests, not the whole holdout: a bounded sample of its encoded files.
             requests = [source.fetch(s.ref) for s in samples[:PROBE_SAMPLES]]
         else:
             holdout = plugin.load_split(store, cfg.dataset, "holdout")
             requests = [row.tolist() for row in holdout.x[:PROBE_SAMPLES]]
 
-        def evaluate(net: nn.Module) -> Evaluation:
-            if streamed is None:
-                return plugin.evaluate(net, holdout)
+        def evaluate(v: LoadedVersion) -> Evaluation:
+            if not isinstance(v.plugin, StreamingPlugin):
+                return v.plugin.evaluate(v.net, holdout)
+            # Each version sees the holdout decoded as it was trained (its image size), the baseline included.
+            streamed = IndexedDataset(v.plugin, samples, source)
             sampler = EpochSampler(EVAL_BATCH)
             sampler.set(range(len(streamed)), 0)
             # No worker processes: forking beside the probe's running thread is unsafe; still streamed.
-            return evaluate_stream(plugin, net, loader(streamed, sampler, workers=0), device)
+            return evaluate_stream(v.plugin, v.net, loader(streamed, sampler, workers=0), device)
 
         def accuracy() -> tuple[Evaluation, Evaluation | None]:
-            cand = evaluate(candidate.net)
-            base = evaluate(baseline.net) if baseline is not None else None
+            cand = evaluate(candidate)
+            base = evaluate(baseline) if baseline is not None else None
             return cand, base
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
             acc_future = pool.submit(accuracy)
-            probe_future = pool.submit(probe, plugin, candidate.net, requests, device)
+            probe_future = pool.submit(probe, candidate.plugin, candidate.net, requests, device)
             cand_eval, base_eval = acc_future.result()
             perf = probe_future.result()
 
@@ -196,7 +202,7 @@ def verify(cfg: JobConfig, store: ObjectStore, plugin: ModelPlugin) -> Verificat
         version=cfg.version,
         manifest_digest=candidate.digest,
         baseline_version=baseline.version if baseline else None,
-        holdout_samples=len(streamed) if streamed is not None else len(holdout),
+        holdout_samples=len(samples) if samples else len(holdout),
         validation_accuracy=candidate.metrics.validation_accuracy,
         holdout_accuracy=cand_eval.accuracy,
         baseline_holdout_accuracy=base_eval.accuracy if base_eval else None,

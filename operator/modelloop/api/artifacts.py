@@ -175,6 +175,11 @@ class Manifest(_Model):
     feedback_snapshot: FeedbackSnapshot = Field(default_factory=FeedbackSnapshot, alias="feedbackSnapshot")
     plugin: str = ""
     framework: dict[str, str] = Field(default_factory=dict, description="e.g. torch version")
+    preprocessing: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How the plug-in turned inputs into the network's as this version was trained (e.g. "
+        "{'imageSize': 224}); the server preprocesses for this version the same way. Empty: the plug-in's defaults.",
+    )
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True, indent=2).encode()

@@ -401,8 +401,9 @@ class Hyperparameters(ApiModel):
         ge=32,
         le=1024,
         description="Image plug-ins: the square side in pixels images are resized to, for training and "
-        "verification (the laundry example: default 224; ResNet downsamples 32x). Serving pods must decode to "
-        "the same size (MODELLOOP_LAUNDRY_IMAGE_SIZE on the server). Other plug-ins ignore it.",
+        "verification (the laundry example: default 224; ResNet downsamples 32x). The trained size is written into "
+        "the version's manifest (preprocessing) and serving pods decode that version's inputs at it. Other "
+        "plug-ins ignore it.",
     )
     freeze_backbone: bool | None = Field(
         default=None,

@@ -11,14 +11,16 @@ serves every variant:
 - ``MODELLOOP_LAUNDRY_BASE_WEIGHTS``: bucket key of the base weights (unset: random initialisation)
 
 A policy's ``hyperparameters.imageSize``, ``freezeBackbone``, ``frozenLayers`` and ``baseWeights``
-override these for training and verification (:meth:`LaundryPlugin.configure`); the server, which reads no
-policy, takes the image size from its environment, which must therefore match.
+override these for training and verification (:meth:`LaundryPlugin.configure`). The trained image size is
+written into the version's manifest (``preprocessing``) and the server decodes photos for that version at
+that size (:meth:`LaundryPlugin.for_preprocessing`), whatever its own environment says.
 
 Inputs are RGB values in [0, 1], ``[3, size, size]``; ImageNet normalisation lives in the network.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from collections.abc import Mapping
@@ -42,6 +44,7 @@ ENV_ARCH = "MODELLOOP_LAUNDRY_ARCH"
 ENV_IMAGE_SIZE = "MODELLOOP_LAUNDRY_IMAGE_SIZE"
 ENV_FREEZE = "MODELLOOP_LAUNDRY_FREEZE_BACKBONE"
 ENV_BASE_WEIGHTS = "MODELLOOP_LAUNDRY_BASE_WEIGHTS"
+IMAGE_SIZE = "imageSize"  # the manifest's preprocessing key (the policy's hyperparameter of the same name)
 
 ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -150,6 +153,27 @@ class LaundryPlugin(StreamingPlugin):
             self.frozen_layers = hp.frozen_layers
         if hp.base_weights is not None:
             self.base_weights = hp.base_weights
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The image size is the one setting that decides what a photo decodes to; it travels in the manifest."""
+        return {IMAGE_SIZE: self.image_size}
+
+    def for_preprocessing(self, params: Mapping[str, Any]) -> LaundryPlugin:
+        """A copy decoding photos at the version's trained size (the server's own setting then does not matter)."""
+        unknown = sorted(set(params) - {IMAGE_SIZE})
+        if unknown:
+            raise ValueError(
+                f"unknown preprocessing parameter(s) {', '.join(unknown)} (LaundryPlugin takes {IMAGE_SIZE})"
+            )
+        size = params.get(IMAGE_SIZE, self.image_size)
+        if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024:
+            raise ValueError(f"preprocessing {IMAGE_SIZE} {size!r} must be a whole number of pixels, 32..1024")
+        if size == self.image_size:
+            return self
+        other = copy.copy(self)
+        other.image_size = size
+        other.input_shape = (3, size, size)  # type: ignore[misc]
+        return other
 
     def build(self) -> LaundryNet:
         return LaundryNet(self.arch, self.num_classes, self.freeze_backbone, self.frozen_layers)
