@@ -67,7 +67,7 @@ def plan_passes(queue: deque[_Call], queued_rows: int, free_slots: int, slots: i
     ``tests/unit/test_server_batching.py`` its p99 is 12 % higher.)
     """
     limit = share_rows(queued_rows, slots, max_rows)
-    passes = []
+    passes: list[list[_Call]] = []
     while queue and len(passes) < free_slots:
         passes.append(take_batch(queue, limit))
     return passes
