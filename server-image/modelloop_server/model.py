@@ -45,9 +45,6 @@ class LoadedModel:
     """The plug-in as it preprocesses for this version (its manifest's ``preprocessing``): requests this
     version answers are decoded with it. None only for models built outside :func:`load_version` (tests)."""
 
-    def plugin_or(self, default: ModelPlugin) -> ModelPlugin:
-        return self.plugin if self.plugin is not None else default
-
     @property
     def resident_bytes(self) -> int:
         """Bytes of the network's tensors (each storage once; memory-mapped weights count in full)."""
