@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import torch
 
-from modelloop.api.receipts import Receipt, join
+from modelloop.api.receipts import Receipt, encode_receipts, join
 from modelloop_dev.processes import wait_for
 from modelloop_server.inlineinputs import BACKLOG_FULL, OFF, UPLOAD_FAILED, Admission, InlineInputStore
 from modelloop_server.metrics import ServerMetrics
-from modelloop_server.receipts import bytes_facts
+from modelloop_server.receipts import ReceiptBook, bytes_facts
 
 MODEL = "laundry"
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -127,3 +130,15 @@ def test_without_a_bucket_nothing_is_stored_and_the_receipt_says_why() -> None:
     assert facts[0].stored is None and "off" in str(facts[0].not_stored)
     assert metrics.inline_inputs_not_stored.labels(OFF)._value.get() == 1
     inputs.close()
+
+
+def test_the_receipt_book_keeps_where_each_row_is_stored_or_why_not(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    book = ReceiptBook(MODEL, None, tmp_path, metrics)
+    facts = bytes_facts([b"one", b"two"])
+    facts = [replace(facts[0], stored="s3://models/laundry/inline-inputs/x"), replace(facts[1], not_stored="full")]
+    _, ids = book.record("v1", torch.tensor([[0.9, 0.1], [0.2, 0.8]]), facts)
+    first, second = (book.in_memory(i) for i in ids)
+    assert first is not None and first.input_stored == "s3://models/laundry/inline-inputs/x"
+    assert second is not None and second.input_stored is None and second.input_not_stored == "full"
+    assert b'"inputStored":"s3://models/laundry/inline-inputs/x"' in encode_receipts([first])
