@@ -257,3 +257,15 @@ class ServerMetrics:
         )
         for result in ("memory", "bucket", "unknown", "replay"):
             self.review_joins.labels(result)
+        self.review_marks = Counter(
+            "modelloop_server_review_marks",
+            "Review markers (one per reviewed prediction id, modelloop_server.reviewmarks), by outcome: first (the "
+            "id's first stored review), revision (it replaces a stored review: counted as a change, not a new "
+            "review), conflict (another replica stored a review of the same id at the same moment: it may count "
+            "twice until training keeps the latest), failed (the marker could not be read or written: the next "
+            "review of that id may count as a new one).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("first", "revision", "conflict", "failed"):
+            self.review_marks.labels(outcome)
