@@ -405,6 +405,7 @@ async def feedback(request: Request) -> Response:
         try:
             receipt, found = await loop.run_in_executor(s.join_pool, s.receipts.lookup, review.id)
         except ReceiptStoreUnavailable as e:
+            s.metrics.feedback_refused.labels("store_unavailable").inc()
             raise Problem(503, f"{e}; the review was not taken, retry later", {"Retry-After": "5"}) from None
         if receipt is None:
             s.metrics.review_joins.labels("unknown").inc()
@@ -424,6 +425,7 @@ async def feedback(request: Request) -> Response:
                 mark_read = True
             except MarkUnavailable as e:
                 if s.commits is not None:  # write-through: the store is needed for the review anyway
+                    s.metrics.feedback_refused.labels("store_unavailable").inc()
                     raise Problem(503, f"{e}; the review was not taken, retry later", {"Retry-After": "5"}) from None
                 s.metrics.review_marks.labels("failed").inc()  # spool mode takes reviews through an outage
         if marked is not None and marked.same_review(record):
@@ -437,6 +439,7 @@ async def feedback(request: Request) -> Response:
             try:
                 await s.commits.commit(record)
             except StoreUnavailable as e:
+                s.metrics.feedback_refused.labels("store_unavailable").inc()
                 raise Problem(503, str(e), {"Retry-After": str(COMMIT_RETRY_AFTER_SECONDS)}) from None
             s.metrics.feedback_received.labels("correction" if record.is_correction else "confirmation").inc()
         else:
