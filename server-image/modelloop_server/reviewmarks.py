@@ -105,20 +105,21 @@ class ReviewMarks:
         mine = ReviewMark.of(record)
         data = mine.model_dump_json(by_alias=True, exclude_none=True).encode()
         expected = etag
+        outcome = "revision" if record.revises else "first"  # one outcome per settled review
         for _ in range(self.attempts):
             try:
                 if self.store.put_if(key, data, expected, "application/json") is not None:
-                    self.metrics.review_marks.labels("revision" if record.revises else "first").inc()
+                    self.metrics.review_marks.labels(outcome).inc()
                     return
                 current, expected = self.read(record.id)
             except Exception as e:  # noqa: BLE001 - see the docstring
                 self._failed(record, e)
                 return
             if current == mine:
-                self.metrics.review_marks.labels("revision" if record.revises else "first").inc()
+                self.metrics.review_marks.labels(outcome).inc()
                 return  # an earlier attempt of this PUT landed
-            if current is not None and current.counted != record.revises:
-                self.metrics.review_marks.labels("conflict").inc()
+            if current is not None and current.counted != record.revises and outcome != "conflict":
+                outcome = "conflict"
                 log.warning(
                     "prediction %s was reviewed here and on another replica at the same moment; the operator may "
                     "count it twice toward pending reviews and live tallies until training keeps the latest review "
