@@ -254,8 +254,9 @@ class ObjectStore:
         self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
     ) -> str | None:
         """Conditional PUT: ``etag`` None → only if ``key`` does not exist, else only if it still has that
-        ETag. Returns the new ETag, or None when the condition failed (another writer got there first, or
-        an earlier attempt of this same call landed; the caller reads the object to tell)."""
+        ETag. Returns the new ETag, or None when the condition failed (another writer got there first, the
+        object was deleted since, or an earlier attempt of this same call landed; the caller reads the object
+        to tell)."""
         condition = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
 
         def go() -> str:
@@ -267,6 +268,8 @@ class ObjectStore:
 
         try:
             return self.retry(key, go)
+        except NotFound:  # If-Match on an object deleted since it was read (MinIO: NoSuchKey)
+            return None
         except S3Error as e:
             if e.code in PRECONDITION_FAILED:
                 return None
