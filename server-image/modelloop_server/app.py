@@ -820,7 +820,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 search_batches=settings.receipt_search_batches,
             ),
             ledger=ReviewLedger(settings.receipt_index_size),
-            join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
+            join_pool=ThreadPoolExecutor(4, thread_name_prefix="receipt-join"),  # joins and review markers
             refs=_input_refs(settings, store, m),
         )
         if store is not None:
