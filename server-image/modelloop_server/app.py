@@ -424,10 +424,10 @@ async def feedback(request: Request) -> Response:
                 marked, mark_etag = await loop.run_in_executor(s.join_pool, s.marks.read, record.id)
                 mark_read = True
             except MarkUnavailable as e:
-                if s.commits is not None:  # write-through: the store is needed for the review anyway
-                    s.metrics.feedback_refused.labels("store_unavailable").inc()
-                    raise Problem(503, f"{e}; the review was not taken, retry later", {"Retry-After": "5"}) from None
-                s.metrics.review_marks.labels("failed").inc()  # spool mode takes reviews through an outage
+                # Not a refusal: write-through answers from its commit (which fails too if the store is down),
+                # spool mode takes reviews through an outage; the review counts as new.
+                s.metrics.review_marks.labels("failed").inc()
+                log.warning("%s; the review of %s is taken as the id's first", e, record.id)
         if marked is not None and marked.same_review(record):
             s.metrics.review_joins.labels("replay").inc()
             s.ledger.remember(record)
@@ -450,7 +450,7 @@ async def feedback(request: Request) -> Response:
             except (BacklogFull, SpoolUnavailable) as e:
                 raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
         s.ledger.remember(record)
-        if s.marks is not None and mark_read:  # unread (store down, spool mode): it would only guess
+        if s.marks is not None and mark_read:  # unread (store down): it would only guess
             await loop.run_in_executor(s.join_pool, s.marks.settle, record, mark_etag)
     except Problem as p:
         return json_response({"error": p.message}, p.status, p.headers)

@@ -26,8 +26,8 @@ would make the client's retry look like a replay (a lost review). The price is a
 replicas that store reviews of one id between each other's read and write both count it as new;
 the conditional PUT catches it (``conflict``, logged) and the counts are off by one until training,
 which reads the latest. A marker that cannot be read or written (store down) is counted as
-``failed`` and the review is still taken: in spool mode the reviews must be accepted during an
-outage, so such a review counts as new.
+``failed`` and the review is still taken (stored if write-through's commit succeeds, spooled in
+spool mode, which must accept reviews through an outage): it then counts as the id's first.
 """
 
 from __future__ import annotations
