@@ -168,7 +168,8 @@ def test_a_prediction_reviewed_on_two_replicas_counts_once_with_its_latest_label
             60, "the bootstrap training (it takes the feedback pending at its start)", op.proc,
         )  # fmt: skip
         p, q, r = (
-            httpx.post(f"{a}/v1/predict", json={"input": [float(i + k) for k in range(64)]}).json() for i in range(3)
+            httpx.post(f"{a}/v1/predict", json={"input": [float((i * 7 + k) % 17) for k in range(64)]}).json()
+            for i in range(3)
         )
         first = httpx.post(f"{a}/v1/feedback", json={"id": p["id"], "label": (p["predicted"] + 1) % 10})
         assert first.status_code == 202 and first.json()["correction"]
