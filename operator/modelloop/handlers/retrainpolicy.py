@@ -39,7 +39,6 @@ from modelloop.decide.canary import (
     after,
     canary_for,
     canary_settings,
-    count_canary_review,
     decide_canary,
     in_progress,
     tally_of,
@@ -60,6 +59,7 @@ from modelloop.decide.paired import Verdict
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
+from modelloop.decide.reviewcount import count_record
 from modelloop.decide.rollback import (
     RollbackDecision,
     abandoned_version,
@@ -67,7 +67,7 @@ from modelloop.decide.rollback import (
     decide_rollback_request,
 )
 from modelloop.decide.rollout import PodView, decide_rollout
-from modelloop.decide.shadowstage import count_review, shadow_gate, tally_for
+from modelloop.decide.shadowstage import shadow_gate, tally_for
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
 from modelloop.decide.versions import (
     in_flight,
@@ -537,22 +537,7 @@ def _count_feedback(
             fb.quarantined_total += 1
             quarantined(q)
         for rec in records:
-            fb.pending_reviews += 1
-            if rec.is_correction:
-                fb.pending_corrections += 1
-            if new.canary is not None:
-                count_canary_review(new.canary, rec.version, not rec.is_correction)
-            if new.shadow is not None:
-                count_review(
-                    new.shadow, rec.version, rec.predicted, rec.label, rec.shadow_version, rec.shadow_predicted
-                )
-            if (
-                new.active_version is not None
-                and rec.version == new.active_version
-                and live.version == new.active_version
-            ):
-                live.reviews += 1
-                live.correct += 0 if rec.is_correction else 1
+            count_record(new, rec)  # once per prediction id: a record revising a stored review moves its counts
         done.append(obj.key)
         fb.cursor = max(fb.cursor, obj.key)
         if fb.seen_through is not None:
