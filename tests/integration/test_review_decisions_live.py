@@ -55,6 +55,8 @@ REVIEWER, REVIEWER_TOKEN = "rita", "rita-static-token"
 WAIT_S = 120
 MIN_REVIEWS = 40
 REQUESTS = 80
+NO_SHADOW = {"enabled": False}
+"""The canary tests turn the shadow stage (on by default) off: the canary stage alone is what they test."""
 
 
 def _train(train: Split, epochs: int, shuffled: bool) -> dict[str, torch.Tensor]:
@@ -313,7 +315,8 @@ def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(
 def test_the_canary_steps_up_and_promotes_a_better_candidate_and_rolls_back_a_worse_one(
     make_loop: MakeLoop,
 ) -> None:
-    loop = make_loop({"canary": {"enabled": True, "steps": [20, 50], "minReviewsPerStep": 20, "maxStepDuration": "1d"}})
+    canary = {"enabled": True, "steps": [20, 50], "minReviewsPerStep": 20, "maxStepDuration": "1d"}
+    loop = make_loop({"shadow": NO_SHADOW, "canary": canary})
     train, holdout = DigitsPlugin().base_dataset()
     v1, v2, v3 = _train(train, 5, False), _train(train, 30, False), _train(train, 5, True)
     acc = {"v1": _accuracy(v1, holdout), "v2": _accuracy(v2, holdout), "v3": _accuracy(v3, holdout)}
@@ -379,7 +382,7 @@ def test_rollback_to_the_active_version_mid_canary_ends_the_split_on_every_repli
     the split ends on every replica, only the active version answers, the candidate is RolledBack (never offered
     again), and clients sending requests throughout see no failure."""
     canary = {"enabled": True, "steps": [30, 60], "minReviewsPerStep": 100_000, "maxStepDuration": "1d"}
-    loop = make_loop({"canary": canary}, replicas=2)
+    loop = make_loop({"shadow": NO_SHADOW, "canary": canary}, replicas=2)
     train, holdout = DigitsPlugin().base_dataset()
     v1, v2 = _train(train, 5, False), _train(train, 30, False)
     op = loop.operator.proc
