@@ -616,8 +616,15 @@ def run_shadow_stage(
             90,
             hint=stack.hint(),
         )
+
+    def decided() -> Json | None:
+        # the ModelVersion is marked during the operator's pass, the policy's status written at its end
+        shadow: Json = (stack.rp().get("status") or {}).get("shadow") or {}
+        return shadow if shadow.get("version") == version and shadow.get("verdict") in ("Promote", "Reject") else None
+
+    final = wait_for(f"status.shadow to record the decision on {version}", decided, 60, hint=stack.hint())
     progress.tick()
-    return posted, (stack.rp().get("status") or {}).get("shadow") or {}
+    return posted, final
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -718,7 +725,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         timings["shadow stage (reviews → decision)"] = time.monotonic() - t
         live["v1"] = ReviewResult(
-            result.reviewed + in_shadow.reviewed, result.corrections + in_shadow.corrections, result.failed
+            result.reviewed + in_shadow.reviewed,
+            result.corrections + in_shadow.corrections,
+            result.failed + in_shadow.failed,
         )
         say(
             f"the paired test decided {shadow.get('verdict')} after {in_shadow.reviewed} more reviews:"
