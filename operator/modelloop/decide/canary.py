@@ -238,3 +238,18 @@ def after(status: CanaryStatus, decision: CanaryDecision, now: datetime) -> Cana
         out.step_started_at = now
         out.candidate_reviews = out.candidate_correct = out.active_reviews = out.active_correct = 0
     return out
+
+
+def ended_by_rollback(status: CanaryStatus, reason: str, message: str) -> CanaryStatus:
+    """The stage once a rollback (``rollback-to`` or automatic) ends it: rejected with ``reason``, answering
+    nobody, its tally kept as it stood. Recorded as a rejection so no later pass resumes the stage."""
+    out = status.model_copy(deep=True)
+    out.verdict, out.reason, out.message, out.percent = CanaryVerdict.REJECT.value, reason, message[:2048], 0
+    return out
+
+
+def answering(status: CanaryStatus | None, active: str | None) -> str | None:
+    """The candidate answering a share of requests beside ``active`` now (an undecided stage), else None."""
+    if status is None or status.active_version != active or not in_progress(status, status.version):
+        return None
+    return status.version
