@@ -37,10 +37,11 @@ from modelloop.decide.budget import BudgetDecision, decide_budget, recent_starts
 from modelloop.decide.canary import (
     CanaryVerdict,
     after,
+    answering,
     canary_for,
     canary_settings,
-    count_canary_review,
     decide_canary,
+    ended_by_rollback,
     in_progress,
     tally_of,
 )
@@ -60,14 +61,16 @@ from modelloop.decide.paired import Verdict
 from modelloop.decide.recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from modelloop.decide.retention import pick_pruned
 from modelloop.decide.retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
+from modelloop.decide.reviewcount import count_record
 from modelloop.decide.rollback import (
     RollbackDecision,
     abandoned_version,
     decide_auto_rollback,
     decide_rollback_request,
+    ended_canary,
 )
 from modelloop.decide.rollout import PodView, decide_rollout
-from modelloop.decide.shadowstage import count_review, shadow_gate, tally_for
+from modelloop.decide.shadowstage import shadow_gate, tally_for
 from modelloop.decide.triggers import TriggerSnapshot, decide_trigger
 from modelloop.decide.versions import (
     in_flight,
@@ -185,6 +188,7 @@ def reconcile_policy(
         new.previous_version,
         desired_version,
         phases,
+        answering(new.canary, new.active_version),
     )
     if decision.handled is not None:
         new.handled.rollback_to = decision.handled
@@ -537,22 +541,7 @@ def _count_feedback(
             fb.quarantined_total += 1
             quarantined(q)
         for rec in records:
-            fb.pending_reviews += 1
-            if rec.is_correction:
-                fb.pending_corrections += 1
-            if new.canary is not None:
-                count_canary_review(new.canary, rec.version, not rec.is_correction)
-            if new.shadow is not None:
-                count_review(
-                    new.shadow, rec.version, rec.predicted, rec.label, rec.shadow_version, rec.shadow_predicted
-                )
-            if (
-                new.active_version is not None
-                and rec.version == new.active_version
-                and live.version == new.active_version
-            ):
-                live.reviews += 1
-                live.correct += 0 if rec.is_correction else 1
+            count_record(new, rec)  # once per prediction id: a record revising a stored review moves its counts
         done.append(obj.key)
         fb.cursor = max(fb.cursor, obj.key)
         if fb.seen_through is not None:
@@ -633,6 +622,16 @@ def _start_rollback(
              f" replicas: {chosen.reason} to {chosen.target}"},
         )  # fmt: skip
         phases[dropped] = Phase.ROLLED_BACK
+    canary = ended_canary(answering(new.canary, new.active_version), chosen.target)
+    if canary is not None and new.canary is not None:
+        at = f"canary ended at {new.canary.percent}% of requests: {chosen.reason} to {chosen.target}"
+        kube.patch_modelversion_status(
+            namespace, modelversion_name(name, canary), {"phase": Phase.ROLLED_BACK.value, "message": at}
+        )
+        phases[canary] = Phase.ROLLED_BACK  # no longer the candidate: every sidecar drops its slot, the split ends
+        new.canary = ended_by_rollback(new.canary, chosen.reason, f"{at}; {chosen.message}")
+        metrics.CANARY_DECISIONS.labels(namespace, name, CanaryVerdict.REJECT.value, chosen.reason).inc()
+        conds = set_condition(conds, "CanaryStage", "False", chosen.reason, at, now, generation)
     _set_desired(spec, new, mvs, chosen.target, chosen.reason, now)
     auto = chosen.reason == "AutoRollback"
     metrics.ROLLBACKS.labels(namespace, name, "auto" if auto else "manual").inc()
@@ -641,7 +640,12 @@ def _start_rollback(
         kopf.warn(body, reason="AutoRollingBack" if auto else "RollingBack", message=chosen.message)
         return set_condition(conds, "RolledBack", "Unknown", chosen.reason, chosen.message, now, generation)
     new.rollout.completed_at = now
-    msg = f"{chosen.message}: {chosen.target} stayed active; serving pods that loaded {desired} return to it"
+    back = (
+        "every replica stops splitting requests"
+        if desired in (None, chosen.target)
+        else f"serving pods that loaded {desired} return to it"
+    )
+    msg = f"{chosen.message}: {chosen.target} stayed active; {back}"
     kopf.warn(body, reason="AutoRolledBack" if auto else "RolledBack", message=msg)
     conds = set_condition(conds, "RolloutComplete", "True", "RolloutAbandoned", msg, now, generation)
     return set_condition(conds, "RolledBack", "True", chosen.reason, msg, now, generation)
