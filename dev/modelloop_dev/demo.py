@@ -44,6 +44,7 @@ from modelloop_dev.processes import ManagedProcess, free_port
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 SERVING_EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
+STORAGE_CA_VOLUME = "storage-ca"  # the example's volume holding its MinIO's CA bundle
 KubectlFn = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
@@ -399,7 +400,12 @@ class LoopStack(PolicyView):
             if doc.get("kind") == "Deployment":
                 self.deployment = doc["metadata"]["name"]
                 pod = doc["spec"]["template"]["spec"]
+                # The example verifies its MinIO with a private CA; this stack's MinIO is plain HTTP on loopback.
+                pod["volumes"] = [v for v in pod.get("volumes") or [] if v["name"] != STORAGE_CA_VOLUME]
                 for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                    container["env"] = [v for v in container.get("env") or [] if v["name"] != c.ENV_S3_CA_FILE]
+                    mounts = container.get("volumeMounts") or []
+                    container["volumeMounts"] = [m for m in mounts if m["name"] != STORAGE_CA_VOLUME]
                     for var in container.get("env") or []:
                         if var["name"] in overrides:
                             var.pop("valueFrom", None)
