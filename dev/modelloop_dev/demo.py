@@ -273,6 +273,19 @@ def reviewer_service_account(docs: list[Json]) -> str:
     raise StackError(f"{SERVING_EXAMPLE} binds no ServiceAccount to a Role granting create on retrainpolicies/feedback")
 
 
+def without_storage_ca(pod: Json) -> Json:
+    """Drops the example's private-CA bundle (volume, mounts, MODELLOOP_S3_CA_FILE) from a Pod spec, in place.
+
+    The example verifies its MinIO with the CA the README's install makes; the demo's and the tests'
+    MinIO serves plain HTTP on loopback, where a CA file would be refused ("only used over TLS").
+    """
+    pod["volumes"] = [v for v in pod.get("volumes") or [] if v["name"] != STORAGE_CA_VOLUME]
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        container["env"] = [v for v in container.get("env") or [] if v["name"] != c.ENV_S3_CA_FILE]
+        container["volumeMounts"] = [m for m in container.get("volumeMounts") or [] if m["name"] != STORAGE_CA_VOLUME]
+    return pod
+
+
 class LoopStack(PolicyView):
     """Everything above a control plane and MinIO: devnode, operator, serving, dataset, policy."""
 
@@ -400,12 +413,8 @@ class LoopStack(PolicyView):
             if doc.get("kind") == "Deployment":
                 self.deployment = doc["metadata"]["name"]
                 pod = doc["spec"]["template"]["spec"]
-                # The example verifies its MinIO with a private CA; this stack's MinIO is plain HTTP on loopback.
-                pod["volumes"] = [v for v in pod.get("volumes") or [] if v["name"] != STORAGE_CA_VOLUME]
+                without_storage_ca(pod)
                 for container in [*pod.get("initContainers", []), *pod["containers"]]:
-                    container["env"] = [v for v in container.get("env") or [] if v["name"] != c.ENV_S3_CA_FILE]
-                    mounts = container.get("volumeMounts") or []
-                    container["volumeMounts"] = [m for m in mounts if m["name"] != STORAGE_CA_VOLUME]
                     for var in container.get("env") or []:
                         if var["name"] in overrides:
                             var.pop("valueFrom", None)
