@@ -48,6 +48,7 @@ from modelloop_dev.processes import ManagedProcess, free_port
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 SERVING_EXAMPLE = REPO / "examples" / "serving-deployment.yaml"
+STORAGE_CA_VOLUME = "storage-ca"  # the example's volume holding its MinIO's CA bundle
 KubectlFn = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
@@ -285,6 +286,19 @@ def reviewer_service_account(docs: list[Json]) -> str:
     raise StackError(f"{SERVING_EXAMPLE} binds no ServiceAccount to a Role granting create on retrainpolicies/feedback")
 
 
+def without_storage_ca(pod: Json) -> Json:
+    """Drops the example's private-CA bundle (volume, mounts, MODELLOOP_S3_CA_FILE) from a Pod spec, in place.
+
+    The example verifies its MinIO with the CA the README's install makes; the demo's and the tests'
+    MinIO serves plain HTTP on loopback, where a CA file would be refused ("only used over TLS").
+    """
+    pod["volumes"] = [v for v in pod.get("volumes") or [] if v["name"] != STORAGE_CA_VOLUME]
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        container["env"] = [v for v in container.get("env") or [] if v["name"] != c.ENV_S3_CA_FILE]
+        container["volumeMounts"] = [m for m in container.get("volumeMounts") or [] if m["name"] != STORAGE_CA_VOLUME]
+    return pod
+
+
 class LoopStack(PolicyView):
     """Everything above a control plane and MinIO: devnode, operator, serving, dataset, policy."""
 
@@ -412,6 +426,7 @@ class LoopStack(PolicyView):
             if doc.get("kind") == "Deployment":
                 self.deployment = doc["metadata"]["name"]
                 pod = doc["spec"]["template"]["spec"]
+                without_storage_ca(pod)
                 for container in [*pod.get("initContainers", []), *pod["containers"]]:
                     for var in container.get("env") or []:
                         if var["name"] in overrides:

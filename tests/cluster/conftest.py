@@ -1,9 +1,15 @@
-"""The cluster tier's node: started for a module and removed after it.
+"""The cluster tier's node and the README's install: started once for the tier, removed after its last test.
 
-Module scope, not session scope: the node's Pods (two operators, two model servers, MinIO, CoreDNS)
-would otherwise keep two cores busy while the other tiers run. It owns the machine's fixed node
-paths (bridge, kubelet ports), so modules of this tier run one after the other, never in parallel.
-Kueue's manager runs only for the modules that ask for the ``kueue`` fixture.
+One install for every module: the README's steps take 4-5 minutes on CI's two cores, so
+``test_install.py`` and ``test_kueue.py`` share the node, its images and the install, and each test
+creates what it needs beside it (its own policies, models and, for Kueue, queues); the order of the
+tests within ``test_install.py`` is a story (each step starts from the state the previous one left).
+Kueue's manager starts beside the same node the first time a test asks for the ``kueue`` fixture.
+
+Torn down after the tier's last test, not at the end of the session: the node's Pods (two
+operators, two model servers, MinIO, CoreDNS) would otherwise keep two cores busy while the other
+tiers run after it. It owns the machine's fixed node paths (bridge, kubelet ports), so this tier
+never runs in parallel with itself.
 """
 
 from __future__ import annotations
@@ -21,42 +27,61 @@ from modelloop_dev.cluster import Cluster, load_product_images
 from modelloop_dev.kueue import Kueue, locate_kueue
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+# Everything the tier started, closed in reverse order (figures printed, Kueue, then the node) after
+# its last test, or at the end of the session when that comes first (-x, Ctrl-C). Closing twice is a no-op.
+_tier = contextlib.ExitStack()
 
 
-@pytest.fixture(scope="module")
+def _in_tier(item: pytest.Item | None) -> bool:
+    return item is not None and Path(item.path).resolve().is_relative_to(HERE)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the tier's last test (its own fixtures are torn down by then), stop the node at once."""
+    if not _in_tier(nextitem):
+        _tier.close()
+
+
+@pytest.fixture(scope="session")
 def cluster(tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real single-node cluster with the product images built from the Dockerfile and loaded."""
     node = Cluster(tools_bin, tmp_path_factory.mktemp("cluster")).start()
+    _tier.callback(node.stop)
     try:
         load_product_images(REPO, node)
         yield node
     finally:
-        node.stop()
+        _tier.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed(cluster: Cluster, tools_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """The README's install steps, run verbatim: the chart, MinIO, the example policy's v1 Active."""
+    """The README's install steps, run verbatim: the chart, MinIO over TLS, the example policy's v1 Active."""
     return install(cluster, tools_bin, tmp_path_factory.mktemp("kube-creds"))
 
 
-@pytest.fixture(scope="module")
-def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
-    """Kueue's controller manager (built by hack/kueue.sh) managing the node's batch/v1 Jobs."""
-    controller = Kueue(locate_kueue(REPO), cluster, tmp_path_factory.mktemp("kueue")).start()
-    try:
-        yield controller
-    finally:
-        controller.stop()
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Kueue:
+    """Kueue's controller manager (built by hack/kueue.sh) managing the node's batch/v1 Jobs, until the tier ends."""
+    controller = Kueue(locate_kueue(REPO), cluster, tmp_path_factory.mktemp("kueue"))
+    _tier.callback(controller.stop)
+    return controller.start()
 
 
-@pytest.fixture(scope="module")
-def report(installed: Installed, pytestconfig: pytest.Config) -> Iterator[dict[str, Any]]:
-    """The figures the README and the issue notes quote, written to the terminal even under capture."""
+@pytest.fixture(scope="session")
+def report(installed: Installed, pytestconfig: pytest.Config) -> dict[str, Any]:
+    """The figures the README and the issue notes quote, written to the terminal (even under capture) when the tier ends."""
     timings = {k: round(v, 1) for k, v in installed.cluster.timings.items()}
     figures: dict[str, Any] = {"install_s": round(installed.install_s, 1), **timings}
-    yield figures
-    line = "cluster figures: " + json.dumps(figures, default=str)
-    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print(f"\n{line}")
+
+    def show() -> None:
+        line = "cluster figures: " + json.dumps(figures, default=str)
+        capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            print(f"\n{line}")
+
+    _tier.callback(show)
+    return figures

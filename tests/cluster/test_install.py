@@ -8,7 +8,9 @@ executed verbatim, so the README and this test cannot drift. Then, in order (eac
 from the state the previous one left):
 
 1. v1 was trained by a Job, verified and serves on every replica, in Pods that run non-root with a
-   read-only root filesystem and no capabilities;
+   read-only root filesystem and no capabilities; MinIO serves HTTPS only, with the certificate the
+   README's openssl lines made, and the operator, the training and verification Jobs, the server and
+   the sidecar all reach it over TLS, verified with the README's CA (``spec.storage.tls.caBundle``);
 2. a client sends traffic through the ``digits`` Service's ClusterIP and posts reviews to it; v2
    is trained, verified and hot-swapped with no failed request, while the leading operator's
    process is SIGKILLed during v2's training and the standby takes over once the Lease expires;
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
 import time
 from typing import Any
 
@@ -78,6 +82,57 @@ def test_readme_install_serves_v1_on_every_replica(installed: Installed, report:
     restarts = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"] for p in operators}
     assert set(restarts.values()) == {0}, f"operator containers restarted: {restarts}"
     check(installed, installed.leader() is not None, "no operator replica holds the leader Lease")
+
+
+def https_status(ip: str, port: int, context: ssl.SSLContext, host: str, path: str) -> int:
+    """The status of ``GET path`` over TLS to ``ip:port``, verifying the certificate for ``host``."""
+    with socket.create_connection((ip, port), timeout=10) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return int(tls.recv(64).split()[1])
+
+
+def test_minio_serves_tls_only_and_every_client_verifies_it_with_the_readme_ca(
+    installed: Installed, report: dict[str, Any]
+) -> None:
+    """Issue 17's "S3 over TLS by default, with a CA bundle option" on the real node, set up the way
+    the README tells a user to: v1 could only have been trained, verified, counted and served if
+    every client (the operator, both Jobs, server and sidecar) completed a verified TLS handshake."""
+    svc = installed.kubectl_json("-n", NAMESPACE, "get", "service", "minio")
+    ip, port, host = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"], f"minio.{NAMESPACE}.svc"
+    ca = installed.kubectl_json("-n", NAMESPACE, "get", "configmap", "minio-ca")["data"]["ca.crt"]
+    assert https_status(ip, port, ssl.create_default_context(cadata=ca), host, "/minio/health/ready") == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_status(ip, port, ssl.create_default_context(), host, "/minio/health/ready")  # the system CAs: no
+    with socket.create_connection((ip, port), timeout=10) as plain:
+        plain.sendall(f"GET /minio/health/ready HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        answer = plain.recv(200)
+    assert b" 200 " not in answer.split(b"\r\n")[0], f"MinIO answered plain HTTP: {answer!r}"
+
+    policy = installed.kubectl_json("-n", NAMESPACE, "get", "rp", "digits")
+    tls = policy["spec"]["storage"]["tls"]
+    assert tls.get("enabled", True) is True and tls["caBundle"]["configMap"] == "minio-ca", tls
+    readable = [x for x in policy["status"]["conditions"] if x["type"] == "FeedbackReadable"]
+    assert readable and readable[0]["status"] == "True", f"the operator does not read the bucket: {readable}"
+
+    def tls_env(pod_spec: dict[str, Any], what: str) -> None:
+        mounted = {v["name"] for v in pod_spec["volumes"] if (v.get("configMap") or {}).get("name") == "minio-ca"}
+        assert mounted, f"{what} does not mount the CA bundle"
+        for container in pod_spec["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            assert env.get(c.ENV_S3_SECURE) == "true", f"{what}/{container['name']}: {env.get(c.ENV_S3_SECURE)}"
+            ca_file = env.get(c.ENV_S3_CA_FILE) or ""
+            mount = next(m for m in container["volumeMounts"] if m["name"] in mounted)
+            assert ca_file.startswith(mount["mountPath"] + "/"), f"{what}/{container['name']}: {ca_file}, {mount}"
+
+    for name in ("digits-v1-train", "digits-v1-verify"):
+        tls_env(installed.kubectl_json("-n", NAMESPACE, "get", "job", name)["spec"]["template"]["spec"], name)
+    pods = installed.view.serving_pods()
+    assert len(pods) == 2
+    for pod in pods:
+        tls_env(pod["spec"], pod["metadata"]["name"])
+    events = installed.kubectl_json("-n", NAMESPACE, "get", "events")["items"]
+    assert not [e["message"] for e in events if e["reason"] == "StorageTLSFailed"]
+    report["minio_tls"] = "verified by operator, train/verify Jobs, server, sidecar"
 
 
 def test_reviews_through_the_service_train_v2_while_the_leader_dies(

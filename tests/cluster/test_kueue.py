@@ -210,3 +210,109 @@ def test_queued_admitted_preempted_and_resumed_through_kueue(
     check(verify["metadata"]["labels"].get(c.KUEUE_LABEL_QUEUE_NAME) == QUEUE, "verification bypassed the queue")
     workloads = installed.kubectl_json("-n", NAMESPACE, "get", "workloads.kueue.x-k8s.io")["items"]
     check(len(workloads) >= 6, f"expected a Workload per training and verification Job: {len(workloads)}")
+
+
+DDP_QUEUE = "training-ddp"
+# Per worker: two of them (one Workload, one pod set of count 2) fit the ClusterQueue's 150m together.
+DDP_REQUESTS = {"cpu": "50m", "memory": "512Mi"}
+
+
+def test_two_workers_are_admitted_as_one_workload_and_rendezvous(
+    installed: Installed, kueue: Kueue, report: dict[str, Any]
+) -> None:
+    """A distributed policy (``workers: 2``) with ``queueName``: its Indexed Job is created suspended
+    and waits while its LocalQueue holds; once the queue admits, Kueue admits the Job as one Workload
+    whose pod set counts both workers, unsuspends it, and the two pods rendezvous through the headless
+    Service's DNS (gloo on CPU) and publish one manifest: one version, verified through the queue too."""
+    cluster = installed.cluster
+    kube = installed.view.kube
+    name, job = "kq-ddp", "kq-ddp-v1-train"
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            pytest.fail(f"{what}\n{diagnostics(cluster)}\n$ kueue log\n{kueue.log_tail()}")
+
+    held = {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "LocalQueue",
+        "metadata": {"name": DDP_QUEUE, "namespace": NAMESPACE},
+        "spec": {"clusterQueue": QUEUE, "stopPolicy": "Hold"},
+    }
+    objects = [*kueue_objects(), held]
+    cluster.kubectl("apply", "--server-side", "-f", "-", input="\n".join(json.dumps(o) for o in objects))
+    body = policy(installed, name, "low", 4)
+    training = body["spec"]["training"]
+    training.update(queueName=DDP_QUEUE, workers=2, backoffLimit=2, resources={**training["resources"]})
+    training["resources"]["requests"] = DDP_REQUESTS
+    del training["workloadPriorityClass"]
+    training["hyperparameters"]["checkpointInterval"] = 1
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    view = PolicyView(kube, NAMESPACE, name, "")
+    t0 = time.monotonic()
+
+    # Held: the Job exists, suspended, and no worker pod has started.
+    wait_for(
+        f"{name}'s v1 to show Queued=True while {DDP_QUEUE} holds",
+        lambda: condition(view.mvs().get("v1"), "Queued").get("status") == "True",
+        VERSION_TIMEOUT_S,
+    )
+    indexed = installed.kubectl_json("-n", NAMESPACE, "get", "job", job)
+    check(indexed["spec"]["suspend"] is True, "the queued Indexed Job is not suspended")
+    check(indexed["spec"].get("completionMode") == "Indexed", f"not an Indexed Job: {indexed['spec']}")
+    check(indexed["spec"]["parallelism"] == indexed["spec"]["completions"] == 2, "not one Job for both workers")
+    check(indexed["metadata"]["labels"].get(c.KUEUE_LABEL_QUEUE_NAME) == DDP_QUEUE, "no queue label on the Job")
+    pods = installed.kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"job-name={job}")["items"]
+    check(not pods, f"worker pods started before admission: {[p['metadata']['name'] for p in pods]}")
+
+    # Released: admitted as one Workload for both pods.
+    cluster.kubectl(
+        "-n", NAMESPACE, "patch", "localqueue", DDP_QUEUE, "--type=merge", "-p", '{"spec":{"stopPolicy":"None"}}'
+    )
+    released = time.monotonic()
+
+    def admitted() -> bool:
+        mv = view.mvs().get("v1") or {}
+        phase = (mv.get("status") or {}).get("phase")
+        return condition(mv, "Queued").get("reason") in {"Admitted", "Finished"} or phase in {"Verified", "Active"}
+
+    wait_for(f"{name}'s v1 to be admitted", admitted, VERSION_TIMEOUT_S)
+    report["kueue_ddp_admitted_s"] = round(time.monotonic() - released, 1)
+    v1 = view.wait_phase("v1", {"Verified", "Active"}, VERSION_TIMEOUT_S)
+    report["kueue_ddp_verified_s"] = round(time.monotonic() - t0, 1)
+
+    uid = installed.kubectl_json("-n", NAMESPACE, "get", "job", job)["metadata"]["uid"]
+    workloads = installed.kubectl_json(
+        "-n", NAMESPACE, "get", "workloads.kueue.x-k8s.io", "-l", f"kueue.x-k8s.io/job-uid={uid}"
+    )["items"]
+    check(
+        len(workloads) == 1, f"expected one Workload for the Indexed Job: {[w['metadata']['name'] for w in workloads]}"
+    )
+    pod_sets = workloads[0]["spec"]["podSets"]
+    check([p["count"] for p in pod_sets] == [2], f"the Workload does not admit both workers together: {pod_sets}")
+    admission = workloads[0]["status"].get("admission") or {}
+    check(admission.get("clusterQueue") == QUEUE, f"not admitted by ClusterQueue {QUEUE}: {admission}")
+    reserved = [x for x in workloads[0]["status"]["conditions"] if x["type"] == "QuotaReserved"]
+    check(bool(reserved), f"the Workload never reserved quota: {workloads[0]['status']}")
+    admitted_at = reserved[0]["lastTransitionTime"]
+
+    pods = installed.kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"job-name={job}")["items"]
+    indexes = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods)
+    check(indexes == ["0", "1"], f"expected exactly one pod per worker index: {indexes}")
+    check(
+        all(p["status"]["phase"] == "Succeeded" for p in pods),
+        f"{[(p['metadata']['name'], p['status']['phase']) for p in pods]}",
+    )
+    check(
+        all(p["metadata"]["creationTimestamp"] >= admitted_at for p in pods),
+        f"a worker pod was created before the Workload was admitted at {admitted_at}",
+    )
+    rank0 = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+    log = cluster.kubectl("-n", NAMESPACE, "logs", rank0["metadata"]["name"]).stdout
+    check("joined the gloo process group" in log, f"rank 0 did not rendezvous:\n{log[-3000:]}")
+    check(sorted(view.mvs()) == ["v1"], f"expected one version: {sorted(view.mvs())}")
+    check(bool(v1["status"]["artifact"]["manifestDigest"]), "v1 has no manifest")
+    verify = installed.kubectl_json("-n", NAMESPACE, "get", "job", "kq-ddp-v1-verify")
+    check(verify["metadata"]["labels"].get(c.KUEUE_LABEL_QUEUE_NAME) == DDP_QUEUE, "verification bypassed the queue")
+    reasons = event_reasons(installed, v1["metadata"]["name"])
+    for expected in ("Queued", "Admitted"):
+        check(expected in reasons, f"no {expected} Event on ModelVersion {v1['metadata']['name']}: {reasons}")
