@@ -83,6 +83,13 @@ def patch_modelversion_status(namespace: str, name: str, status: dict[str, Any])
     )
 
 
+def annotate_modelversion(namespace: str, name: str, annotations: dict[str, str]) -> None:
+    """Merge ``annotations`` into a ModelVersion's metadata (the policy pass's decisions about it)."""
+    custom().patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.MODELVERSION_PLURAL, name, {"metadata": {"annotations": annotations}}
+    )
+
+
 def delete_modelversion(namespace: str, name: str) -> None:
     try:
         custom().delete_namespaced_custom_object(

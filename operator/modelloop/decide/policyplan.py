@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri, feedback_prefix, version_prefix
 from modelloop.api.feedback import FeedbackRecord, decode_batch
-from modelloop.api.modelversion import Phase, phase_of
+from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import (
     MAX_QUARANTINED,
     MAX_TRAININGS_PER_DAY,
@@ -60,7 +60,15 @@ from .rollback import RollbackDecision, abandoned_version, decide_auto_rollback,
 from .rollout import PodView, decide_rollout
 from .shadowstage import count_review, shadow_gate, tally_for
 from .triggers import TriggerSnapshot, decide_trigger
-from .versions import in_flight, modelversion_name, next_version, promotion_candidate, sorted_versions
+from .versions import (
+    PhaseDecision,
+    in_flight,
+    modelversion_name,
+    next_version,
+    promotion_candidate,
+    sorted_versions,
+    version_phase,
+)
 
 Conditions = list[dict[str, Any]]
 
@@ -144,13 +152,16 @@ class CreateVersion:
 
 @dataclass(frozen=True)
 class MarkVersion:
-    """Set a ModelVersion's phase (and message, promotedAt) that a rollout decision moved."""
+    """Record a rollout decision about a ModelVersion on its ``phase-decision`` annotation (not its status,
+    which only the ModelVersion handler writes: it copies the decision there)."""
 
     version: str
     name: str
-    phase: Phase
-    message: str
-    promoted_at: datetime | None = None
+    decision: PhaseDecision
+
+    @property
+    def phase(self) -> Phase:
+        return self.decision.phase
 
 
 @dataclass(frozen=True)
@@ -206,12 +217,8 @@ class Plan:
 
 
 def phases_of(modelversions: Sequence[Mapping[str, Any]]) -> dict[str, Phase]:
-    """version -> phase of the listed ModelVersions."""
-    return {
-        version: phase_of(mv.get("status") or {})
-        for mv in modelversions
-        if (version := (mv.get("spec") or {}).get("version"))
-    }
+    """version -> phase of the listed ModelVersions (a decision not yet copied into status counts)."""
+    return {version: version_phase(mv) for mv in modelversions if (version := (mv.get("spec") or {}).get("version"))}
 
 
 def recovered_status(
@@ -309,7 +316,7 @@ class _Planner:
 
     def mark(self, version: str, phase: Phase, message: str, promoted_at: datetime | None = None) -> None:
         name = modelversion_name(self.snap.name, version)
-        self.out.actions.append(MarkVersion(version, name, phase, message, promoted_at))
+        self.out.actions.append(MarkVersion(version, name, PhaseDecision(phase, message, promoted_at)))
         self.phases[version] = phase
 
     def finish(self) -> Plan:

@@ -1,9 +1,21 @@
-"""ModelVersion lifecycle: Pending → Training → Verifying → Verified | Rejected | Failed.
+"""ModelVersion lifecycle: Pending → Training → Verifying → Verified | Rejected | Failed, and the only
+writer of a ModelVersion's status.
 
 A level-based state machine: a timer per non-terminal ModelVersion reads the Job and the
 bucket and advances the phase. Status is the only memory and Job names are deterministic,
-so a restart (or SIGKILL) in any phase simply continues. What happens after Verified
-(promotion, rollout) is decided by the policy's handler, which sees all versions at once.
+so a restart (or SIGKILL) in any phase simply continues.
+
+What happens after Verified (promotion, the shadow and canary stages, rollout, rollback) is
+decided by the policy's pass, which sees all versions at once. It records each decision about a
+version on that version's ``modelloop.dev/phase-decision`` annotation (phase, message,
+promotedAt), and the same timer, woken while the annotation and the status disagree, copies it
+into status: ``kubectl get mv`` shows Promoting, Active, Superseded, Rejected and RolledBack as
+before, written by this module alone. Why an annotation rather than deriving the phase from the
+policy's status: the policy's status holds only the current rollout (``desired``, ``active``,
+``previous``, the current shadow/canary tally), not the history a phase needs (which abandoned
+rollout turned a version RolledBack, which stage rejected it and why), and the pass reads the
+annotation back in its next listing, so it never acts on a phase older than its own decision
+while the copy is pending (``decide.versions.version_phase``).
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from modelloop.decide.gates import evaluate_gates, failing_summary
 from modelloop.decide.jobs import Verb, build_job, build_rendezvous_service, job_outcome
 from modelloop.decide.queueing import queue_event, queue_name, queue_state
 from modelloop.decide.signing import SignAction, decide_signing
+from modelloop.decide.versions import mirrored_status
 
 from .clock import utc_now
 from .stores import store_for, verifier_credentials_problem
@@ -62,8 +75,9 @@ class _Conditions:
         self.items = set_condition(self.items, type_, status, reason, message, self.now, self.generation)
 
 
-def _in_flight(status: kopf.Status, **_: Any) -> bool:
-    return phase_of(status) in IN_FLIGHT
+def _in_flight(body: kopf.Body, status: kopf.Status, **_: Any) -> bool:
+    """Training or verifying, or a policy decision not yet copied into status: the timer has work."""
+    return phase_of(status) in IN_FLIGHT or bool(mirrored_status(body))
 
 
 # backoff: a failed pass (the API server or the bucket briefly unreachable) is retried at the
@@ -79,6 +93,11 @@ def modelversion_timer(
     **_: Any,
 ) -> None:
     assert namespace is not None, "ModelVersion is namespaced"
+    if mirrored := mirrored_status(body):
+        for k, v in mirrored.items():
+            patch.status[k] = v
+        logger.info("version %s: %s (decided by policy %s)", spec.get("version"), mirrored, spec.get("policy"))
+        return
     try:
         reconcile_modelversion(body, dict(spec), dict(status), namespace, patch, logger, utc_now())
     except Exception as e:

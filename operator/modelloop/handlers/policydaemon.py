@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from modelloop import metrics
 from modelloop.api import constants as c
 from modelloop.api.artifacts import feedback_prefix
-from modelloop.api.modelversion import Phase, phase_of
+from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
 from modelloop.clients.objectstore import check_resolvable
@@ -44,6 +44,7 @@ from modelloop.decide.conditions import parse_rfc3339
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.errors import ErrorVerdict, classify, unusable_spec
 from modelloop.decide.feedback import CountingState, ListedObject, listing_start, to_process
+from modelloop.decide.versions import version_phase
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 from .clock import utc_now
@@ -88,7 +89,13 @@ def _wake(key: PolicyKey) -> None:
 
 @kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL)
 async def modelversion_changed(
-    event: kopf.RawEvent, namespace: str | None, name: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
 ) -> None:
     """Keeps ``_versions`` current and wakes the version's policy (a phase change may be its cue)."""
     policy, version = spec.get("policy"), spec.get("version")
@@ -99,7 +106,7 @@ async def modelversion_changed(
         _versions.get(key, {}).pop(name, None)
     else:
         digest = (status.get("artifact") or {}).get("manifestDigest")
-        _versions.setdefault(key, {})[name] = WatchedVersion(version, phase_of(status), digest)
+        _versions.setdefault(key, {})[name] = WatchedVersion(version, version_phase(body), digest)
     _wake(key)
 
 

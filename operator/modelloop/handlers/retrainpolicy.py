@@ -193,10 +193,7 @@ def apply(decided: Plan, body: Mapping[str, Any], namespace: str, store: ObjectS
         if isinstance(action, CreateVersion):
             _create_version(kbody, namespace, action)
         elif isinstance(action, MarkVersion):
-            patch: dict[str, Any] = {"phase": action.phase.value, "message": action.message}
-            if action.promoted_at is not None:
-                patch["promotedAt"] = action.promoted_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            kube.patch_modelversion_status(namespace, action.name, patch)
+            kube.annotate_modelversion(namespace, action.name, {c.ANNOTATION_PHASE_DECISION: action.decision.encode()})
         elif isinstance(action, DeleteVersion):
             assert store is not None, "retention prunes only when the bucket is readable"
             kube.delete_modelversion(namespace, action.name)
