@@ -416,3 +416,59 @@ def test_a_quarantined_batch_is_an_event_and_is_not_counted() -> None:
     assert p.status["feedback"]["quarantinedTotal"] == 1
     assert p.status["feedback"].get("pendingReviews", 0) == 0
     assert [m.metric for m in p.metrics] == ["FEEDBACK_QUARANTINED"]
+
+
+WAKES = [
+    Case(
+        "idle: nothing the clock changes",
+        status=serving(),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE)],
+    ),
+    Case(
+        "corrections wait for minInterval",
+        status=serving(
+            {"feedback": {"cursor": "k", "pendingCorrections": 5}, "lastTrainingTime": iso(NOW - timedelta(minutes=20))}
+        ),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE)],
+        status_has={"at": NOW + timedelta(minutes=40), "reason": "MinIntervalPassed"},
+    ),
+    Case(
+        "the next cron fire",
+        spec=policy_spec(triggers={"schedule": "15 12 * * *", "feedback": {"minSamples": 3}}),
+        status=serving(),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE)],
+        status_has={"at": NOW + timedelta(minutes=15), "reason": "ScheduleFires"},
+    ),
+    Case(
+        "a training held back by the budget",
+        spec=policy_spec(triggers={"maxTrainingsPerDay": 1, "feedback": {"minSamples": 3}}),
+        status=serving({"trainingStarts": [iso(NOW - timedelta(hours=2))]}),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE)],
+        annotations={c.ANNOTATION_RETRAIN_NOW: "now"},
+        status_has={"at": NOW + timedelta(hours=22), "reason": "BudgetFrees"},
+    ),
+    Case(
+        "a canary step collecting reviews",
+        spec=policy_spec(**CANARY_ON),
+        status=serving(),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.VERIFIED)],
+        status_has={"at": NOW + timedelta(days=1), "reason": "CanaryStepExpires"},
+    ),
+    Case(
+        "a shadow stage collecting reviews",
+        spec=policy_spec(**SHADOW_ON),
+        status=serving(),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.VERIFIED)],
+        status_has={"at": NOW + timedelta(days=7), "reason": "ShadowStageExpires"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", WAKES, ids=[c_.name for c_ in WAKES])
+def test_the_plan_says_when_the_clock_alone_changes_a_decision(case: Case) -> None:
+    """What the daemon's idle ticks wait for (decide/wake.py): the same plan, not a copy of its decisions."""
+    wake = plan(snapshot(case), NOW).wake
+    if not case.status_has:
+        assert wake is None
+    else:
+        assert wake is not None and (wake.at, wake.reason) == (case.status_has["at"], case.status_has["reason"])

@@ -59,7 +59,7 @@ from .retries import AttemptView, RetryDecision, TrainingStart, decide_next_trai
 from .rollback import RollbackDecision, abandoned_version, decide_auto_rollback, decide_rollback_request
 from .rollout import PodView, decide_rollout
 from .shadowstage import count_review, shadow_gate, tally_for
-from .triggers import TriggerSnapshot, decide_trigger
+from .triggers import TriggerSnapshot, decide_trigger, next_fire
 from .versions import (
     PhaseDecision,
     in_flight,
@@ -211,6 +211,16 @@ class Plan:
     """The pass moved into a rollout the snapshot has no serving pods for: gather them and plan again."""
     busy: bool = False
     """A rollout is in progress after this pass: the serving pods are not watched, so tick often."""
+    wake: Wake | None = None
+    """The earliest time a decision of this plan changes by the clock alone (a minInterval passing, a cron
+    fire, the budget freeing, a shadow or canary stage running out of time): the daemon passes again
+    then, and otherwise only on news (events, feedback, versions), so an idle policy costs no request."""
+
+
+@dataclass(frozen=True)
+class Wake:
+    at: datetime
+    reason: str
 
 
 # ---------------------------------------------------------------- helpers the gatherer shares
@@ -525,7 +535,37 @@ class _Planner:
         else:
             self.cond("Ready", "True", "Serving", f"serving {new.active_version}")
         new.observed_generation = generation
+        self.out.wake = self.next_wake(budget if blocked else None)
         return self.finish()
+
+    def next_wake(self, blocked: BudgetDecision | None) -> Wake | None:
+        """When the clock alone changes a decision of this pass (only future times: a past one has had its
+        chance, and what holds it back, a version in flight or a spec change, wakes the daemon itself)."""
+        spec, new, now = self.spec, self.new, self.now
+        times: list[Wake] = []
+        fb = spec.triggers.feedback
+        if new.feedback.pending_corrections >= fb.min_samples and new.last_training_time is not None:
+            times.append(Wake(new.last_training_time + parse_duration(fb.min_interval), "MinIntervalPassed"))
+        if spec.triggers.schedule:
+            times.append(Wake(next_fire(spec.triggers.schedule, now), "ScheduleFires"))
+        if blocked is not None and blocked.next_at is not None:
+            times.append(Wake(blocked.next_at, "BudgetFrees"))
+        canary = new.canary
+        if (
+            spec.rollout.canary.enabled
+            and canary is not None
+            and in_progress(canary, canary.version)
+            and canary.step_started_at is not None
+        ):
+            step = parse_duration(spec.rollout.canary.max_step_duration)
+            times.append(Wake(canary.step_started_at + step, "CanaryStepExpires"))
+        shadow = new.shadow
+        collecting = shadow is not None and shadow.verdict == Verdict.COLLECT.value
+        if spec.rollout.shadow.enabled and collecting and shadow is not None and shadow.since is not None:
+            expires = shadow.since + parse_duration(spec.rollout.shadow.max_duration)
+            times.append(Wake(expires, "ShadowStageExpires"))
+        future = [w for w in times if w.at > now]
+        return min(future, key=lambda w: w.at) if future else None
 
     def quarantined(self, q: QuarantinedObject) -> None:
         self.metric("FEEDBACK_QUARANTINED")

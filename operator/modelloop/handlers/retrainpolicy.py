@@ -51,7 +51,7 @@ from modelloop.decide.rollout import PodView
 from .failures import failure_of
 from .stores import store_for
 
-__all__ = ["RESOLVE_TIMEOUT", "apply", "gather", "phases_of", "reconcile_policy"]
+__all__ = ["RESOLVE_TIMEOUT", "apply", "gather", "phases_of", "plan_and_apply", "reconcile_policy"]
 
 RESOLVE_TIMEOUT = 5.0
 """Seconds the storage endpoint's host may take to resolve before the pass reports it unreachable."""
@@ -69,13 +69,25 @@ def reconcile_policy(
 
     ``modelversions``: the policy's ModelVersions as just listed by the caller (listed here if None).
     """
+    return plan_and_apply(body, namespace, name, logger, now, modelversions).status
+
+
+def plan_and_apply(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    logger: Any,
+    now: datetime,
+    modelversions: list[dict[str, Any]] | None = None,
+) -> Plan:
+    """Gather, plan, apply; the plan (its ``status`` for the caller's one patch, its ``wake`` for the daemon)."""
     snap, store = gather(body, namespace, name, now, modelversions)
     decided = plan(snap, now)
     if decided.needs_serving:  # a rollout starts in this pass: read its pods, decide again (pure, so the same)
         snap = replace(snap, serving=gather_serving(namespace, parse_spec(body["spec"])))
         decided = plan(snap, now)
     apply(decided, body, namespace, store, logger)
-    return decided.status
+    return decided
 
 
 def gather(
