@@ -77,12 +77,6 @@ def create_modelversion(namespace: str, body: dict[str, Any]) -> bool:
     return True
 
 
-def patch_modelversion_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    custom().patch_namespaced_custom_object_status(
-        c.GROUP, c.VERSION, namespace, c.MODELVERSION_PLURAL, name, {"status": status}
-    )
-
-
 def annotate_modelversion(namespace: str, name: str, annotations: dict[str, str]) -> None:
     """Merge ``annotations`` into a ModelVersion's metadata (the policy pass's decisions about it)."""
     custom().patch_namespaced_custom_object(
