@@ -67,6 +67,7 @@ from .versions import (
     next_version,
     promotion_candidate,
     sorted_versions,
+    version_message,
     version_phase,
 )
 
@@ -919,5 +920,5 @@ def _newest_attempt(mvs: Mapping[str, Any], phases: Mapping[str, Phase]) -> Atte
         newest,
         phases[newest],
         (mv.get("spec") or {}).get("attempt"),
-        str((mv.get("status") or {}).get("message") or "")[:300],
+        version_message(mv)[:300],
     )

@@ -104,3 +104,11 @@ def version_phase(mv: Mapping[str, Any]) -> Phase:
     if (fields := decision_of(mv)) is not None and phase_of(status) not in IN_FLIGHT:
         return Phase(fields["phase"])
     return phase_of(status)
+
+
+def version_message(mv: Mapping[str, Any]) -> str:
+    """The message that goes with :func:`version_phase` (the decision's while its copy is pending)."""
+    status = mv.get("status") or {}
+    if (fields := decision_of(mv)) is not None and phase_of(status) not in IN_FLIGHT:
+        return fields.get("message", "")
+    return str(status.get("message") or "")
