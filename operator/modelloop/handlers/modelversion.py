@@ -8,9 +8,9 @@ so a restart (or SIGKILL) in any phase simply continues.
 What happens after Verified (promotion, the shadow and canary stages, rollout, rollback) is
 decided by the policy's pass, which sees all versions at once. It records each decision about a
 version on that version's ``modelloop.dev/phase-decision`` annotation (phase, message,
-promotedAt), and the same timer, woken while the annotation and the status disagree, copies it
-into status: ``kubectl get mv`` shows Promoting, Active, Superseded, Rejected and RolledBack as
-before, written by this module alone. Why an annotation rather than deriving the phase from the
+promotedAt), and :func:`modelversion_decided`, on the version's watch events, copies it into
+status: ``kubectl get mv`` shows Promoting, Active, Superseded, Rejected and RolledBack as before,
+written by this module alone (a moment after the policy's status, no longer before it). Why an annotation rather than deriving the phase from the
 policy's status: the policy's status holds only the current rollout (``desired``, ``active``,
 ``previous``, the current shadow/canary tally), not the history a phase needs (which abandoned
 rollout turned a version RolledBack, which stage rejected it and why), and the pass reads the
@@ -21,6 +21,7 @@ while the copy is pending (``decide.versions.version_phase``).
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,38 @@ class _Conditions:
         self.items = set_condition(self.items, type_, status, reason, message, self.now, self.generation)
 
 
-def _in_flight(body: kopf.Body, status: kopf.Status, **_: Any) -> bool:
-    """Training or verifying, or a policy decision not yet copied into status: the timer has work."""
-    return phase_of(status) in IN_FLIGHT or bool(mirrored_status(body))
+def _in_flight(status: kopf.Status, **_: Any) -> bool:
+    return phase_of(status) in IN_FLIGHT
+
+
+MIRROR_ATTEMPTS = 3
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL, annotations={c.ANNOTATION_PHASE_DECISION: kopf.PRESENT})
+def modelversion_decided(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """Copies the policy pass's decision about this version into its status (a watch event, not a timer:
+    kopf's timers put a finalizer on the object for as long as they run). Every event of the version
+    with a decision its status does not show yet is a cue, the listing after an operator start included,
+    so a copy lost to a failed write is made at the next event or start at the latest."""
+    if event.get("type") == "DELETED" or not namespace or not name:
+        return
+    mirrored = mirrored_status(body)
+    if not mirrored:
+        return
+    for attempt in range(1, MIRROR_ATTEMPTS + 1):
+        try:
+            kube.patch_modelversion_status(namespace, name, mirrored)
+            break
+        except Exception as e:  # noqa: BLE001 - retried here; the next event or start copies it otherwise
+            if attempt == MIRROR_ATTEMPTS:
+                logger.error(
+                    "could not copy the policy's decision %s into the status: %s: %s", mirrored, type(e).__name__, e
+                )
+                return
+            time.sleep(INTERVAL * attempt)  # backoff between attempts, not synchronisation
+    logger.info("version %s: %s (decided by its policy)", body.get("spec", {}).get("version"), mirrored)
 
 
 # backoff: a failed pass (the API server or the bucket briefly unreachable) is retried at the
@@ -93,11 +123,6 @@ def modelversion_timer(
     **_: Any,
 ) -> None:
     assert namespace is not None, "ModelVersion is namespaced"
-    if mirrored := mirrored_status(body):
-        for k, v in mirrored.items():
-            patch.status[k] = v
-        logger.info("version %s: %s (decided by policy %s)", spec.get("version"), mirrored, spec.get("policy"))
-        return
     try:
         reconcile_modelversion(body, dict(spec), dict(status), namespace, patch, logger, utc_now())
     except Exception as e:
