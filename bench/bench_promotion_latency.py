@@ -114,6 +114,9 @@ def policy_body(endpoint: str) -> dict[str, Any]:
             "dataset": {"path": "datasets/digits"},
             "triggers": {"feedback": {"minSamples": 10_000_000}},
             "training": {"image": "modelloop/trainer:dev", "plugin": PLUGIN},
+            # a Verified version is promoted at once: these benches time the swap, not the reviews that
+            # would decide the shadow stage (on by default; bench_review_decision_latency times that)
+            "rollout": {"shadow": {"enabled": False}},
         },
     }
 

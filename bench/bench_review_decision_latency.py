@@ -29,11 +29,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -55,9 +53,9 @@ from bench.bench_promotion_latency import (
     time_until_all_serve,
 )
 from bench.bench_rollback_latency import version_body
+from bench.servers import standalone_operator
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri
-from modelloop_dev.processes import ManagedProcess
 from modelloop_server.control import DEFAULT_SOCKET_NAME, ControlClient
 
 MIN_REVIEWS = 20
@@ -134,15 +132,7 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
         if os.environ.get("PYTHONPATH"):  # a checkout's own packages over the installed ones, in the replicas too
             base_env["PYTHONPATH"] = os.pathsep.join([base_env["PYTHONPATH"], os.environ["PYTHONPATH"]])
         pool = urllib3.PoolManager(retries=False, maxsize=REPLICAS * 2)
-        operator = ManagedProcess(
-            "modelloop-operator",
-            [
-                Path(sys.executable).parent / "modelloop-operator",
-                "--standalone", "--namespace", NAMESPACE, "--metrics-port", "0", "--liveness", "",
-            ],
-            tmp / "operator.log",
-            env={**os.environ, **cp.env},
-        )  # fmt: skip
+        operator = standalone_operator(NAMESPACE, tmp / "operator.log", cp.env)
         baseline: list[float] = []
         reviewed: list[float] = []
         reactions: list[float] = []

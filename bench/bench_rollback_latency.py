@@ -14,13 +14,10 @@ Baseline: a published design promises rollback within a minute (60 s); the targe
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -40,9 +37,9 @@ from bench.bench_promotion_latency import (
     start_pods,
     time_until_all_serve,
 )
+from bench.servers import standalone_operator
 from modelloop.api import constants as c
 from modelloop.api.artifacts import artifact_uri
-from modelloop_dev.processes import ManagedProcess
 
 BASELINE_ROLLBACK_S = 60.0
 TARGET_P95_S = 2.0
@@ -149,15 +146,7 @@ def run(rounds: int, timeout: float) -> list[report.Measurement]:
 
         base_env = start_pods(cp, s3)
         pool = urllib3.PoolManager(retries=False, maxsize=REPLICAS)
-        operator = ManagedProcess(
-            "modelloop-operator",
-            [
-                Path(sys.executable).parent / "modelloop-operator",
-                "--standalone", "--namespace", NAMESPACE, "--metrics-port", "0", "--liveness", "",
-            ],
-            tmp / "operator.log",
-            env={**os.environ, **cp.env},
-        )  # fmt: skip
+        operator = standalone_operator(NAMESPACE, tmp / "operator.log", cp.env)
         with replicas(tmp / "replicas", base_env) as reps:
             first = time_until_all_serve(reps, "v2", pool, timeout)
             print(f"{REPLICAS} replicas serving v2 after {first:.1f} s (cold start)", flush=True)

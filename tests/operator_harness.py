@@ -79,7 +79,17 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+PROMOTE_ON_VERIFICATION: dict[str, Any] = {"shadow": {"enabled": False}}
+"""``spec.rollout`` of the harness's policies: a verified version is promoted at once. The shadow stage is on by
+default (it holds v2 until reviews of live answers decide), but the tests built on this harness play trainer and
+verifier and test what follows verification (rollout, rollback, retries, errors, metrics), with no serving replica
+scoring in the shadow and no reviewer; the stages themselves are tested with reviews in test_shadow_stage.py and
+test_review_decisions_live.py, which pass their own ``rollout``."""
+
+
 def policy_body(minio: MinioServer, bucket: str, **spec: Any) -> dict[str, Any]:
+    """A RetrainPolicy for the test namespace; ``spec`` keys replace the defaults (``rollout`` included)."""
+    spec.setdefault("rollout", PROMOTE_ON_VERIFICATION)
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.RETRAINPOLICY_KIND,

@@ -6,9 +6,13 @@ Deployment (model server + reload sidecar, 2 replicas); seeds the base dataset, 
 RetrainPolicy, and then plays production: a load generator calls both replicas throughout while
 reviewers post feedback. The base set lacks almost every 8 (:mod:`modelloop_dev.demodata`), so v1
 gets production's 8s wrong; the operator bootstraps v1, the reviewers' corrections trigger v2, which
-learns the 8s from them, must beat v1 on the holdout to pass verification, and is hot-swapped into
-both replicas; a second round of reviews then measures v2 live. Progress (epochs, gates, rollout n/m) and timings are
-printed as they happen, then a summary and the kubectl commands to look around.
+learns the 8s from them and must beat v1 on the holdout to pass verification. Verified, v2 enters the
+shadow stage (the default first stage of a rollout): both replicas score it beside v1 on live requests,
+answering nobody, while reviewers go on reviewing; each review labels both models, and the paired
+tally (both right, only v1 right, only v2 right, both wrong) is printed as it grows until the
+operator's paired test promotes v2, which is then hot-swapped into both replicas; a last round of
+reviews measures v2 live. Progress (epochs, gates, shadow tally, rollout n/m) and timings are printed
+as they happen, then a summary with both versions' live accuracy and the kubectl commands to look around.
 
 :class:`LoopStack` is the part shared with ``tests/e2e``: everything above the control plane and
 MinIO, which the tests get from their fixtures and the demo starts itself.
@@ -93,6 +97,7 @@ def policy_spec(
     epochs: int = 3,
     min_samples: int = 20,
     beat_margin: float = -0.05,
+    rollout: Json | None = None,
 ) -> Json:
     """A RetrainPolicy spec sized for 2 CPU cores: few epochs, gates the small digits net can pass.
 
@@ -100,6 +105,9 @@ def policy_spec(
     through: on the full base set v1 is as good as the corrections make v2, the holdout is small (a few
     hundred digits), and a gate that flips on noise would make those tests flaky. The demo's v1 lacks a
     class, so the demo requires v2 to be better.
+
+    ``rollout``: ``spec.rollout`` when given, else the defaults (the shadow stage on: a verified v2 is
+    held until reviews of live answers decide).
     """
     return {
         "model": model,
@@ -129,11 +137,16 @@ def policy_spec(
             }
         },
         "serving": {"deployment": deployment, "rolloutTimeout": "5m"} if deployment else {},
+        **({"rollout": rollout} if rollout is not None else {}),
     }
 
 
 DEMO_BEAT_MARGIN = 0.0
 """v2 must score at least v1's holdout accuracy: v1 lacks the 8s, so v2 beats it by several points."""
+
+DEMO_SHADOW: Json = {"enabled": True, "minReviews": 100, "margin": 0.02, "alpha": 0.05, "maxDuration": "30m"}
+"""The demo's shadow stage: the defaults but ``minReviews`` (200) halved and ``maxDuration`` (7d) cut, to fit a
+demo; the margin and the error rate are the product's."""
 
 
 class PolicyView:
@@ -508,6 +521,19 @@ class Progress:
                     f"{version}/gates", json.dumps(gates, sort_keys=True), f"{version}: verification gates: {lines}"
                 )
         rst = rp.get("status") or {}
+        shadow = rst.get("shadow") or {}
+        if shadow.get("version") and shadow_reviews(shadow):
+            cells = [shadow.get(cell) for cell in SHADOW_CELLS]
+            self._once(
+                "shadow", json.dumps([shadow.get("version"), *cells, shadow.get("verdict")]), describe_shadow(shadow)
+            )
+        for cond in rst.get("conditions") or []:
+            if cond.get("type") in ("ShadowStage", "CanaryStage") and cond.get("status") == "False":
+                self._once(
+                    f"{cond['type']}/decided",
+                    f"{cond.get('reason')} {cond.get('message')}",
+                    f"{cond['type']} decided ({cond.get('reason')}): {cond.get('message')}",
+                )
         rollout = rst.get("rollout") or {}
         desired = (rst.get("desired") or {}).get("version")
         if desired:
@@ -521,6 +547,84 @@ class Progress:
         if value is not None and self.seen.get(key) != value:
             self.seen[key] = value
             self.say(text)
+
+
+SHADOW_CELLS = ("bothRight", "onlyActive", "onlyCandidate", "bothWrong")
+
+
+def shadow_reviews(shadow: Json) -> int:
+    """Reviews tallied in ``status.shadow`` (each labels both the active version and the candidate)."""
+    return sum(int(shadow.get(cell) or 0) for cell in SHADOW_CELLS)
+
+
+def shadow_accuracies(shadow: Json) -> tuple[float, float] | None:
+    """(active, candidate) accuracy on the same reviewed requests, from the paired tally."""
+    n = shadow_reviews(shadow)
+    if not n:
+        return None
+    both = int(shadow.get("bothRight") or 0)
+    return (both + int(shadow.get("onlyActive") or 0)) / n, (both + int(shadow.get("onlyCandidate") or 0)) / n
+
+
+def describe_shadow(shadow: Json) -> str:
+    """One line: the paired tally by cell, both accuracies on those requests, the verdict."""
+    active, candidate = shadow.get("activeVersion") or "active", shadow.get("version")
+    cells = {cell: int(shadow.get(cell) or 0) for cell in SHADOW_CELLS}
+    acc = shadow_accuracies(shadow)
+    accs = f"; accuracy on them: {active} {acc[0]:.3f}, {candidate} {acc[1]:.3f}" if acc else ""
+    verdict = shadow.get("verdict") or "Collect"
+    return (
+        f"shadow tally of {candidate} vs {active} after {shadow_reviews(shadow)} paired reviews: both right"
+        f" {cells['bothRight']}, only {active} right {cells['onlyActive']}, only {candidate} right"
+        f" {cells['onlyCandidate']}, both wrong {cells['bothWrong']}{accs} -> {verdict}"
+    )
+
+
+def run_shadow_stage(
+    stack: LoopStack, progress: Progress, version: str, round_size: int, max_reviews: int, seed: int
+) -> tuple[ReviewResult, Json]:
+    """Reviewers go on reviewing the active version's live answers while ``version`` is scored in the shadow,
+    a round at a time, until the operator's paired test promotes or rejects it; the reviews posted and the
+    final tally. Each round's answers are all given before its reviews are posted (:func:`review`), so the
+    replica that answered has scored the candidate too and every review labels both."""
+    posted = ReviewResult(0, 0, 0)
+    rounds = 0
+    while True:
+        phase = stack.mv_phase(version)
+        if phase in ("Promoting", "Active", "Rejected"):
+            break
+        if posted.reviewed >= max_reviews:
+            raise StackError(
+                f"{version} still undecided in the shadow stage after {posted.reviewed} reviews; "
+                f"status.shadow: {(stack.rp().get('status') or {}).get('shadow')}"
+            )
+        before = shadow_reviews((stack.rp().get("status") or {}).get("shadow") or {})
+        got = stack.review(round_size, seed=seed + rounds)
+        rounds += 1
+        posted = ReviewResult(
+            posted.reviewed + got.reviewed, posted.corrections + got.corrections, posted.failed + got.failed
+        )
+
+        def counted(before: int = before) -> bool:
+            progress.tick()
+            shadow = (stack.rp().get("status") or {}).get("shadow") or {}
+            return shadow_reviews(shadow) > before or stack.mv_phase(version) in ("Promoting", "Active", "Rejected")
+
+        wait_for(
+            f"the operator to tally round {rounds} of reviews of {version} in the shadow",
+            counted,
+            90,
+            hint=stack.hint(),
+        )
+
+    def decided() -> Json | None:
+        # the ModelVersion is marked during the operator's pass, the policy's status written at its end
+        shadow: Json = (stack.rp().get("status") or {}).get("shadow") or {}
+        return shadow if shadow.get("version") == version and shadow.get("verdict") in ("Promote", "Reject") else None
+
+    final = wait_for(f"status.shadow to record the decision on {version}", decided, 60, hint=stack.hint())
+    progress.tick()
+    return posted, final
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -586,6 +690,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                 epochs=args.epochs,
                 min_samples=args.min_corrections,
                 beat_margin=DEMO_BEAT_MARGIN,
+                rollout={"shadow": DEMO_SHADOW},
             )
         )
         progress = Progress(stack, t0)
@@ -608,6 +713,26 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         # Reviews flushed after v2's feedback snapshot would start v3 right after; one round is the demo.
         stack.patch_policy_spec({"triggers": {"feedback": {"minInterval": "24h"}}})
+        stack.wait_phase("v2", {"Verified", "Promoting", "Active"}, args.timeout, on_tick=progress.tick)
+        timings["feedback → v2 verified"] = time.monotonic() - t_feedback
+        say(
+            "v2 passed verification and is held in the shadow stage: both replicas score it beside v1 on every live"
+            " request, answering nobody; reviewers keep reviewing v1's answers, and each review labels both models"
+        )
+        t = time.monotonic()
+        in_shadow, shadow = run_shadow_stage(
+            stack, progress, "v2", args.shadow_round, args.shadow_max_reviews, seed=101
+        )
+        timings["shadow stage (reviews → decision)"] = time.monotonic() - t
+        live["v1"] = ReviewResult(
+            result.reviewed + in_shadow.reviewed,
+            result.corrections + in_shadow.corrections,
+            result.failed + in_shadow.failed,
+        )
+        say(
+            f"the paired test decided {shadow.get('verdict')} after {in_shadow.reviewed} more reviews:"
+            f" {shadow.get('message')}"
+        )
         stack.wait_phase("v2", {"Active"}, args.timeout, on_tick=progress.tick)
         timings["feedback → v2 active"] = time.monotonic() - t_feedback
         tally = load.stop()
@@ -624,11 +749,19 @@ def _run_demo(args: argparse.Namespace) -> int:
             f" {_live(live['v2'])} (the operator's count: {_fmt(counted.get('accuracy'))} over {counted.get('reviews')})"
         )
         mvs = stack.mvs()
+        paired: dict[str, str] = {}
+        accs = shadow_accuracies(shadow)
+        if accs is not None:
+            n = shadow_reviews(shadow)
+            paired["v1"] = f"on the {n} requests both scored in the shadow {accs[0]:.3f}"
+            paired["v2"] = f"on the same {n} requests {accs[1]:.3f} (shadow verdict {shadow.get('verdict')})"
         print("\nSummary")
         for version, mv in sorted(mvs.items(), key=lambda kv: int(kv[0][1:])):
             metrics = (mv.get("status") or {}).get("metrics") or {}
             phase = (mv.get("status") or {}).get("phase") or "?"
             reviews = f", live accuracy {_live(live[version])}" if version in live else ""
+            if version in paired:
+                reviews += f", {paired[version]}"
             print(
                 f"  {version}: {phase:<11} holdout accuracy {_fmt(metrics.get('holdoutAccuracy'))},"
                 f" validation accuracy {_fmt(metrics.get('validationAccuracy'))}{reviews}"
@@ -686,6 +819,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--min-corrections", type=int, default=10, help="corrections that trigger a retrain (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--shadow-round",
+        type=int,
+        default=50,
+        help="reviews per round while v2 is in the shadow stage (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shadow-max-reviews",
+        type=int,
+        default=1000,
+        help="give up when the shadow stage is still undecided after this many reviews (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout", type=float, default=480.0, help="seconds allowed per version (default: %(default)s)"

@@ -173,10 +173,13 @@ class ReviewResult:
 def review(
     targets: Sequence[str], n: int, seed: int = 3, timeout_s: float = 10.0, token: str | None = None
 ) -> ReviewResult:
-    """Asks the serving replicas ``n`` questions and posts every answer's true label as feedback.
+    """Asks the serving replicas ``n`` questions, then posts every answer's true label as feedback.
 
     A correction is a review whose label differs from what the model predicted; only those count
     toward a retraining trigger. ``token``: the reviewer's bearer token (servers require one).
+    The answers are all given before the first review, as reviewers see answers after they were
+    given: by then a candidate in the shadow stage has scored the same inputs on the replica that
+    answered, and each review (posted to that replica) labels both models.
     """
     headers = {"Content-Type": "application/json"}
     if token:
@@ -184,6 +187,7 @@ def review(
     x, y = production_inputs(n, seed=seed)
     pool = urllib3.PoolManager(retries=False, maxsize=4)
     reviewed = corrections = failed = 0
+    answered: list[tuple[str, str, int, int]] = []  # (replica, prediction id, predicted, true label)
     for i in range(n):
         base = targets[i % len(targets)]
         try:
@@ -192,16 +196,21 @@ def review(
             if status != 200 or predicted is None:
                 failed += 1
                 continue
-            # The review names the prediction by its id; the server takes the version, the predicted
-            # class and the input from its receipt of that answer.
-            body = json.dumps({"id": payload["id"], "label": int(y[i]), "reason": "loadgen: the true digit"})
-            resp = post_review(pool, base, body.encode(), headers, timeout_s)
+            answered.append((base, str(payload["id"]), predicted, int(y[i])))
         except (urllib3.exceptions.HTTPError, KeyError):
+            failed += 1
+    for base, prediction_id, predicted, label in answered:
+        # The review names the prediction by its id; the server takes the version, the predicted
+        # class and the input from its receipt of that answer.
+        body = json.dumps({"id": prediction_id, "label": label, "reason": "loadgen: the true digit"})
+        try:
+            resp = post_review(pool, base, body.encode(), headers, timeout_s)
+        except urllib3.exceptions.HTTPError:
             failed += 1
             continue
         if resp.status >= 300:
             failed += 1
             continue
         reviewed += 1
-        corrections += int(predicted != int(y[i]))
+        corrections += int(predicted != label)
     return ReviewResult(reviewed=reviewed, corrections=corrections, failed=failed)

@@ -79,7 +79,7 @@ LEADER_TRANSITIONS = Counter(
 
 # --- state gauges, derived from status at every scrape -------------------------------------------
 
-STATUS_FIELDS = ("activeVersion", "desired", "feedback", "liveAccuracy", "canary", "conditions")
+STATUS_FIELDS = ("activeVersion", "desired", "feedback", "liveAccuracy", "shadow", "canary", "conditions")
 """The RetrainPolicy status fields the state gauges read (all a watch cache needs to keep)."""
 
 
@@ -137,6 +137,29 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "modelloop_canary_live_accuracy",
             "Reviewed accuracy in the current canary step of each version's own answers (role candidate or active).",
             labels=[*p, "version", "role"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_shadow_reviews",
+            "Paired reviews of the candidate scored in the shadow beside the active version (status.shadow), by cell:"
+            " both_right, only_active, only_candidate, both_wrong. The decision rests on only_active vs only_candidate.",
+            labels=[*p, "version", "active", "cell"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_shadow_live_accuracy",
+            "Reviewed accuracy on the same paired requests of the shadow candidate and the active version (role).",
+            labels=[*p, "version", "role"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_rollout_stage",
+            "1 for the version in a rollout stage now: shadow or canary (condition ShadowStage/CanaryStage True),"
+            " promoting or rollingBack (status.desired differs from the active version).",
+            labels=[*p, "version", "stage"],
+        ),
+        GaugeMetricFamily(
+            "modelloop_rollout_verdict_info",
+            "1 for the last decision of each live-review stage (status.shadow, status.canary): Collect, Step, Promote"
+            " or Reject, with its reason.",
+            labels=[*p, "stage", "version", "verdict", "reason"],
         ),
         GaugeMetricFamily(
             "modelloop_training_retries_exhausted",
@@ -197,12 +220,52 @@ def _policy_samples(p: PolicyState) -> list[tuple[str, list[str], float]]:
             if version and canary.get(reviews):
                 accuracy = float(canary.get(correct) or 0) / float(canary[reviews])
                 out.append(("modelloop_canary_live_accuracy", [*ids, version, role], accuracy))
+    out.extend(_stage_samples(st, ids, active, desired))
     exhausted = _condition(st, "RetriesExhausted").get("status") == "True"
     out.append(("modelloop_training_retries_exhausted", ids, 1 if exhausted else 0))
     blocked = _condition(st, "Training").get("reason") == "BudgetExhausted"
     out.append(("modelloop_training_budget_exhausted", ids, 1 if blocked else 0))
     for v in sorted(p.versions, key=lambda v: v.version):
         out.append(("modelloop_version_phase", [*ids, v.version, v.phase], 1))
+    return out
+
+
+SHADOW_CELLS = (("both_right", "bothRight"), ("only_active", "onlyActive"),
+                ("only_candidate", "onlyCandidate"), ("both_wrong", "bothWrong"))  # fmt: skip
+
+
+def _stage_samples(
+    st: Mapping[str, Any], ids: list[str], active: str | None, desired: Mapping[str, Any]
+) -> list[tuple[str, list[str], float]]:
+    """The rollout stages' series: the shadow tally, the stage each version is in, each stage's last verdict."""
+    out: list[tuple[str, list[str], float]] = []
+    shadow = st.get("shadow") or {}
+    if shadow.get("version"):
+        version, against = shadow["version"], shadow.get("activeVersion") or ""
+        cells = {cell: int(shadow.get(field) or 0) for cell, field in SHADOW_CELLS}
+        for cell, n in cells.items():
+            out.append(("modelloop_shadow_reviews", [*ids, version, against, cell], float(n)))
+        n = sum(cells.values())
+        if n:
+            candidate = (cells["both_right"] + cells["only_candidate"]) / n
+            out.append(("modelloop_shadow_live_accuracy", [*ids, version, "candidate"], candidate))
+            if against:
+                accuracy = (cells["both_right"] + cells["only_active"]) / n
+                out.append(("modelloop_shadow_live_accuracy", [*ids, against, "active"], accuracy))
+        if shadow.get("verdict"):
+            reason = _condition(st, "ShadowStage").get("reason") or ""
+            out.append(("modelloop_rollout_verdict_info", [*ids, "shadow", version, shadow["verdict"], reason], 1))
+    canary = st.get("canary") or {}
+    if canary.get("version") and canary.get("verdict"):
+        labels = [*ids, "canary", canary["version"], canary["verdict"], canary.get("reason") or ""]
+        out.append(("modelloop_rollout_verdict_info", labels, 1))
+    if shadow.get("version") and _condition(st, "ShadowStage").get("status") == "True":
+        out.append(("modelloop_rollout_stage", [*ids, shadow["version"], "shadow"], 1))
+    if canary.get("version") and _condition(st, "CanaryStage").get("status") == "True":
+        out.append(("modelloop_rollout_stage", [*ids, canary["version"], "canary"], 1))
+    if desired.get("version") and desired["version"] != active:
+        moving = "rollingBack" if desired.get("reason") in ("Rollback", "AutoRollback") else "promoting"
+        out.append(("modelloop_rollout_stage", [*ids, desired["version"], moving], 1))
     return out
 
 

@@ -55,6 +55,7 @@ from .oip import routes as oip_routes
 from .receipts import InputFacts, ReceiptBook, ReceiptStoreUnavailable, tensor_facts
 from .replays import ReviewLedger
 from .reviewgate import ANONYMOUS, MODE_OFF, RateLimiter, ReviewGate, ReviewRefused
+from .reviewmarks import MarkUnavailable, ReviewMarks
 from .settings import (
     DEFAULT_MAX_JSON_DEPTH,
     ENV_FEEDBACK_DURABILITY,
@@ -209,6 +210,7 @@ class Serving:
     refs: InputRefs
     commits: GroupCommit | None = None  # write-through durability (the default); None: the spool answers
     commit_pool: ThreadPoolExecutor | None = None
+    marks: ReviewMarks | None = None  # with an object store: which review of each id is stored
     canary: CanarySplit | None = None
     """The share of requests the shadow candidate answers (``POST /v1/canary``); None: it answers nobody."""
 
@@ -403,6 +405,7 @@ async def feedback(request: Request) -> Response:
         try:
             receipt, found = await loop.run_in_executor(s.join_pool, s.receipts.lookup, review.id)
         except ReceiptStoreUnavailable as e:
+            s.metrics.feedback_refused.labels("store_unavailable").inc()
             raise Problem(503, f"{e}; the review was not taken, retry later", {"Retry-After": "5"}) from None
         if receipt is None:
             s.metrics.review_joins.labels("unknown").inc()
@@ -414,11 +417,29 @@ async def feedback(request: Request) -> Response:
         if s.ledger.is_replay(record):
             s.metrics.review_joins.labels("replay").inc()
             return json_response({"id": record.id, "correction": record.is_correction, "replay": True}, 200)
+        # Which review of this id is stored (any replica's): a replay, or the one this review replaces.
+        marked, mark_etag, mark_read = None, None, False
+        if s.marks is not None:
+            try:
+                marked, mark_etag = await loop.run_in_executor(s.join_pool, s.marks.read, record.id)
+                mark_read = True
+            except MarkUnavailable as e:
+                # Not a refusal: write-through answers from its commit (which fails too if the store is down),
+                # spool mode takes reviews through an outage; the review counts as new.
+                s.metrics.review_marks.labels("failed").inc()
+                log.warning("%s; the review of %s is taken as the id's first", e, record.id)
+        if marked is not None and marked.same_review(record):
+            s.metrics.review_joins.labels("replay").inc()
+            s.ledger.remember(record)
+            return json_response({"id": record.id, "correction": record.is_correction, "replay": True}, 200)
+        if marked is not None:
+            record = record.model_copy(update={"revises": marked.counted})
         s.metrics.review_joins.labels(found).inc()
         if s.commits is not None:
             try:
                 await s.commits.commit(record)
             except StoreUnavailable as e:
+                s.metrics.feedback_refused.labels("store_unavailable").inc()
                 raise Problem(503, str(e), {"Retry-After": str(COMMIT_RETRY_AFTER_SECONDS)}) from None
             s.metrics.feedback_received.labels("correction" if record.is_correction else "confirmation").inc()
         else:
@@ -429,6 +450,8 @@ async def feedback(request: Request) -> Response:
             except (BacklogFull, SpoolUnavailable) as e:
                 raise Problem(503, str(e), {"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)}) from None
         s.ledger.remember(record)
+        if s.marks is not None and mark_read:  # unread (store down): it would only guess
+            await loop.run_in_executor(s.join_pool, s.marks.settle, record, mark_etag)
     except Problem as p:
         return json_response({"error": p.message}, p.status, p.headers)
     return json_response(
@@ -797,9 +820,11 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 search_batches=settings.receipt_search_batches,
             ),
             ledger=ReviewLedger(settings.receipt_index_size),
-            join_pool=ThreadPoolExecutor(2, thread_name_prefix="receipt-join"),
+            join_pool=ThreadPoolExecutor(4, thread_name_prefix="receipt-join"),  # joins and review markers
             refs=_input_refs(settings, store, m),
         )
+        if store is not None:
+            s.marks = ReviewMarks(settings.model, store, m)
         if store is not None and settings.feedback_durability == WRITE_THROUGH:
             s.commit_pool = ThreadPoolExecutor(1, thread_name_prefix="feedback-commit")
             s.commits = GroupCommit(
@@ -811,6 +836,7 @@ def create_app(settings: ServerSettings, store: ObjectStore | None, plugin: Mode
                 max_records=settings.feedback_commit_records,
                 timeout=settings.feedback_commit_timeout_seconds,
                 on_stored=s.ledger.remember_all,
+                on_late=lambda records: [s.join_pool.submit(s.marks.settle, r, None) for r in records if s.marks],
             )
             s.commits.start()
         elif store is not None:

@@ -10,10 +10,15 @@ stored (the object store is down, refuses, or does not confirm within the commit
 with Retry-After, and the caller retries. So nothing answered 2xx lives only in this process or on
 the Pod's disk: deleting the Pod, or killing the process right after an answer, cannot lose it.
 
-A PUT that fails ambiguously (a timeout after the store took it) may leave a refused review stored;
-the retry then stores it again, and the trainer keeps one review per prediction id. A group that is
-confirmed after its callers gave up is remembered as accepted (``on_stored``), so an identical retry
-is answered as a replay rather than written twice.
+A group's key is chosen once and every retry of its PUT is conditional (``If-None-Match: *``,
+``ObjectStore.put_new``): an attempt that timed out after the store took the batch is not rewritten
+(its upload time, by which the operator tracks what it counted, does not move), and the retry's
+refusal means "stored". A group confirmed only after its callers gave up (the store did not answer
+within the commit timeout) is remembered as accepted (``on_stored``), and the reviews whose callers
+gave up are passed to ``on_late`` (their review markers are written then), so the client's retry,
+on this replica or another, is answered as a replay rather than stored and counted twice. A retry
+that arrives before the late confirmation is still stored again: the trainer keeps one review per
+prediction id, and the counts carry one extra review of that id until the next training.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class _Group:
     opened: float
     done: asyncio.Future[tuple[str | None, str]]  # (key, "") when stored, (None, why) when not
     records: list[FeedbackRecord] = field(default_factory=list)
+    abandoned: list[FeedbackRecord] = field(default_factory=list)  # their callers were answered 503 (timeout)
     lines: list[bytes] = field(default_factory=list)
     size: int = 0
     full: bool = False
@@ -63,6 +69,7 @@ class GroupCommit:
         max_bytes: int = 8 << 20,
         timeout: float = 10.0,
         on_stored: Callable[[list[FeedbackRecord]], None] = lambda _records: None,
+        on_late: Callable[[list[FeedbackRecord]], object] = lambda _records: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
@@ -74,6 +81,7 @@ class GroupCommit:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.on_stored = on_stored
+        self.on_late = on_late
         self.clock = clock
         self._groups: deque[_Group] = deque()  # the last one is open; the first is stored next
         self._work = asyncio.Event()
@@ -114,6 +122,7 @@ class GroupCommit:
         try:
             key, why = await asyncio.wait_for(asyncio.shield(group.done), self.timeout)
         except TimeoutError:
+            group.abandoned.append(record)
             raise StoreUnavailable(
                 f"the object store did not confirm the review's batch within {self.timeout:g}s "
                 "(MODELLOOP_FEEDBACK_COMMIT_TIMEOUT_SECONDS); the review was not accepted, retry later"
@@ -147,8 +156,8 @@ class GroupCommit:
     async def _store(self, group: _Group) -> None:
         key = batch_key(self.model)
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.store.put_bytes, key, b"".join(group.lines), "application/x-ndjson"
+            fresh = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.store.put_new, key, b"".join(group.lines), "application/x-ndjson"
             )
         except Exception as e:  # noqa: BLE001 - any failure refuses the group; its callers retry
             self.metrics.feedback_flush_errors.inc()
@@ -166,5 +175,9 @@ class GroupCommit:
             return
         self.metrics.feedback_flushed.inc(len(group.records))
         self.metrics.feedback_commit_records.observe(len(group.records))
+        if not fresh:
+            log.info("feedback batch %s was stored by an attempt that timed out; not rewritten", key)
         self.on_stored(group.records)
+        if group.abandoned:
+            self.on_late(group.abandoned)
         group.done.set_result((key, ""))

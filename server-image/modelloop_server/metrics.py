@@ -125,14 +125,16 @@ class ServerMetrics:
             self.feedback_received.labels(kind)
         self.feedback_refused = Counter(
             "modelloop_server_feedback_refused",
-            "Reviews refused before they were read, by reason: unauthenticated (401), forbidden (403: RBAC does not "
-            "let the caller review this model), rate_limited (429) or auth_unavailable (503: the sidecar or the API "
-            "server could not be asked). Forbidden or rate-limited reviews in numbers mean a misconfigured or "
-            "misbehaving review client.",
+            "Reviews refused, by reason: unauthenticated (401), forbidden (403: RBAC does not let the caller review "
+            "this model), rate_limited (429) or auth_unavailable (503: the sidecar or the API server could not be "
+            "asked), before the review was read; store_unavailable (503: the object store could not store it, "
+            "write-through mode, or could not be read to join it to its receipt; alert "
+            "ModelloopFeedbackStoreUnavailable). Forbidden or rate-limited reviews in numbers mean a misconfigured "
+            "or misbehaving review client.",
             ["reason"],
             registry=r,
         )
-        for reason in ("unauthenticated", "forbidden", "rate_limited", "auth_unavailable"):
+        for reason in ("unauthenticated", "forbidden", "rate_limited", "auth_unavailable", "store_unavailable"):
             self.feedback_refused.labels(reason)
         self.feedback_flushed = Counter(
             "modelloop_server_feedback_flushed_records",
@@ -257,3 +259,15 @@ class ServerMetrics:
         )
         for result in ("memory", "bucket", "unknown", "replay"):
             self.review_joins.labels(result)
+        self.review_marks = Counter(
+            "modelloop_server_review_marks",
+            "Review markers (one per reviewed prediction id, modelloop_server.reviewmarks), by outcome: first (the "
+            "id's first stored review), revision (it replaces a stored review: counted as a change, not a new "
+            "review), conflict (another replica stored a review of the same id at the same moment: it may count "
+            "twice until training keeps the latest), failed (the marker could not be read or written: the next "
+            "review of that id may count as a new one).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("first", "revision", "conflict", "failed"):
+            self.review_marks.labels(outcome)

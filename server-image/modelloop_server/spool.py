@@ -9,8 +9,9 @@ node. The spool survives what its volume survives: on the Pod's emptyDir a delet
 along. A batch is cut when it holds ``batch_records`` records or has been open ``flush_seconds``
 (so a burst is a few uploads, not thousands); it has its object key at once (receipts: from the
 moment it opens, so a receipt id can name it) and its journal becomes that key's spool file before
-the upload is tried. The upload reuses that key on every retry (an ambiguous failure cannot store
-a batch twice) and the spool file is removed only after the object store confirmed it. While
+the upload is tried. The upload reuses that key on every retry, conditionally (``If-None-Match``):
+an ambiguous failure cannot store a batch twice nor rewrite it (which would move its upload time,
+by which the operator counts), and the spool file is removed only after the object store confirmed it. While
 MinIO is down batches wait in memory and in the spool; a restarted server picks the spool up again.
 When the backlog passes ``max_backlog`` records or ``max_bytes`` bytes, new records are refused:
 the spool cannot fill its volume, and a refused caller knows its record was not taken.
@@ -369,7 +370,10 @@ class BatchSpool(Generic[R]):
                 if not force and self.clock() < self._retry_at:
                     break
                 try:
-                    self.store.put_bytes(key, self.kind.encode(records), "application/x-ndjson")
+                    # Conditional: a batch an earlier attempt stored (the PUT timed out after the store took it,
+                    # or the server died before removing its spool file) is not rewritten, so its upload time,
+                    # by which the operator counts, does not move and it is not counted twice.
+                    fresh = self.store.put_new(key, self.kind.encode(records), "application/x-ndjson")
                 except Exception as e:  # noqa: BLE001 — any failure leaves the batch pending; retried later
                     self._failures += 1
                     delay = min(60.0, 0.5 * 2 ** min(self._failures, 7))
@@ -381,6 +385,8 @@ class BatchSpool(Generic[R]):
                         self.kind.what, key, len(records), self.store.bucket, e, self.backlog, self.spool_dir, delay,
                     )  # fmt: skip
                     break
+                if not fresh:
+                    log.info("%s batch %s was already stored by an earlier attempt; not rewritten", self.kind.what, key)
                 with self._lock:
                     self._pending.pop(key, None)
                     self._pending_bytes.pop(key, None)

@@ -87,10 +87,15 @@ def test_reviews_through_the_service_train_v2_while_the_leader_dies(
     url = installed.service_url()
     # A team lowers the threshold in git (Argo CD applies the same patch). A retrain on 200 noisy
     # reviews is not expected to beat v1's holdout accuracy by much: this test is about the loop.
+    # For the same reason the shadow stage (on by default, written out in the example policy) is
+    # turned off: v2 is promoted on verification, and this test proves training Jobs, the leader's
+    # failover and the hot swap on a real node. The shadow stage is proven with reviews of live
+    # answers in tests/integration/test_review_decisions_live.py and shown by make demo.
     installed.patch_policy(
         {
             "triggers": {"feedback": {"minSamples": 10, "minInterval": "0s"}},
             "verification": {"gates": {"beatMargin": -0.05}},
+            "rollout": {"shadow": {"enabled": False}},
         }
     )
     load = LoadGenerator(lambda: [url], concurrency=4).start()

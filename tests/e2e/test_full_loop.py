@@ -76,6 +76,10 @@ def test_feedback_to_hot_swap_gate_rejection_and_rollback(stack: LoopStack, mini
         trainer_secret=stack.trainer_secret,
         epochs=2,
         min_samples=5,
+        # v2 and v4 are promoted on verification: this test walks the loop (feedback, training, gates, hot swap,
+        # rollback); the shadow stage (on by default) is what make demo shows with reviews, and is proven in
+        # tests/integration/test_review_decisions_live.py
+        rollout={"shadow": {"enabled": False}},
     )
     stack.apply_policy(spec)
 

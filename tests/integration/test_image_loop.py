@@ -126,6 +126,9 @@ def policy(stack: LoopStack) -> dict[str, Any]:
             },
         },
         "retry": {"maxAttempts": 1},
+        # v2 is promoted on verification: this test proves image training, serving and corrections; the shadow
+        # stage (on by default) is proven with reviews of live answers in test_review_decisions_live.py
+        "rollout": {"shadow": {"enabled": False}},
         "verification": {
             "gates": {
                 # Random "pretrained" weights and one epoch: the accuracy gates are the per-class one,

@@ -12,10 +12,11 @@ answering a client; the better one is promoted and served.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -34,6 +35,7 @@ from operator_harness import (
     policy_conditions,
     policy_status,
     serving_pods,
+    versions,
     write_verification,
 )
 from test_server_support import PLUGIN, Replica, control, serving_kubeconfig
@@ -53,6 +55,8 @@ REVIEWER, REVIEWER_TOKEN = "rita", "rita-static-token"
 WAIT_S = 120
 MIN_REVIEWS = 40
 REQUESTS = 80
+NO_SHADOW = {"enabled": False}
+"""The canary tests turn the shadow stage (on by default) off: the canary stage alone is what they test."""
 
 
 def _train(train: Split, epochs: int, shuffled: bool) -> dict[str, torch.Tensor]:
@@ -78,8 +82,8 @@ def _accuracy(weights: dict[str, torch.Tensor], holdout: Split) -> float:
 
 
 class Loop:
-    """The operator, one serving replica (server + sidecar for the Deployment's Pod) and the test as trainer,
-    verifier, client and reviewer."""
+    """The operator, ``replicas`` serving replicas (server + sidecar for each of the Deployment's Pods) and the
+    test as trainer, verifier, client and reviewer. ``replica`` is the first; the shadow and review helpers use it."""
 
     def __init__(
         self,
@@ -90,10 +94,11 @@ class Loop:
         api: client.ApiClient,
         tmp: Path,
         rollout: dict[str, object],
+        replicas: int = 1,
     ) -> None:
         self.api, self.ns, self.minio, self.bucket = api, ns, minio, bucket
         self.store = minio.store(bucket)
-        create_fixtures(api, minio, ns, replicas=1)
+        create_fixtures(api, minio, ns, replicas=replicas)
         create_policy(
             api,
             policy_body(
@@ -109,27 +114,33 @@ class Loop:
             ns,
         )
         self.operator = Operator(cp, ns, tmp / "operator.log").start()
-        wait_for(lambda: len(serving_pods(api, ns)) == 1, WAIT_S, "the Deployment's Pod")
-        self.pod = serving_pods(api, ns)[0].metadata.name
+        wait_for(lambda: len(serving_pods(api, ns)) == replicas, WAIT_S, "the Deployment's Pods")
         tokens = tmp / "reviewer-tokens"
         tokens.mkdir()
         (tokens / REVIEWER).write_text(REVIEWER_TOKEN)
-        self.replica = Replica(
-            tmp,
-            self.pod,
-            ns,
-            minio.env(bucket),
-            serving_kubeconfig(cp, ns, tmp),
-            sidecar_env={"MODELLOOP_REVIEWER_TOKENS_DIR": str(tokens)},
-            MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5",
-            # one reviewer posts every review here, as fast as the machine runs: the per-reviewer limit
-            # (tests/integration/test_review_auth.py proves it) would measure the machine, not the decisions
-            MODELLOOP_REVIEW_RATE_PER_MINUTE="100000",
-            MODELLOOP_REVIEW_BURST="10000",
-        ).start()
+        kubeconfig = serving_kubeconfig(cp, ns, tmp)
+        self.replicas: list[Replica] = []
+        for pod in sorted(p.metadata.name for p in serving_pods(api, ns)):
+            replica = Replica(
+                tmp,
+                pod,
+                ns,
+                minio.env(bucket),
+                kubeconfig,
+                sidecar_env={"MODELLOOP_REVIEWER_TOKENS_DIR": str(tokens)},
+                MODELLOOP_FEEDBACK_FLUSH_SECONDS="0.5",
+                # one reviewer posts every review here, as fast as the machine runs: the per-reviewer limit
+                # (tests/integration/test_review_auth.py proves it) would measure the machine, not the decisions
+                MODELLOOP_REVIEW_RATE_PER_MINUTE="100000",
+                MODELLOOP_REVIEW_BURST="10000",
+            )
+            self.replicas.append(replica)
+            replica.start()
+        self.replica = self.replicas[0]
 
     def stop(self) -> None:
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.operator.proc.stop()
 
     def ship(self, version: str, weights: dict[str, torch.Tensor], holdout: float, baseline: str | None) -> str:
@@ -146,8 +157,8 @@ class Loop:
     def status(self) -> dict[str, Any]:
         return policy_status(self.api, self.ns)
 
-    def shadow(self) -> str | None:
-        body = control(self.replica.model_dir, "GET", "/v1/shadow").json()
+    def shadow(self, replica: Replica | None = None) -> str | None:
+        body = control((replica or self.replica).model_dir, "GET", "/v1/shadow").json()
         return str(body["shadow"]["version"]) if body["shadow"] else None
 
     def review(self, http: httpx.Client, holdout: Split, rows: range, answers: list[httpx.Response]) -> None:
@@ -163,8 +174,10 @@ class Loop:
         assert [a.status_code for a in answers] == [200] * len(rows), "a request failed"
         return answers
 
-    def canary(self) -> dict[str, object] | None:
-        found: dict[str, object] | None = control(self.replica.model_dir, "GET", "/v1/canary").json()["canary"]
+    def canary(self, replica: Replica | None = None) -> dict[str, object] | None:
+        found: dict[str, object] | None = control((replica or self.replica).model_dir, "GET", "/v1/canary").json()[
+            "canary"
+        ]
         return found
 
     def predict_and_review(self, holdout: Split, start: int, candidate: str) -> list[httpx.Response]:
@@ -184,14 +197,60 @@ class Loop:
         return answers
 
 
+class MakeLoop(Protocol):
+    def __call__(self, rollout: dict[str, object], replicas: int = 1) -> Loop: ...
+
+
+class Traffic:
+    """Clients sending requests round-robin to every replica until stopped; every status and version kept."""
+
+    def __init__(self, replicas: list[Replica], holdout: Split) -> None:
+        self.replicas, self.holdout = replicas, holdout
+        self.answers: list[tuple[int, str | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        clients = [httpx.Client(base_url=r.base, timeout=30) for r in self.replicas]
+        i = 0
+        try:
+            while not self._stop.is_set():
+                x = self.holdout.x[i % len(self.holdout.y)].tolist()
+                try:
+                    a = clients[i % len(clients)].post("/v1/predict", json={"input": x})
+                    self.answers.append((a.status_code, a.headers.get("X-Model-Version")))
+                except httpx.HTTPError as e:  # a refused or reset connection is a failed request too
+                    self.errors.append(repr(e))
+                i += 1
+                self._stop.wait(0.005)  # pacing, not synchronisation: leave the two cores to the servers
+        finally:
+            for cl in clients:
+                cl.close()
+
+    def count(self) -> int:
+        return len(self.answers)
+
+    def failed(self) -> list[object]:
+        return [*self.errors, *(code for code, _ in self.answers if code != 200)]
+
+
 @pytest.fixture
 def make_loop(
     control_plane: ControlPlane, minio: MinioServer, bucket: str, namespace: str, api: client.ApiClient, tmp_path: Path
-) -> Iterator[Callable[[dict[str, object]], Loop]]:
+) -> Iterator[MakeLoop]:
     made: list[Loop] = []
 
-    def make(rollout: dict[str, object]) -> Loop:
-        made.append(Loop(control_plane, minio, bucket, namespace, api, tmp_path, rollout))
+    def make(rollout: dict[str, object], replicas: int = 1) -> Loop:
+        made.append(Loop(control_plane, minio, bucket, namespace, api, tmp_path, rollout, replicas))
         return made[-1]
 
     yield make
@@ -200,7 +259,7 @@ def make_loop(
 
 
 def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(
-    make_loop: Callable[[dict[str, object]], Loop],
+    make_loop: MakeLoop,
 ) -> None:
     loop = make_loop({"shadow": {"enabled": True, "minReviews": MIN_REVIEWS, "margin": 0.02, "maxDuration": "1d"}})
     train, holdout = DigitsPlugin().base_dataset()
@@ -255,9 +314,10 @@ def test_live_reviews_reject_a_worse_candidate_unseen_and_promote_a_better_one(
 
 
 def test_the_canary_steps_up_and_promotes_a_better_candidate_and_rolls_back_a_worse_one(
-    make_loop: Callable[[dict[str, object]], Loop],
+    make_loop: MakeLoop,
 ) -> None:
-    loop = make_loop({"canary": {"enabled": True, "steps": [20, 50], "minReviewsPerStep": 20, "maxStepDuration": "1d"}})
+    canary = {"enabled": True, "steps": [20, 50], "minReviewsPerStep": 20, "maxStepDuration": "1d"}
+    loop = make_loop({"shadow": NO_SHADOW, "canary": canary})
     train, holdout = DigitsPlugin().base_dataset()
     v1, v2, v3 = _train(train, 5, False), _train(train, 30, False), _train(train, 5, True)
     acc = {"v1": _accuracy(v1, holdout), "v2": _accuracy(v2, holdout), "v3": _accuracy(v3, holdout)}
@@ -316,3 +376,58 @@ def test_the_canary_steps_up_and_promotes_a_better_candidate_and_rolls_back_a_wo
         after = loop.predict(http, holdout, range(100))
     assert {a.json()["version"] for a in after} == {"v2"}
     assert loop.status()["activeVersion"] == "v2"
+
+
+def test_rollback_to_the_active_version_mid_canary_ends_the_split_on_every_replica(make_loop: MakeLoop) -> None:
+    """The on-call's `kubectl annotate rp ... rollback-to=<active>` while a candidate answers its canary share:
+    the split ends on every replica, only the active version answers, the candidate is RolledBack (never offered
+    again), and clients sending requests throughout see no failure."""
+    canary = {"enabled": True, "steps": [30, 60], "minReviewsPerStep": 100_000, "maxStepDuration": "1d"}
+    loop = make_loop({"shadow": NO_SHADOW, "canary": canary}, replicas=2)
+    train, holdout = DigitsPlugin().base_dataset()
+    v1, v2 = _train(train, 5, False), _train(train, 30, False)
+    op = loop.operator.proc
+    loop.ship("v1", v1, _accuracy(v1, holdout), None)
+    wait_for(lambda: loop.status().get("activeVersion") == "v1", WAIT_S, "v1 active on both replicas", op)
+    for r in loop.replicas:
+        r.wait_serving("v1")
+
+    annotate_policy(loop.api, loop.ns, c.ANNOTATION_RETRAIN_NOW, "canary")
+    loop.ship("v2", v2, _accuracy(v2, holdout), "v1")
+    want = {"version": "v2", "percent": 30}
+    for r in loop.replicas:
+        wait_for(lambda r=r: loop.canary(r) == want, WAIT_S, f"v2 answering 30% on {r.server.name}", r.sidecar)
+    with Traffic(loop.replicas, holdout) as traffic:
+        wait_for(lambda: traffic.count() >= 200, WAIT_S, "200 requests during the canary")
+        during = Counter(version for _, version in traffic.answers)
+        assert during["v2"] > 0 and during["v1"] > 0, f"v2 was not serving its share: {during}"
+
+        annotate_policy(loop.api, loop.ns, c.ANNOTATION_ROLLBACK_TO, "v1")
+        for r in loop.replicas:
+            wait_for(lambda r=r: loop.canary(r) is None, WAIT_S, f"the split ended on {r.server.name}", r.sidecar)
+        ended_at = traffic.count() + 1  # one request at a time: the one in flight may have been split before the end
+        wait_for(lambda: traffic.count() >= ended_at + 200, WAIT_S, "200 requests after the split ended")
+    assert traffic.failed() == [], "a request failed during the canary or its rollback"
+    after_rollback = Counter(version for _, version in traffic.answers[ended_at:])
+    assert set(after_rollback) == {"v1"}, f"the candidate answered after the split ended: {after_rollback}"
+    for r in loop.replicas:
+        with httpx.Client(base_url=r.base, timeout=30) as http:
+            assert {a.json()["version"] for a in loop.predict(http, holdout, range(50))} == {"v1"}
+
+    wait_for(lambda: phase(loop.api, loop.ns, "v2") == "RolledBack", WAIT_S, "v2 marked RolledBack", op)
+    wait_for(lambda: (loop.status().get("canary") or {}).get("reason") == "Rollback", WAIT_S, "the canary ended", op)
+    st = loop.status()
+    assert (st["activeVersion"], st["desired"]["version"], st["handled"]["rollbackTo"]) == ("v1", "v1", "v1")
+    assert (st["canary"]["version"], st["canary"]["verdict"], st["canary"]["percent"]) == ("v2", "Reject", 0)
+    assert st.get("candidate") is None, "the rolled-back v2 is offered to the sidecars again"
+    conds = policy_conditions(loop.api, loop.ns)
+    assert (conds["CanaryStage"]["status"], conds["CanaryStage"]["reason"]) == ("False", "Rollback")
+    assert "canary ended at 30% of requests" in conds["CanaryStage"]["message"]
+    assert (conds["RolledBack"]["status"], conds["RolledBack"]["reason"]) == ("True", "Rollback")
+    assert "ending the canary of v2: only v1 answers" in conds["RolledBack"]["message"]
+    mv = versions(loop.api, loop.ns)["v2"]["status"]
+    assert "canary ended at 30% of requests: Rollback to v1" in mv["message"]
+    events = client.CoreV1Api(loop.api).list_namespaced_event(loop.ns).items
+    assert [e.reason for e in events if e.reason in ("RolledBack", "RollbackRejected")] == ["RolledBack"]
+    for r in loop.replicas:
+        wait_for(lambda r=r: loop.shadow(r) is None, WAIT_S, f"v2 unloaded on {r.server.name}", r.sidecar)

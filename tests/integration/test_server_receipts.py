@@ -45,7 +45,7 @@ def feedback(store: ObjectStore) -> list[FeedbackRecord]:
 
 
 def receipts(store: ObjectStore) -> dict[str, Receipt]:
-    keys = store.list_keys(receipts_prefix(MODEL))
+    keys = [k for k in store.list_keys(receipts_prefix(MODEL)) if k.endswith(".jsonl")]  # not the review markers
     return {r.id: r for k in keys for r in decode_receipts(store.get_bytes(k))}
 
 
@@ -112,6 +112,7 @@ def test_a_review_by_id_is_stored_with_what_the_server_answered(
     assert (mine_first.version, mine_first.predicted, mine_first.label) == (version, predicted, wrong)
     assert mine_first.input == _x(1) and mine_first.reason == "missed stain" and mine_first.reviewer == "anonymous"
     assert mine_revised.label == predicted
+    assert mine_first.revises is None and mine_revised.revises == mine_first.counted_as(), "counted as a change"
     wait_for(lambda: {pid, "order-12", *rows} <= set(receipts(store)), 30, "receipts in the bucket", proc)
     stored = receipts(store)[pid]
     assert (stored.version, stored.predicted, stored.input) == (version, predicted, _x(1))

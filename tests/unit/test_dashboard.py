@@ -113,3 +113,45 @@ def test_queries_use_only_defined_metrics(where: str, expr: str) -> None:
     assert not unknown, (
         f"{where}: {sorted(unknown)} are not defined in {[str(m.relative_to(ROOT)) for m in METRIC_MODULES]}"
     )
+
+
+ROLLOUT_STAGE_PANELS = {
+    # title: metrics its queries must read (issue 16: every stage, tally and decision is on the dashboard)
+    "Rollout stage": {"modelloop_rollout_stage"},
+    "Stage decisions": {"modelloop_rollout_verdict_info"},
+    "Shadow paired tally": {"modelloop_shadow_reviews"},
+    "Live accuracy per version and stage": {
+        "modelloop_shadow_live_accuracy",
+        "modelloop_canary_live_accuracy",
+        "modelloop_live_accuracy",
+    },
+    "Canary percent": {"modelloop_canary_percent", "modelloop_server_canary_percent"},
+    "Stage decisions over time": {"modelloop_canary_decisions_total", "modelloop_rollbacks_total"},
+}
+
+
+def test_the_rollout_stages_have_their_panels() -> None:
+    """The shadow and canary stages are shown from metrics that exist: the stage each version is in, the paired
+    tally's cells, the canary's share (decided and per replica), each version's live accuracy, the decisions."""
+    d = dashboard()
+    by_title = {p["title"]: p for p in panels(d)}
+    row = by_title["Rollout stages: shadow and canary"]
+    assert row["type"] == "row"
+    for title, metrics in ROLLOUT_STAGE_PANELS.items():
+        p = by_title[title]
+        assert p["gridPos"]["y"] > row["gridPos"]["y"], f"{title} is not under the rollout stages row"
+        used = {m for t in p["targets"] for m in METRIC_NAME.findall(t["expr"])}
+        assert metrics <= used, f"{title}: {sorted(metrics - used)} not queried"
+        assert used <= defined_series(), f"{title}: {sorted(used - defined_series())} not defined"
+    tally = " ".join(t.get("legendFormat", "") for t in by_title["Shadow paired tally"]["targets"])
+    assert "{{cell}}" in tally, "the tally must be split by cell (b and c are what the test decides on)"
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels(dashboard()):
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]} at {(x, y)}"
+                cells[(x, y)] = p["title"]

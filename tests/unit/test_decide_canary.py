@@ -13,11 +13,13 @@ from modelloop.decide.canary import (
     CanaryTally,
     CanaryVerdict,
     after,
+    answering,
     canary_for,
     canary_settings,
     count_canary_review,
     decide_canary,
     difference_bounds,
+    ended_by_rollback,
     in_progress,
     tally_of,
 )
@@ -128,6 +130,34 @@ def test_a_step_starts_with_an_empty_tally_and_a_decision_keeps_its_evidence() -
     assert (rejected.verdict, rejected.reason, rejected.percent) == ("Reject", "Worse", 0)
     assert tally_of(rejected) == CanaryTally(200, 150, 200, 190)
     assert not in_progress(rejected, "v2")
+
+
+ANSWERING = [
+    # name, status, active, answering
+    ("no stage", None, "v1", None),
+    ("collecting beside v1", CanaryStatus(version="v2", activeVersion="v1", verdict="Collect", percent=10), "v1", "v2"),
+    ("stepped", CanaryStatus(version="v2", activeVersion="v1", verdict="Step", percent=50), "v1", "v2"),
+    ("decided", CanaryStatus(version="v2", activeVersion="v1", verdict="Reject"), "v1", None),
+    ("promoted", CanaryStatus(version="v2", activeVersion="v1", verdict="Promote"), "v2", None),
+    ("beside another active version", CanaryStatus(version="v3", activeVersion="v1", verdict="Collect"), "v2", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("status", "active", "want"), [c[1:] for c in ANSWERING], ids=[c[0] for c in ANSWERING])
+def test_the_candidate_answering_now(status: CanaryStatus | None, active: str, want: str | None) -> None:
+    assert answering(status, active) == want
+
+
+def test_a_rollback_ends_the_stage_and_keeps_its_tally() -> None:
+    st = canary_for(None, "v2", "v1", S, T0)
+    st.percent, st.candidate_reviews, st.candidate_correct, st.active_reviews, st.active_correct = 50, 9, 8, 30, 27
+    ended = ended_by_rollback(st, "Rollback", "canary ended at 50% of requests")
+    assert (ended.verdict, ended.reason, ended.percent, ended.message) == (
+        "Reject", "Rollback", 0, "canary ended at 50% of requests"
+    )  # fmt: skip
+    assert tally_of(ended) == CanaryTally(9, 8, 30, 27) and answering(ended, "v1") is None
+    assert not count_canary_review(ended, "v2", True), "no later review counts toward an ended stage"
+    assert st.percent == 50, "the status it was given is unchanged"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,12 @@ import pytest
 
 from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import AutoRollbackSpec, LiveAccuracy
-from modelloop.decide.rollback import abandoned_version, decide_auto_rollback, decide_rollback_request
+from modelloop.decide.rollback import (
+    abandoned_version,
+    decide_auto_rollback,
+    decide_rollback_request,
+    ended_canary,
+)
 
 PHASES = {
     "v1": Phase.SUPERSEDED,
@@ -172,3 +177,44 @@ def test_abandoned_version(
     desired: str | None, phase: Phase | None, active: str, target: str, want: str | None
 ) -> None:
     assert abandoned_version(desired, phase, active, target) == want
+
+
+# The request during a canary: active v5 (previous v1), v6 verified and answering a share of requests;
+# desired is the active version (a canary is not a rollout of status.desired).
+CANARY_PHASES = {**PHASES, "v6": Phase.VERIFIED}
+DURING_CANARY = [
+    # name, request, act, target, reason, in the message
+    ("previous means the active one: end the canary", "previous", True, "v5", "Rollback", "ending the canary of v6"),
+    ("the active one by name ends the canary", "v5", True, "v5", "Rollback", "only v5 answers"),
+    ("an older version ends it too", "v1", True, "v1", "Rollback", "ending the canary of v6 and rolling back"),
+    ("the candidate itself is not a rollback", "v6", True, "v6", "Rollback", "rolling back from v5 to v6"),
+    ("a rejected version, still refused", "v3", False, None, "InvalidRollbackTarget", "v3 is Rejected"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "act", "target", "reason", "says"), [c[1:] for c in DURING_CANARY], ids=[c[0] for c in DURING_CANARY]
+)
+def test_rollback_request_during_a_canary(request_: str, act: bool, target: str | None, reason: str, says: str) -> None:
+    d = decide_rollback_request(request_, None, "v5", "v1", "v5", CANARY_PHASES, canary="v6")
+    assert (d.act, d.target, d.reason) == (act, target, reason), d.message
+    assert says in d.message and d.handled == request_
+
+
+def test_without_a_canary_the_active_one_is_already_served() -> None:
+    d = decide_rollback_request("v5", None, "v5", "v1", "v5", CANARY_PHASES, canary=None)
+    assert (d.act, d.reason) == (False, "AlreadyServing")
+
+
+ENDED = [
+    # name, canary, target, ended
+    ("no canary", None, "v5", None),
+    ("back to the active version", "v6", "v5", "v6"),
+    ("back to an older version", "v6", "v1", "v6"),
+    ("the candidate named itself", "v6", "v6", None),
+]
+
+
+@pytest.mark.parametrize(("canary", "target", "want"), [c[1:] for c in ENDED], ids=[c[0] for c in ENDED])
+def test_ended_canary(canary: str | None, target: str, want: str | None) -> None:
+    assert ended_canary(canary, target) == want

@@ -69,7 +69,9 @@ def _tally(both: int, active: int, candidate: int, wrong: int, since: datetime =
 @pytest.mark.parametrize(
     ("spec", "tally", "active", "now", "expected"),
     [
-        (ShadowRolloutSpec(), _tally(0, 0, 0, 0), "v1", T0, None),  # the stage is off by default
+        (ShadowRolloutSpec(), _tally(0, 0, 0, 0), "v1", T0, Verdict.COLLECT),  # on by default: v2 is held
+        (ShadowRolloutSpec(), None, None, T0, None),  # by default too, the first version is promoted at once
+        (ShadowRolloutSpec(enabled=False), _tally(0, 0, 0, 0), "v1", T0, None),  # turned off: promoted at once
         (ON, None, None, T0, None),  # the first version has nothing to be compared with
         (ON, _tally(5, 0, 0, 0), "v1", T0, Verdict.COLLECT),  # below minReviews
         (ON, _tally(5, 0, 0, 0), "v1", T0 + timedelta(days=2), Verdict.REJECT),  # too few reviews in maxDuration

@@ -29,13 +29,15 @@ class FakeStore:
         self.gate.set()
         self.entered = threading.Event()
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "") -> str:
+    def put_new(self, key: str, data: bytes, content_type: str = "") -> bool:
         self.entered.set()
         self.gate.wait(10)
         if self.down:
             raise ConnectionRefusedError("[Errno 111] Connection refused")
-        self.puts.append((key, [r.id for r in decode_batch(data)]))
-        return "etag"
+        fresh = key not in {k for k, _ in self.puts}
+        if fresh:
+            self.puts.append((key, [r.id for r in decode_batch(data)]))
+        return fresh
 
 
 def record(i: int) -> FeedbackRecord:
@@ -112,6 +114,7 @@ def test_a_put_confirmed_after_the_caller_gave_up_is_still_remembered_as_accepte
     store = FakeStore()
     store.gate.clear()
     remembered: list[str] = []
+    late: list[str] = []
 
     async def body(gc: GroupCommit) -> None:
         with pytest.raises(StoreUnavailable, match=r"did not confirm the review.s batch within 0\.1s"):
@@ -123,6 +126,14 @@ def test_a_put_confirmed_after_the_caller_gave_up_is_still_remembered_as_accepte
             await asyncio.sleep(0.02)
 
     asyncio.run(
-        with_commit(store, body, window=0.0, timeout=0.1, on_stored=lambda rs: remembered.extend(r.id for r in rs))
+        with_commit(
+            store,
+            body,
+            window=0.0,
+            timeout=0.1,
+            on_stored=lambda rs: remembered.extend(r.id for r in rs),
+            on_late=lambda rs: late.extend(r.id for r in rs),
+        )
     )
     assert remembered == ["r1"] and [ids for _, ids in store.puts] == [["r1"]]
+    assert late == ["r1"], "its review marker is written then, so the client's retry is a replay on any replica"

@@ -78,6 +78,21 @@ CASES: list[tuple[str, PolicyState, set[Sample]]] = [
             s("modelloop_desired_version_info", 1, model="digits", version="v2", digest=D2, reason="Promotion"),
             s("modelloop_version_phase", 1, version="v1", phase="Active"),
             s("modelloop_version_phase", 1, version="v2", phase="Promoting"),
+            s("modelloop_rollout_stage", 1, version="v2", stage="promoting"),
+        },
+    ),
+    (
+        "rolling back from v2 to v1: the stage says so",
+        policy(
+            {
+                "activeVersion": "v2",
+                "desired": {**DESIRED_V2, "version": "v1", "manifestDigest": D1, "reason": "Rollback"},
+            }
+        ),
+        quiet()
+        | {
+            s("modelloop_desired_version_info", 1, model="digits", version="v1", digest=D1, reason="Rollback"),
+            s("modelloop_rollout_stage", 1, version="v1", stage="rollingBack"),
         },
     ),
     (
@@ -179,6 +194,81 @@ CASES: list[tuple[str, PolicyState, set[Sample]]] = [
         "a canary step with no reviews yet: no accuracy series",
         policy({"canary": {"version": "v3", "activeVersion": "v2", "percent": 50}}),
         quiet() | {s("modelloop_canary_percent", 50, version="v3")},
+    ),
+    (
+        "v3 in the shadow stage: the paired tally by cell, both accuracies on the same requests, the stage",
+        policy(
+            {
+                "shadow": {
+                    "version": "v3",
+                    "activeVersion": "v2",
+                    "bothRight": 5,
+                    "onlyActive": 1,
+                    "onlyCandidate": 3,
+                    "bothWrong": 1,
+                    "verdict": "Collect",
+                },
+                "conditions": [{"type": "ShadowStage", "status": "True", "reason": "CollectingReviews"}],
+            }
+        ),
+        quiet()
+        | {
+            s("modelloop_shadow_reviews", 5, version="v3", active="v2", cell="both_right"),
+            s("modelloop_shadow_reviews", 1, version="v3", active="v2", cell="only_active"),
+            s("modelloop_shadow_reviews", 3, version="v3", active="v2", cell="only_candidate"),
+            s("modelloop_shadow_reviews", 1, version="v3", active="v2", cell="both_wrong"),
+            s("modelloop_shadow_live_accuracy", 0.8, version="v3", role="candidate"),
+            s("modelloop_shadow_live_accuracy", 0.6, version="v2", role="active"),
+            s("modelloop_rollout_stage", 1, version="v3", stage="shadow"),
+            s(
+                "modelloop_rollout_verdict_info",
+                1,
+                stage="shadow",
+                version="v3",
+                verdict="Collect",
+                reason="CollectingReviews",
+            ),
+        },
+    ),
+    (
+        "the shadow decided (Reject, ShadowStage False): the tally stays as evidence, no stage",
+        policy(
+            {
+                "shadow": {"version": "v3", "activeVersion": "v2", "onlyActive": 2, "verdict": "Reject"},
+                "conditions": [{"type": "ShadowStage", "status": "False", "reason": "Worse"}],
+            }
+        ),
+        quiet()
+        | {
+            s("modelloop_shadow_reviews", 0, version="v3", active="v2", cell="both_right"),
+            s("modelloop_shadow_reviews", 2, version="v3", active="v2", cell="only_active"),
+            s("modelloop_shadow_reviews", 0, version="v3", active="v2", cell="only_candidate"),
+            s("modelloop_shadow_reviews", 0, version="v3", active="v2", cell="both_wrong"),
+            s("modelloop_shadow_live_accuracy", 0.0, version="v3", role="candidate"),
+            s("modelloop_shadow_live_accuracy", 1.0, version="v2", role="active"),
+            s("modelloop_rollout_verdict_info", 1, stage="shadow", version="v3", verdict="Reject", reason="Worse"),
+        },
+    ),
+    (
+        "v3 in the canary stage (CanaryStage True): its share, the stage, the verdict",
+        policy(
+            {
+                "canary": {
+                    "version": "v3",
+                    "activeVersion": "v2",
+                    "percent": 50,
+                    "verdict": "Step",
+                    "reason": "Better",
+                },
+                "conditions": [{"type": "CanaryStage", "status": "True", "reason": "Stepped"}],
+            }
+        ),
+        quiet()
+        | {
+            s("modelloop_canary_percent", 50, version="v3"),
+            s("modelloop_rollout_stage", 1, version="v3", stage="canary"),
+            s("modelloop_rollout_verdict_info", 1, stage="canary", version="v3", verdict="Step", reason="Better"),
+        },
     ),
     (
         "budget freed: Training=True InFlight",

@@ -24,6 +24,24 @@ largest review the server takes (1 MiB) stay well below it."""
 MAX_REASON = 500
 
 
+class RevisedReview(BaseModel):
+    """What an earlier review of the same prediction contributed to the operator's counts.
+
+    The server that takes a second review of an id writes it with the first one's facts here, so the
+    operator counts the pair as one review whose latest label wins (``modelloop.decide.reviewcount``):
+    it takes the first one's contribution back and adds the new one's, with no memory of ids of its own."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    version: str = Field(description="The version the revised review labelled.")
+    predicted: int = Field(ge=0, description="What that version answered.")
+    label: int = Field(ge=0, description="The revised review's label.")
+    shadow_version: str | None = Field(default=None, alias="shadowVersion", description="Its shadow candidate.")
+    shadow_predicted: int | None = Field(
+        default=None, alias="shadowPredicted", ge=0, description="What its shadow candidate predicted."
+    )
+
+
 class FeedbackRecord(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
@@ -60,10 +78,25 @@ class FeedbackRecord(BaseModel):
         description="Who reviewed: the authenticated identity (a ServiceAccount user name, or static:<name>); "
         "absent in records written before reviews were authenticated.",
     )
+    revises: RevisedReview | None = Field(
+        default=None,
+        description="Set when this review replaces an earlier review of the same id that is already stored: "
+        "counted as a change of that review, not as a new one. Absent for an id's first review.",
+    )
 
     @property
     def is_correction(self) -> bool:
         return self.label != self.predicted
+
+    def counted_as(self) -> RevisedReview:
+        """What this review contributes to the counts: the ``revises`` of a later review of the same id."""
+        return RevisedReview(
+            version=self.version,
+            predicted=self.predicted,
+            label=self.label,
+            shadow_version=self.shadow_version,
+            shadow_predicted=self.shadow_predicted,
+        )
 
 
 def batch_key(model: str, now: datetime | None = None) -> str:

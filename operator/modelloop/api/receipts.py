@@ -68,6 +68,17 @@ def stem_key(model: str, stem: str) -> str:
     return f"{receipts_prefix(model)}{stem}.jsonl"
 
 
+REVIEW_MARKS = ".reviews/"
+"""Under the receipts prefix: one marker per reviewed prediction id (``modelloop_server.reviewmarks``). The
+leading dot sorts it before every receipt batch (their names start with a year), so listing receipts
+from a time, as the receipt search does, never lists markers."""
+
+
+def review_mark_key(model: str, receipt_id: str) -> str:
+    """The marker of the review stored for ``receipt_id`` (a checked id: ``[A-Za-z0-9][A-Za-z0-9._:-]*``)."""
+    return f"{receipts_prefix(model)}{REVIEW_MARKS}{receipt_id}.json"
+
+
 def generated_id(stem: str, seq: int) -> str:
     return f"{stem}-{seq}"
 

@@ -879,10 +879,11 @@ class ShadowRolloutSpec(ApiModel):
     both answers, and McNemar's exact test with a non-inferiority margin decides (decide/paired.py)."""
 
     enabled: bool = Field(
-        default=False,
+        default=True,
         description="Hold a verified candidate in the shadow stage until the paired review test promotes or "
-        "rejects it. Off: a verified version is promoted at once (the paired tally is still kept in "
-        "status.shadow while the candidate is scored in the shadow).",
+        "rejects it (on by default: the first stage of every rollout). The first version, with no active one "
+        "to compare with, is promoted at once. Off: a verified version is promoted at once (the paired tally "
+        "is still kept in status.shadow while the candidate is scored in the shadow).",
     )
     min_reviews: int = Field(
         default=200,

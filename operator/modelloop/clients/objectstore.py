@@ -36,6 +36,10 @@ CHUNK = 8 << 20
 _TRANSIENT_S3 = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
 
 
+PRECONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+"""S3 error codes of a conditional PUT whose condition did not hold (412), or lost a race for it (409)."""
+
+
 class NotFound(KeyError):
     """The object does not exist (a fact, never retried)."""
 
@@ -234,6 +238,55 @@ class ObjectStore:
             lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type),
         )
         return hashlib.sha256(data).hexdigest()
+
+    def put_new(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """Upload ``data`` unless ``key`` already holds an object (``If-None-Match: *``): True when this call
+        stored it, False when it was there already.
+
+        For keys that name one immutable object (a feedback batch): an upload retried after a failure that
+        the store had in fact completed (a timeout after the PUT landed, a server killed before it removed
+        its spool file) does not rewrite the object, so its upload time does not move and nothing that
+        tracks objects by upload time sees it twice. A store that ignores the header overwrites, as before.
+        """
+        return self.put_if(key, data, None, content_type) is not None
+
+    def put_if(
+        self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        """Conditional PUT: ``etag`` None → only if ``key`` does not exist, else only if it still has that
+        ETag. Returns the new ETag, or None when the condition failed (another writer got there first, the
+        object was deleted since, or an earlier attempt of this same call landed; the caller reads the object
+        to tell)."""
+        condition = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
+
+        def go() -> str:
+            # minio-py's put_object prefixes unknown headers as user metadata; the plain PutObject call does not.
+            written = self.client._put_object(
+                self.bucket, key, data, headers={"Content-Type": content_type, **condition}
+            )
+            return written.etag or ""
+
+        try:
+            return self.retry(key, go)
+        except NotFound:  # If-Match on an object deleted since it was read (MinIO: NoSuchKey)
+            return None
+        except S3Error as e:
+            if e.code in PRECONDITION_FAILED:
+                return None
+            raise
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag (for a later :meth:`put_if`); :class:`NotFound` when absent."""
+
+        def go() -> tuple[bytes, str]:
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                return resp.read(), (resp.headers.get("etag") or "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self.retry(key, go)
 
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")

@@ -206,17 +206,18 @@ def in_progress(status: CanaryStatus | None, candidate: str | None) -> bool:
     )
 
 
-def count_canary_review(status: CanaryStatus, version: str, correct: bool) -> bool:
-    """Adds a review of an answer ``version`` gave to the step's tally; whether it counted (it named the
-    candidate or the active version, while the stage is undecided)."""
+def count_canary_review(status: CanaryStatus, version: str, correct: bool, sign: int = 1) -> bool:
+    """Adds a review of an answer ``version`` gave to the step's tally (``sign=-1`` takes back one that a
+    later review of the same id replaced; never below zero); whether it counted (it named the candidate
+    or the active version, while the stage is undecided)."""
     if status.verdict not in (CanaryVerdict.COLLECT.value, CanaryVerdict.STEP.value):
         return False
     if version == status.version:
-        status.candidate_reviews += 1
-        status.candidate_correct += int(correct)
+        status.candidate_reviews = max(0, status.candidate_reviews + sign)
+        status.candidate_correct = min(status.candidate_reviews, max(0, status.candidate_correct + sign * correct))
     elif version == status.active_version:
-        status.active_reviews += 1
-        status.active_correct += int(correct)
+        status.active_reviews = max(0, status.active_reviews + sign)
+        status.active_correct = min(status.active_reviews, max(0, status.active_correct + sign * correct))
     else:
         return False
     return True
@@ -237,3 +238,18 @@ def after(status: CanaryStatus, decision: CanaryDecision, now: datetime) -> Cana
         out.step_started_at = now
         out.candidate_reviews = out.candidate_correct = out.active_reviews = out.active_correct = 0
     return out
+
+
+def ended_by_rollback(status: CanaryStatus, reason: str, message: str) -> CanaryStatus:
+    """The stage once a rollback (``rollback-to`` or automatic) ends it: rejected with ``reason``, answering
+    nobody, its tally kept as it stood. Recorded as a rejection so no later pass resumes the stage."""
+    out = status.model_copy(deep=True)
+    out.verdict, out.reason, out.message, out.percent = CanaryVerdict.REJECT.value, reason, message[:2048], 0
+    return out
+
+
+def answering(status: CanaryStatus | None, active: str | None) -> str | None:
+    """The candidate answering a share of requests beside ``active`` now (an undecided stage), else None."""
+    if status is None or status.active_version != active or not in_progress(status, status.version):
+        return None
+    return status.version

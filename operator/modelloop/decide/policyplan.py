@@ -40,10 +40,11 @@ from .budget import BudgetDecision, decide_budget, recent_starts
 from .canary import (
     CanaryVerdict,
     after,
+    answering,
     canary_for,
     canary_settings,
-    count_canary_review,
     decide_canary,
+    ended_by_rollback,
     in_progress,
     tally_of,
 )
@@ -56,9 +57,10 @@ from .paired import Verdict
 from .recovery import CreatedVersion, adopt_unrecorded, unrecorded_creation
 from .retention import pick_pruned
 from .retries import AttemptView, RetryDecision, TrainingStart, decide_next_training, decide_retry
-from .rollback import RollbackDecision, abandoned_version, decide_auto_rollback, decide_rollback_request
+from .reviewcount import count_record
+from .rollback import RollbackDecision, abandoned_version, decide_auto_rollback, decide_rollback_request, ended_canary
 from .rollout import PodView, decide_rollout
-from .shadowstage import count_review, shadow_gate, tally_for
+from .shadowstage import shadow_gate, tally_for
 from .triggers import TriggerSnapshot, decide_trigger, next_fire
 from .versions import (
     PhaseDecision,
@@ -390,6 +392,7 @@ class _Planner:
             new.previous_version,
             desired_version,
             phases,
+            answering(new.canary, new.active_version),
         )
         if decision.handled is not None:
             new.handled.rollback_to = decision.handled
@@ -701,6 +704,13 @@ class _Planner:
                 Phase.ROLLED_BACK,
                 f"rollout abandoned at {new.rollout.summary or '0/?'} replicas: {chosen.reason} to {chosen.target}",
             )
+        canary = ended_canary(answering(new.canary, new.active_version), chosen.target)
+        if canary is not None and new.canary is not None:
+            at = f"canary ended at {new.canary.percent}% of requests: {chosen.reason} to {chosen.target}"
+            self.mark(canary, Phase.ROLLED_BACK, at)  # no longer the candidate: every sidecar drops its slot
+            new.canary = ended_by_rollback(new.canary, chosen.reason, f"{at}; {chosen.message}")
+            self.metric("CANARY_DECISIONS", CanaryVerdict.REJECT.value, chosen.reason)
+            self.cond("CanaryStage", "False", chosen.reason, at)
         self.set_desired(chosen.target, chosen.reason)
         auto = chosen.reason == "AutoRollback"
         self.out.metrics.append(MetricInc("ROLLBACKS", (*self.labels, "auto" if auto else "manual")))
@@ -710,7 +720,12 @@ class _Planner:
             self.cond("RolledBack", "Unknown", chosen.reason, chosen.message)
             return
         new.rollout.completed_at = now
-        msg = f"{chosen.message}: {chosen.target} stayed active; serving pods that loaded {desired} return to it"
+        back = (
+            "every replica stops splitting requests"
+            if desired in (None, chosen.target)
+            else f"serving pods that loaded {desired} return to it"
+        )
+        msg = f"{chosen.message}: {chosen.target} stayed active; {back}"
         self.event("Warning", "AutoRolledBack" if auto else "RolledBack", msg)
         self.cond("RolloutComplete", "True", "RolloutAbandoned", msg)
         self.cond("RolledBack", "True", chosen.reason, msg)
@@ -839,22 +854,7 @@ def count_feedback(
             fb.quarantined_total += 1
             quarantined(q)
         for rec in records:
-            fb.pending_reviews += 1
-            if rec.is_correction:
-                fb.pending_corrections += 1
-            if new.canary is not None:
-                count_canary_review(new.canary, rec.version, not rec.is_correction)
-            if new.shadow is not None:
-                count_review(
-                    new.shadow, rec.version, rec.predicted, rec.label, rec.shadow_version, rec.shadow_predicted
-                )
-            if (
-                new.active_version is not None
-                and rec.version == new.active_version
-                and live.version == new.active_version
-            ):
-                live.reviews += 1
-                live.correct += 0 if rec.is_correction else 1
+            count_record(new, rec)  # once per prediction id: a record revising a stored review moves its counts
         done.append(obj.key)
         fb.cursor = max(fb.cursor, obj.key)
         if fb.seen_through is not None:

@@ -5,6 +5,11 @@ on-call needs them. While a version is rolling out (``desired`` differs from ``a
 ``previous`` means the active version, the last one every replica served, so
 ``rollback-to=previous`` abandons the rollout; the abandoned version, if it was being promoted,
 becomes RolledBack (:func:`abandoned_version`) so it is not promoted again at the next pass.
+
+A candidate in the canary stage already answers a share of requests, so a canary is a half-finished
+rollout too: there ``previous`` and the active version's own name mean "end the canary" (every
+replica stops splitting, only the active version answers), and any rollback ends it
+(:func:`ended_canary`): the candidate becomes RolledBack, never offered again.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ def decide_rollback_request(
     previous: str | None,
     desired: str | None,
     phases: Mapping[str, Phase],
+    canary: str | None = None,
 ) -> RollbackDecision:
+    """``canary``: the candidate answering a share of requests now (an undecided canary stage), if any."""
     if not request or request == handled:
         return RollbackDecision(False, None, "NoRequest", "")
     rolling_out = desired is not None and desired != active
+    in_canary = canary is not None and not rolling_out and canary != active
     if request == ROLLBACK_PREVIOUS:
-        before = active if rolling_out else previous
+        before = active if rolling_out or in_canary else previous
         if before is None:
             return RollbackDecision(
                 False, None, "InvalidRollbackTarget", "rollback-to=previous but there is no previous version", request
@@ -66,19 +74,27 @@ def decide_rollback_request(
             f"rollback-to={request!r}: version {target} is {phase.value}, it has no verified artifacts to serve",
             request,
         )  # fmt: skip
-    if target == (desired or active):
+    if target == (desired or active) and not (in_canary and target == active):
         return RollbackDecision(
             False, None, "AlreadyServing", f"rollback-to={request!r}: {target} is already what is served", request
         )
     return RollbackDecision(
-        True, target, "Rollback", f"{_moving(active, desired)} to {target} (rollback-to={request!r})", request
+        True,
+        target,
+        "Rollback",
+        f"{_moving(active, desired, canary if in_canary else None, target)} (rollback-to={request!r})",
+        request,
     )
 
 
-def _moving(active: str | None, desired: str | None) -> str:
+def _moving(active: str | None, desired: str | None, canary: str | None, target: str) -> str:
     if desired is not None and desired != active:
-        return f"abandoning the rollout of {desired} (serving {active or 'nothing'}) and rolling back"
-    return f"rolling back from {active or 'nothing'}"
+        return f"abandoning the rollout of {desired} (serving {active or 'nothing'}) and rolling back to {target}"
+    if canary is not None and target == active:
+        return f"ending the canary of {canary}: only {active} answers"
+    if canary is not None:
+        return f"ending the canary of {canary} and rolling back from {active or 'nothing'} to {target}"
+    return f"rolling back from {active or 'nothing'} to {target}"
 
 
 def abandoned_version(desired: str | None, desired_phase: Phase | None, active: str | None, target: str) -> str | None:
@@ -87,6 +103,12 @@ def abandoned_version(desired: str | None, desired_phase: Phase | None, active: 
     if desired is None or desired in (active, target) or desired_phase != Phase.PROMOTING:
         return None
     return desired
+
+
+def ended_canary(canary: str | None, target: str) -> str | None:
+    """The candidate whose canary a rollback to ``target`` ends (it then becomes RolledBack): the one
+    answering a share of requests, unless the rollback names that very version."""
+    return canary if canary is not None and canary != target else None
 
 
 def decide_auto_rollback(

@@ -38,19 +38,21 @@ def count_review(
     label: int,
     shadow_version: str | None,
     shadow_predicted: int | None,
+    sign: int = 1,
 ) -> bool:
-    """Adds a review to ``tally`` when it labels this pair of versions; whether it did."""
+    """Adds a review to ``tally`` when it labels this pair of versions (``sign=-1`` takes back one that a
+    later review of the same id replaced; never below zero); whether it did."""
     if shadow_predicted is None or shadow_version != tally.version or version != tally.active_version:
         return False
     active_right, candidate_right = predicted == label, shadow_predicted == label
     if active_right and candidate_right:
-        tally.both_right += 1
+        tally.both_right = max(0, tally.both_right + sign)
     elif active_right:
-        tally.only_active += 1
+        tally.only_active = max(0, tally.only_active + sign)
     elif candidate_right:
-        tally.only_candidate += 1
+        tally.only_candidate = max(0, tally.only_candidate + sign)
     else:
-        tally.both_wrong += 1
+        tally.both_wrong = max(0, tally.both_wrong + sign)
     return True
 
 
