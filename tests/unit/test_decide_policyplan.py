@@ -254,6 +254,29 @@ CASES = [
         metrics=["ROLLBACKS"],
     ),
     Case(
+        "rollback request mid-canary: the split ends, the candidate is RolledBack, the active version stays",
+        spec=policy_spec(**CANARY_ON),
+        status=serving(
+            {
+                "canary": {
+                    "version": "v3",
+                    "activeVersion": "v2",
+                    "step": 0,
+                    "percent": 10,
+                    "stepStartedAt": iso(NOW - timedelta(minutes=5)),
+                    "verdict": "Collect",
+                }
+            }
+        ),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.VERIFIED)],
+        annotations={c.ANNOTATION_ROLLBACK_TO: "previous"},
+        actions=[("Mark", "v3", "RolledBack")],
+        events=[("Warning", "RolledBack")],
+        conditions={"CanaryStage": ("False", "Rollback"), "RolledBack": ("True", "Rollback")},
+        status_has={"desired": desired("v2", "Rollback", since=NOW)},
+        metrics=["CANARY_DECISIONS", "ROLLBACKS"],
+    ),
+    Case(
         "stalled rollout without a request: RolloutStalled, once",
         status=serving({"desired": desired("v3", since=NOW - timedelta(hours=2))}),
         versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.PROMOTING)],
