@@ -51,7 +51,9 @@ from operator_harness import (
 
 from modelloop.api import constants as c
 from modelloop.api.feedback import FeedbackRecord, batch_key, encode_batch
+from modelloop.api.modelversion import Phase
 from modelloop.clients.objectstore import ObjectStore
+from modelloop.decide.versions import version_phase
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.minio import MinioServer
 from modelloop_dev.processes import wait_for
@@ -227,7 +229,8 @@ class Driver:
         base_acc = holdout(int(parent[1:])) if parent else None
         worst_class = 0.5 if loop.rejected else 0.95  # minClassAccuracy is 0.9
         write_verification(self.store, v, digest, holdout(loop.n), parent, base_acc, worst_class)
-        self.arm(loop, "Promoting", lambda _, mv: (mv.get("status") or {}).get("phase") == "Promoting")
+        # The policy pass's own write that marks it Promoting: the decision on the version's metadata.
+        self.arm(loop, "Promoting", lambda _, mv: version_phase(mv) == Phase.PROMOTING)
         complete_job(self.api, self.ns, verify)
         self.maybe_kill(loop, "Verifying")
         if loop.rejected:
@@ -286,6 +289,14 @@ def test_operator_sigkilled_at_random_points_across_20_loops(
             "the policy to settle with nothing in flight",
         )
         print(f"{LOOPS} loops, {op.kills} kills in {time.monotonic() - started:.0f}s")
+        promoted = [p.version for p in plan if not p.rejected]
+        settled = {p.version: "Rejected" if p.rejected else "Superseded" for p in plan} | (
+            {promoted[-1]: "Active"} if promoted else {}
+        )
+        driver.wait(
+            lambda: {v: mv["status"]["phase"] for v, mv in versions(api, ns).items()} == settled,
+            "every version's status to say what the policy decided (the ModelVersion handler copies it)",
+        )
     finally:
         tripwire.close()
         op.proc.stop()

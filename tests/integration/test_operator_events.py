@@ -104,12 +104,19 @@ def test_rollback_and_promotion_follow_events_with_hour_long_intervals(
         assert status()["desired"]["version"] == "v1"
         assert status()["desired"]["reason"] == "Rollback"
         assert status()["handled"]["rollbackTo"] == "previous"
-        assert (versions(api, ns)["v2"].get("status") or {}).get("phase") == "RolledBack"
+        wait_for(
+            lambda: (versions(api, ns)["v2"].get("status") or {}).get("phase") == "RolledBack",
+            30,
+            "v2 RolledBack",
+            op.proc,
+        )
 
         create_version(crd, ns, bucket, "v3", "Verified", op)
         wait_for(lambda: status().get("activeVersion") == "v3", 60, "v3 promoted after turning Verified", op.proc)
         assert status()["previousVersion"] == "v1"
-        assert (versions(api, ns)["v3"].get("status") or {}).get("phase") == "Active"
+        wait_for(
+            lambda: (versions(api, ns)["v3"].get("status") or {}).get("phase") == "Active", 30, "v3 Active", op.proc
+        )
         reasons = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items]
         assert reasons.count("Promoted") == 3 and reasons.count("RolledBack") == 1
         assert op.proc.alive()

@@ -96,7 +96,7 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
     st = get_policy(api, ns)["status"]
     assert st["desired"]["manifestDigest"] == digest1
     assert st["desired"]["reason"] == "Promotion"
-    assert phase(api, ns, "v1") == "Promoting"
+    wait_for(lambda: phase(api, ns, "v1") == "Promoting", 30, "v1 Promoting", proc)
     assert [g["name"] for g in versions(api, ns)["v1"]["status"]["gates"]] == [
         "validationAccuracy", "holdoutAccuracy", "beatsActive", "minClassAccuracy", "latencyP95Ms", "peakMemoryMiB", "throughputRps",
     ]  # fmt: skip
@@ -112,7 +112,7 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
     wait_for(lambda: get_policy(api, ns)["status"].get("activeVersion") == "v1", 60, "v1 active", proc)
     st = get_policy(api, ns)["status"]
     assert st["rollout"]["summary"] == "2/2"
-    assert phase(api, ns, "v1") == "Active"
+    wait_for(lambda: phase(api, ns, "v1") == "Active", 30, "v1 Active", proc)
     conds = {x["type"]: x for x in st["conditions"]}
     assert conds["RolloutComplete"]["status"] == "True"
     assert conds["Ready"]["status"] == "True" and conds["FeedbackReadable"]["status"] == "True"
@@ -168,14 +168,17 @@ def test_full_loop_survives_sigkill_rejects_promotes_and_rolls_back(
     assert "candidate" not in get_policy(api, ns)["status"], "the write that promotes v3 also clears the candidate"
     annotate_serving_pods(api, ns, digest3)
     wait_for(lambda: get_policy(api, ns)["status"].get("activeVersion") == "v3", 60, "v3 active", proc)
-    assert (phase(api, ns, "v1"), get_policy(api, ns)["status"]["previousVersion"]) == ("Superseded", "v1")
+    wait_for(lambda: phase(api, ns, "v1") == "Superseded", 30, "v1 Superseded", proc)
+    assert get_policy(api, ns)["status"]["previousVersion"] == "v1"
 
     annotate_policy(api, ns, c.ANNOTATION_ROLLBACK_TO, "previous")
     wait_for(lambda: get_policy(api, ns)["status"]["desired"]["version"] == "v1", 60, "desired back to v1", proc)
     assert get_policy(api, ns)["status"]["desired"]["reason"] == "Rollback"
     annotate_serving_pods(api, ns, digest1)
     wait_for(lambda: get_policy(api, ns)["status"].get("activeVersion") == "v1", 60, "v1 active again", proc)
-    assert (phase(api, ns, "v1"), phase(api, ns, "v3")) == ("Active", "RolledBack")
+    wait_for(
+        lambda: (phase(api, ns, "v1"), phase(api, ns, "v3")) == ("Active", "RolledBack"), 30, "v3 RolledBack", proc
+    )
 
     # Exactly one of everything despite two SIGKILLs and ~1 s reconcile passes.
     assert sorted(versions(api, ns)) == ["v1", "v2", "v3"]
@@ -427,7 +430,7 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
 
         annotate_policy(api, ns, c.ANNOTATION_ROLLBACK_TO, "previous")  # the runbook's step 4
         wait_for(lambda: desired_version(api, ns) == "v1", 60, "desired back to v1", op.proc)
-        assert phase(api, ns, "v2") == "RolledBack", "marked before the status write that abandons it"
+        wait_for(lambda: phase(api, ns, "v2") == "RolledBack", 30, "v2 RolledBack, the abandoned rollout", op.proc)
         st = policy_status(api, ns)
         assert (st["activeVersion"], st["desired"]["version"], st["desired"]["reason"]) == ("v1", "v1", "Rollback")
         assert st["desired"]["manifestDigest"] == digest1, "the sidecars are told to load v1 again"
@@ -443,7 +446,12 @@ def test_rollback_during_a_stalled_rollout_and_the_active_version_metric_after_a
         digest3 = trained_and_verified("v3", 0.95, "v1", 0.93)
         annotate_serving_pods(api, ns, digest3)
         wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v3", 60, "v3 active", op.proc)
-        assert (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Superseded", "RolledBack")
+        wait_for(
+            lambda: (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Superseded", "RolledBack"),
+            30,
+            "v1 Superseded",
+            op.proc,
+        )
         wait_for(lambda: active_info("v3", digest3) == 1, 30, "v3 exported as active", op.proc)
         assert active_info("v1", digest1) is None, "the retired version's series is removed"
         wait_for(lambda: _event_counts(api, ns, "RolledBack", "Promoted") == [1, 2], 30, "the Events, once each")
@@ -505,7 +513,7 @@ def test_automatic_rollback_abandons_a_stalled_promotion_and_retires_the_live_ac
         wait_for(lambda: desired_version(api, ns) == "v1", 60, "automatic rollback to v1 during the stall", op.proc)
         st = policy_status(api, ns)
         assert (st["desired"]["reason"], st["activeVersion"]) == ("AutoRollback", "v2")
-        assert phase(api, ns, "v3") == "RolledBack", "the abandoned promotion is never picked again"
+        wait_for(lambda: phase(api, ns, "v3") == "RolledBack", 30, "v3 RolledBack: never picked again", op.proc)
         rolled = policy_conditions(api, ns)["RolledBack"]
         assert (rolled["status"], rolled["reason"]) == ("Unknown", "AutoRollback")
         assert "abandoning the rollout of v3" in rolled["message"]
@@ -513,7 +521,12 @@ def test_automatic_rollback_abandons_a_stalled_promotion_and_retires_the_live_ac
 
         annotate_serving_pods(api, ns, digest1)
         wait_for(lambda: policy_status(api, ns).get("activeVersion") == "v1", 60, "v1 active again", op.proc)
-        assert (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Active", "RolledBack")
+        wait_for(
+            lambda: (phase(api, ns, "v1"), phase(api, ns, "v2")) == ("Active", "RolledBack"),
+            30,
+            "v2 RolledBack",
+            op.proc,
+        )
         wait_for(lambda: live("v2") is None, 30, "v2's live-accuracy series removed once it is retired", op.proc)
         assert op.metric("modelloop_rollbacks_total", namespace=ns, policy=POLICY, reason="auto") == 1
         wait_for(

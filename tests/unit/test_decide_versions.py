@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from modelloop.api import constants as c
 from modelloop.api.modelversion import Phase, phase_of
-from modelloop.decide.versions import in_flight, modelversion_name, next_version, promotion_candidate
+from modelloop.decide.versions import (
+    PhaseDecision,
+    in_flight,
+    mirrored_status,
+    modelversion_name,
+    next_version,
+    promotion_candidate,
+    version_phase,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +84,43 @@ def test_phase_of_reads_an_untouched_or_unknown_phase_as_pending(
     status: dict[str, str | None], expected: Phase
 ) -> None:
     assert phase_of(status) == expected
+
+
+def _mv(phase: str, decision: PhaseDecision | None = None, **status: str) -> dict[str, object]:
+    annotations = {c.ANNOTATION_PHASE_DECISION: decision.encode()} if decision is not None else {}
+    return {"metadata": {"annotations": annotations}, "status": {"phase": phase, **status}}
+
+
+PROMOTING = PhaseDecision(Phase.PROMOTING, "waiting for serving replicas")
+ACTIVE = PhaseDecision(Phase.ACTIVE, "serving on 2/2 replicas", datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("mv", "phase", "mirror"),
+    [
+        (_mv("Verified"), Phase.VERIFIED, {}),
+        (
+            _mv("Verified", PROMOTING),
+            Phase.PROMOTING,
+            {"phase": "Promoting", "message": "waiting for serving replicas"},
+        ),
+        (_mv("Promoting", PROMOTING, message="waiting for serving replicas"), Phase.PROMOTING, {}),
+        (
+            _mv("Promoting", ACTIVE, message="waiting for serving replicas"),
+            Phase.ACTIVE,
+            {"phase": "Active", "message": "serving on 2/2 replicas", "promotedAt": "2026-03-10T12:00:00Z"},
+        ),
+        (_mv("Training", PROMOTING), Phase.TRAINING, {}),  # in flight: its own handler's, never overridden
+        (
+            {"metadata": {"annotations": {c.ANNOTATION_PHASE_DECISION: "{not json"}}, "status": {"phase": "Verified"}},
+            Phase.VERIFIED,
+            {},
+        ),
+    ],
+    ids=["no decision", "decided, not copied", "copied", "next decision", "in flight", "garbled annotation"],
+)
+def test_a_policy_decision_counts_at_once_and_is_copied_into_status(
+    mv: dict[str, object], phase: Phase, mirror: dict[str, str]
+) -> None:
+    assert version_phase(mv) == phase
+    assert mirrored_status(mv) == mirror

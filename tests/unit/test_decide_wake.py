@@ -9,34 +9,12 @@ import pytest
 
 from modelloop.api import constants as c
 from modelloop.api.modelversion import Phase
-from modelloop.api.retrainpolicy import CanaryRolloutSpec, RetrainPolicySpec, RetrainPolicyStatus
+from modelloop.api.retrainpolicy import RetrainPolicyStatus
+from modelloop.decide.policyplan import Wake
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 PHASES = {"v1": Phase.SUPERSEDED, "v2": Phase.ACTIVE}
-
-
-def spec(**triggers: Any) -> RetrainPolicySpec:
-    return RetrainPolicySpec.model_validate(
-        {
-            "model": "digits",
-            "storage": {"endpoint": "minio:9000", "bucket": "models", "trainerCredentials": {"secretName": "s3"}},
-            "dataset": {"path": "datasets/digits"},
-            "training": {"image": "trainer:1"},
-            "triggers": {"feedback": {"minSamples": 100}, **triggers},
-            "autoRollback": {"enabled": True, "minLiveAccuracy": 0.8, "minReviews": 10},
-        }
-    )
-
-
-def canary_spec() -> RetrainPolicySpec:
-    s = spec()
-    s.rollout.canary = CanaryRolloutSpec(enabled=True, maxStepDuration="6h")
-    return s
-
-
-def canary_status(step_started: datetime) -> dict[str, Any]:
-    return {"version": "v3", "activeVersion": "v2", "percent": 10, "stepStartedAt": step_started, "verdict": "Collect"}
 
 
 def idle_status(**changes: Any) -> dict[str, Any]:
@@ -73,35 +51,37 @@ def idle_status(**changes: Any) -> dict[str, Any]:
 
 def reason(**kw: Any) -> str | None:
     args: dict[str, Any] = {
-        "spec": spec(),
         "status": idle_status(),
         "generation": 3,
         "annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "1"},
         "phases": PHASES,
         "phases_at_last_pass": PHASES,
+        "retrain_seen": "1",
         "feedback": Feedback.NONE,
+        "wake": None,
         "seconds_since_pass": 30.0,
         "resync_seconds": 600.0,
-        "created_at": NOW - timedelta(days=30),
         "now": NOW,
     }
     args.update(kw)
     return full_pass_reason(
-        args["spec"],
         RetrainPolicyStatus.model_validate(args["status"]),
         args["generation"],
         args["annotations"],
         args["phases"],
         args["phases_at_last_pass"],
+        args["retrain_seen"],
         args["feedback"],
+        args["wake"],
         args["seconds_since_pass"],
         args["resync_seconds"],
-        args["created_at"],
         args["now"],
         c.ANNOTATION_ROLLBACK_TO,
         c.ANNOTATION_RETRAIN_NOW,
     )
 
+
+RETRAIN_2 = {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"}
 
 CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("idle: handled annotations, nothing new", {}, None),
@@ -113,11 +93,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         {"annotations": {c.ANNOTATION_ROLLBACK_TO: "v1", c.ANNOTATION_RETRAIN_NOW: "1"}},
         "RollbackRequested",
     ),
-    (
-        "retrain-now set to a new value",
-        {"annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"}},
-        "RetrainRequested",
-    ),
+    ("retrain-now set to a new value", {"annotations": RETRAIN_2}, "RetrainRequested"),
     ("annotations removed: nothing to do", {"annotations": {}}, None),
     (
         "rollout in progress",
@@ -134,126 +110,21 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         {"status": idle_status(conditions=[{**idle_status()["conditions"][0], "status": "False"}])},
         "FeedbackReadableAgain",
     ),
+    # The clock's part comes from the last pass's plan (Plan.wake, tested in test_decide_policyplan.py).
+    ("the plan's minInterval has passed", {"wake": Wake(NOW, "MinIntervalPassed")}, "MinIntervalPassed"),
+    ("a cron fire the plan named", {"wake": Wake(NOW - timedelta(minutes=1), "ScheduleFires")}, "ScheduleFires"),
+    ("the plan's next time is still ahead", {"wake": Wake(NOW + timedelta(seconds=1), "ScheduleFires")}, None),
     (
-        "counted corrections reached the threshold",
-        {
-            "status": idle_status(
-                feedback={"cursor": "k", "pendingCorrections": 100, "pendingReviews": 100},
-                lastTrainingTime="2026-01-01T00:00:00Z",
-            )
-        },
-        "TrainingDue",
-    ),
-    (
-        "threshold reached but a version is in flight",
-        {
-            "status": idle_status(feedback={"cursor": "k", "pendingCorrections": 100, "pendingReviews": 100}),
-            "phases": {**PHASES, "v3": Phase.TRAINING},
-            "phases_at_last_pass": {**PHASES, "v3": Phase.TRAINING},
-        },
-        None,
-    ),
-    ("cron fired with reviews pending", {"spec": spec(schedule="15 12 * * *")}, "TrainingDue"),
-    (
-        "cron fired, but the day's training budget is spent: no pass until it frees",
-        {
-            "spec": spec(schedule="15 12 * * *", maxTrainingsPerDay=1),
-            "status": idle_status(trainingStarts=[NOW - timedelta(hours=2)]),
-        },
+        "retrain-now the last pass saw while the budget is spent waits",
+        {"annotations": RETRAIN_2, "retrain_seen": "2", "wake": Wake(NOW + timedelta(hours=1), "BudgetFrees")},
         None,
     ),
     (
-        "cron fired, budget left",
-        {
-            "spec": spec(schedule="15 12 * * *", maxTrainingsPerDay=2),
-            "status": idle_status(trainingStarts=[NOW - timedelta(hours=2)]),
-        },
-        "TrainingDue",
+        "retrain-now once the budget frees",
+        {"annotations": RETRAIN_2, "retrain_seen": "2", "wake": Wake(NOW, "BudgetFrees")},
+        "BudgetFrees",
     ),
-    (
-        "retrain-now while the budget is spent waits too",
-        {
-            "spec": spec(maxTrainingsPerDay=1),
-            "status": idle_status(trainingStarts=[NOW - timedelta(hours=23)]),
-            "annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"},
-        },
-        None,
-    ),
-    (
-        "retrain-now once the oldest start left the window",
-        {
-            "spec": spec(maxTrainingsPerDay=1),
-            "status": idle_status(trainingStarts=[NOW - timedelta(hours=25)]),
-            "annotations": {c.ANNOTATION_ROLLBACK_TO: "previous", c.ANNOTATION_RETRAIN_NOW: "2"},
-        },
-        "RetrainRequested",
-    ),
-    (
-        "cron fired, nothing pending: the fire is recorded",
-        {"spec": spec(schedule="15 12 * * *"), "status": idle_status(feedback={"cursor": "k"})},
-        "ScheduleFired",
-    ),
-    ("cron fire already recorded", {"spec": spec(schedule="0 12 * * *")}, None),
-    (
-        "live accuracy below the floor",
-        {"status": idle_status(liveAccuracy={"version": "v2", "reviews": 20, "correct": 10, "accuracy": 0.5})},
-        "AutoRollback",
-    ),
-    ("invalid spec, already reported", {"spec": None}, None),
-    (
-        "a training waited for the budget, which has freed",
-        {
-            "spec": spec(maxTrainingsPerDay=1),
-            "status": idle_status(
-                trainingStarts=[NOW - timedelta(hours=24, seconds=1)],
-                conditions=[
-                    {
-                        **idle_status()["conditions"][0],
-                        "type": "Training",
-                        "status": "False",
-                        "reason": "BudgetExhausted",
-                    }
-                ],
-            ),
-        },
-        "BudgetFreed",
-    ),
-    (
-        "a training waits for the budget, still spent",
-        {
-            "spec": spec(maxTrainingsPerDay=1),
-            "status": idle_status(
-                trainingStarts=[NOW - timedelta(hours=23)],
-                conditions=[
-                    {
-                        **idle_status()["conditions"][0],
-                        "type": "Training",
-                        "status": "False",
-                        "reason": "BudgetExhausted",
-                    }
-                ],
-            ),
-        },
-        None,
-    ),
-    (
-        "a canary step past maxStepDuration",
-        {"spec": canary_spec(), "status": idle_status(canary=canary_status(NOW - timedelta(hours=7)))},
-        "CanaryStepExpired",
-    ),
-    (
-        "a canary step within maxStepDuration",
-        {"spec": canary_spec(), "status": idle_status(canary=canary_status(NOW))},
-        None,
-    ),
-    (
-        "a decided canary is not woken for",
-        {
-            "spec": canary_spec(),
-            "status": idle_status(canary={**canary_status(NOW - timedelta(hours=7)), "verdict": "Reject"}),
-        },
-        None,
-    ),
+    ("a canary step past maxStepDuration", {"wake": Wake(NOW, "CanaryStepExpires")}, "CanaryStepExpires"),
     ("safety-net resync", {"seconds_since_pass": 601.0}, "Resync"),
 ]
 

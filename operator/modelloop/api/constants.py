@@ -23,6 +23,10 @@ ANNOTATION_RETRAIN_NOW: Final = f"{GROUP}/retrain-now"
 ANNOTATION_ROLLBACK_TO: Final = f"{GROUP}/rollback-to"
 ROLLBACK_PREVIOUS: Final = "previous"
 
+# Set by the policy pass on a ModelVersion it owns: its rollout decision about that version (phase,
+# message, promotedAt as JSON), which the ModelVersion handler, the only writer of its status, copies there.
+ANNOTATION_PHASE_DECISION: Final = f"{GROUP}/phase-decision"
+
 # Set by the reload sidecar on its own Pod: what this replica serves right now.
 REVIEW_AUDIENCE: Final = "modelloop"
 """Reviews carry a bearer token minted for this audience: ``kubectl create token SA --audience modelloop``."""

@@ -78,8 +78,16 @@ def create_modelversion(namespace: str, body: dict[str, Any]) -> bool:
 
 
 def patch_modelversion_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """For the ModelVersion handler only: it is the status's one writer."""
     custom().patch_namespaced_custom_object_status(
         c.GROUP, c.VERSION, namespace, c.MODELVERSION_PLURAL, name, {"status": status}
+    )
+
+
+def annotate_modelversion(namespace: str, name: str, annotations: dict[str, str]) -> None:
+    """Merge ``annotations`` into a ModelVersion's metadata (the policy pass's decisions about it)."""
+    custom().patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.MODELVERSION_PLURAL, name, {"metadata": {"annotations": annotations}}
     )
 
 

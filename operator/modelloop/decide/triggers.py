@@ -53,6 +53,14 @@ def latest_fire(schedule: str, now: datetime) -> datetime:
     return prev
 
 
+def next_fire(schedule: str, now: datetime) -> datetime:
+    """The first cron fire time after ``now`` (when a schedule trigger can next change its decision)."""
+    if not croniter.is_valid(schedule):
+        raise InvalidSpec(f"schedule {schedule!r} is not a valid 5-field cron expression")
+    nxt: datetime = croniter(schedule, now).get_next(datetime)
+    return nxt
+
+
 def decide_trigger(spec: RetrainPolicySpec, snap: TriggerSnapshot, now: datetime) -> TriggerDecision:
     fire = latest_fire(spec.triggers.schedule, now) if spec.triggers.schedule else None
     since_schedule = snap.last_schedule_time or snap.created_at

@@ -1,14 +1,27 @@
-"""ModelVersion lifecycle: Pending → Training → Verifying → Verified | Rejected | Failed.
+"""ModelVersion lifecycle: Pending → Training → Verifying → Verified | Rejected | Failed, and the only
+writer of a ModelVersion's status.
 
 A level-based state machine: a timer per non-terminal ModelVersion reads the Job and the
 bucket and advances the phase. Status is the only memory and Job names are deterministic,
-so a restart (or SIGKILL) in any phase simply continues. What happens after Verified
-(promotion, rollout) is decided by the policy's handler, which sees all versions at once.
+so a restart (or SIGKILL) in any phase simply continues.
+
+What happens after Verified (promotion, the shadow and canary stages, rollout, rollback) is
+decided by the policy's pass, which sees all versions at once. It records each decision about a
+version on that version's ``modelloop.dev/phase-decision`` annotation (phase, message,
+promotedAt), and :func:`modelversion_decided`, on the version's watch events, copies it into
+status: ``kubectl get mv`` shows Promoting, Active, Superseded, Rejected and RolledBack as before,
+written by this module alone (a moment after the policy's status, no longer before it). Why an annotation rather than deriving the phase from the
+policy's status: the policy's status holds only the current rollout (``desired``, ``active``,
+``previous``, the current shadow/canary tally), not the history a phase needs (which abandoned
+rollout turned a version RolledBack, which stage rejected it and why), and the pass reads the
+annotation back in its next listing, so it never acts on a phase older than its own decision
+while the copy is pending (``decide.versions.version_phase``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +57,7 @@ from modelloop.decide.gates import evaluate_gates, failing_summary
 from modelloop.decide.jobs import Verb, build_job, build_rendezvous_service, job_outcome
 from modelloop.decide.queueing import queue_event, queue_name, queue_state
 from modelloop.decide.signing import SignAction, decide_signing
+from modelloop.decide.versions import mirrored_status
 
 from .clock import utc_now
 from .stores import store_for, verifier_credentials_problem
@@ -64,6 +78,36 @@ class _Conditions:
 
 def _in_flight(status: kopf.Status, **_: Any) -> bool:
     return phase_of(status) in IN_FLIGHT
+
+
+MIRROR_ATTEMPTS = 3
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL, annotations={c.ANNOTATION_PHASE_DECISION: kopf.PRESENT})
+def modelversion_decided(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """Copies the policy pass's decision about this version into its status (a watch event, not a timer:
+    kopf's timers put a finalizer on the object for as long as they run). Every event of the version
+    with a decision its status does not show yet is a cue, the listing after an operator start included,
+    so a copy lost to a failed write is made at the next event or start at the latest."""
+    if event.get("type") == "DELETED" or not namespace or not name:
+        return
+    mirrored = mirrored_status(body)
+    if not mirrored:
+        return
+    for attempt in range(1, MIRROR_ATTEMPTS + 1):
+        try:
+            kube.patch_modelversion_status(namespace, name, mirrored)
+            break
+        except Exception as e:  # noqa: BLE001 - retried here; the next event or start copies it otherwise
+            if attempt == MIRROR_ATTEMPTS:
+                logger.error(
+                    "could not copy the policy's decision %s into the status: %s: %s", mirrored, type(e).__name__, e
+                )
+                return
+            time.sleep(INTERVAL * attempt)  # backoff between attempts, not synchronisation
+    logger.info("version %s: %s (decided by its policy)", body.get("spec", {}).get("version"), mirrored)
 
 
 # backoff: a failed pass (the API server or the bucket briefly unreachable) is retried at the

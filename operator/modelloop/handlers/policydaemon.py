@@ -9,8 +9,9 @@ rollout is in progress (the serving pods are not watched), otherwise at the poli
 ``triggers.checkIntervalSeconds`` (capped by ``MODELLOOP_POLICY_IDLE_INTERVAL``), when it peeks
 at the bucket for new feedback.
 
-A tick asks :func:`modelloop.decide.wake.full_pass_reason` first, with the watched policy body
-and the watched ModelVersion phases: an idle policy costs no API request at all.
+A tick asks :func:`modelloop.decide.wake.full_pass_reason` first, with the watched policy body,
+the watched ModelVersion phases and the last pass's plan (``Plan.wake``: when the clock alone
+changes one of its decisions): an idle policy costs no API request at all.
 A full pass reads the policy fresh from the API server (the watched copy may lag behind the
 daemon's own last write), and so stays level-based and idempotent. A full pass at least every
 ``MODELLOOP_POLICY_RESYNC`` seconds is the safety net for anything not watched.
@@ -36,19 +37,20 @@ from pydantic import ValidationError
 from modelloop import metrics
 from modelloop.api import constants as c
 from modelloop.api.artifacts import feedback_prefix
-from modelloop.api.modelversion import Phase, phase_of
+from modelloop.api.modelversion import Phase
 from modelloop.api.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from modelloop.clients import kube
 from modelloop.clients.objectstore import check_resolvable
-from modelloop.decide.conditions import parse_rfc3339
 from modelloop.decide.durations import parse_duration
 from modelloop.decide.errors import ErrorVerdict, classify, unusable_spec
 from modelloop.decide.feedback import CountingState, ListedObject, listing_start, to_process
+from modelloop.decide.policyplan import Wake
+from modelloop.decide.versions import version_phase
 from modelloop.decide.wake import Feedback, full_pass_reason
 
 from .clock import utc_now
 from .failures import failure_of, report_failure
-from .retrainpolicy import RESOLVE_TIMEOUT, phases_of, reconcile_policy
+from .retrainpolicy import RESOLVE_TIMEOUT, phases_of, plan_and_apply
 from .stores import cached_store_for
 
 BUSY_INTERVAL = float(os.environ.get("MODELLOOP_POLICY_INTERVAL", "2"))
@@ -88,7 +90,13 @@ def _wake(key: PolicyKey) -> None:
 
 @kopf.on.event(c.GROUP, c.VERSION, c.MODELVERSION_PLURAL)
 async def modelversion_changed(
-    event: kopf.RawEvent, namespace: str | None, name: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
 ) -> None:
     """Keeps ``_versions`` current and wakes the version's policy (a phase change may be its cue)."""
     policy, version = spec.get("policy"), spec.get("version")
@@ -99,7 +107,7 @@ async def modelversion_changed(
         _versions.get(key, {}).pop(name, None)
     else:
         digest = (status.get("artifact") or {}).get("manifestDigest")
-        _versions.setdefault(key, {})[name] = WatchedVersion(version, phase_of(status), digest)
+        _versions.setdefault(key, {})[name] = WatchedVersion(version, version_phase(body), digest)
     _wake(key)
 
 
@@ -189,6 +197,10 @@ class PolicyLoop:
         self.written: dict[str, Any] | None = None
         """The status as this daemon's last pass left it (it is the only writer of the status)."""
         self.written_generation = 0
+        self.wake: Wake | None = None
+        """The last pass's plan: when the clock alone changes one of its decisions."""
+        self.retrain_seen: str | None = None
+        """The retrain-now value the last pass saw (acted on, or held back by the budget until ``wake``)."""
         # Spread the safety-net passes of many policies started together.
         self.resync = RESYNC * random.uniform(0.9, 1.1)
 
@@ -212,22 +224,22 @@ class PolicyLoop:
         status = RetrainPolicyStatus.model_validate(live)
         feedback = self._peek(spec, status, now) if self.phases_at_last_pass is not None else Feedback.UNCHECKED
         reason = full_pass_reason(
-            spec,
             status,
             max(int(meta.get("generation") or 1), self.written_generation),
             meta.get("annotations") or {},
             phases,
             self.phases_at_last_pass,
+            self.retrain_seen,
             feedback,
+            self.wake,
             time.monotonic() - self.last_pass,
             self.resync,
-            parse_rfc3339(meta.get("creationTimestamp")) or now,
             now,
             c.ANNOTATION_ROLLBACK_TO,
             c.ANNOTATION_RETRAIN_NOW,
         )
         if reason is None:
-            return self._interval(spec, status)
+            return self._interval(spec, status, now)
         self.logger.debug("full pass: %s", reason)
         try:
             status = self._full_pass(body if caught_up else None) or status
@@ -240,7 +252,7 @@ class PolicyLoop:
             self._report(body, meta, verdict, now)
             return verdict.retry_after if verdict.retry_after is not None else self.resync
         self.failures = 0
-        return self._interval(spec, status)
+        return self._interval(spec, status, now)
 
     def _report(self, body: dict[str, Any], meta: dict[str, Any], verdict: ErrorVerdict, now: datetime) -> None:
         """A failed pass as ``Ready=False`` with its reason (and an Event when the reason is new).
@@ -276,14 +288,17 @@ class PolicyLoop:
         if fresh is None:
             return None  # deleted; kopf stops this daemon
         listed = kube.list_modelversions(self.namespace, self.name)
-        changed = reconcile_policy(
+        decided = plan_and_apply(
             kopf.Body(cast(kopf.RawBody, fresh)), self.namespace, self.name, self.logger, utc_now(), listed
         )
+        changed = decided.status
         if changed:
             kube.custom().patch_namespaced_custom_object_status(
                 c.GROUP, c.VERSION, self.namespace, c.RETRAINPOLICY_PLURAL, self.name, {"status": changed}
             )
         self.phases_at_last_pass = phases_of(listed)
+        self.wake = decided.wake
+        self.retrain_seen = ((fresh.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_RETRAIN_NOW)
         self.last_pass = time.monotonic()
         merged = {k: v for k, v in {**_status_of(fresh), **changed}.items() if v is not None}
         self.written = merged
@@ -312,11 +327,14 @@ class PolicyLoop:
             return Feedback.UNREADABLE
         return Feedback.NEW if to_process(listing, state) else Feedback.NONE
 
-    def _interval(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus) -> float:
+    def _interval(self, spec: RetrainPolicySpec | None, status: RetrainPolicyStatus, now: datetime) -> float:
         if status.desired is not None and status.desired.version != status.active_version:
             return BUSY_INTERVAL
         check = float(spec.triggers.check_interval_seconds) if spec is not None else IDLE_INTERVAL
-        return max(min(check, IDLE_INTERVAL, self.resync), BUSY_INTERVAL)
+        interval = max(min(check, IDLE_INTERVAL, self.resync), BUSY_INTERVAL)
+        if self.wake is not None:  # wake on time for the plan's next clock-driven decision
+            interval = min(interval, max((self.wake.at - now).total_seconds(), 0.0) + 0.05)
+        return interval
 
 
 def _status_of(body: dict[str, Any]) -> dict[str, Any]:
