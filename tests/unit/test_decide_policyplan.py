@@ -69,6 +69,20 @@ def desired(version: str, reason: str = "Promotion", since: datetime = NOW - tim
     }
 
 
+def canary_step0(since: datetime) -> dict[str, Any]:
+    """Status with v3 answering the first canary step (10 %) beside v2 since ``since``, undecided."""
+    return {
+        "canary": {
+            "version": "v3",
+            "activeVersion": "v2",
+            "step": 0,
+            "percent": 10,
+            "stepStartedAt": iso(since),
+            "verdict": "Collect",
+        }
+    }
+
+
 def serving(active: dict[str, Any] | None = None) -> dict[str, Any]:
     """Status of a policy serving v2 (v1 before it), last trained two hours ago."""
     return {
@@ -223,18 +237,7 @@ CASES = [
     Case(
         "canary step expired undecided: the candidate is rolled back (Rejected), and retried",
         spec=policy_spec(**CANARY_ON),
-        status=serving(
-            {
-                "canary": {
-                    "version": "v3",
-                    "activeVersion": "v2",
-                    "step": 0,
-                    "percent": 10,
-                    "stepStartedAt": iso(NOW - timedelta(days=2)),
-                    "verdict": "Collect",
-                }
-            }
-        ),
+        status=serving(canary_step0(since=NOW - timedelta(days=2))),
         versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.VERIFIED)],
         actions=[("Mark", "v3", "Rejected"), ("Create", "v4", "Retry")],
         events=[("Warning", "CanaryRejected"), ("Normal", "TrainingRetried")],
@@ -256,18 +259,7 @@ CASES = [
     Case(
         "rollback request mid-canary: the split ends, the candidate is RolledBack, the active version stays",
         spec=policy_spec(**CANARY_ON),
-        status=serving(
-            {
-                "canary": {
-                    "version": "v3",
-                    "activeVersion": "v2",
-                    "step": 0,
-                    "percent": 10,
-                    "stepStartedAt": iso(NOW - timedelta(minutes=5)),
-                    "verdict": "Collect",
-                }
-            }
-        ),
+        status=serving(canary_step0(since=NOW - timedelta(minutes=5))),
         versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.VERIFIED)],
         annotations={c.ANNOTATION_ROLLBACK_TO: "previous"},
         actions=[("Mark", "v3", "RolledBack")],
