@@ -289,6 +289,30 @@ CASES = [
         needs_serving=True,
     ),
     Case(
+        "auto rollback held: v1 was itself rolled back, so reviews going bad again do not bounce back to it",
+        spec=policy_spec(autoRollback={"enabled": True, "minLiveAccuracy": 0.8, "minReviews": 3}),
+        status=serving({"feedback": {"cursor": "digits/feedback/0"}}),
+        versions=[mv("v1", Phase.ROLLED_BACK), mv("v2", Phase.ACTIVE)],
+        storage=StorageRead(feedback=feedback([record(1, correct=True), record(2)], [record(3)])),
+        events=[("Warning", "AutoRollbackHeld")],
+        conditions={"AutoRollback": ("False", "PreviousWasRolledBack"), "Training": ("False", "BelowThreshold")},
+        status_has={"desired": None},  # unchanged: v2 keeps serving
+    ),
+    Case(
+        "rollout complete: the replaced version's live accuracy is kept for autoRollback to compare with",
+        status=serving({"desired": desired("v3"), "liveAccuracy": {"version": "v2", "reviews": 80, "correct": 72}}),
+        versions=[mv("v1", Phase.SUPERSEDED), mv("v2", Phase.ACTIVE), mv("v3", Phase.PROMOTING)],
+        serving=SERVING_ALL,
+        actions=[("Mark", "v2", "Superseded"), ("Mark", "v3", "Active")],
+        events=[("Normal", "Promoted")],
+        conditions={"RolloutComplete": ("True", "AllReplicasUpdated")},
+        status_has={
+            "previousLiveAccuracy": {"version": "v2", "reviews": 80, "correct": 72, "accuracy": None},
+            "liveAccuracy": {"version": "v3", "reviews": 0, "correct": 0, "accuracy": None},
+        },
+        metrics=["ROLLOUT_DURATION", "PROMOTIONS"],
+    ),
+    Case(
         "retry: a rejected first attempt is trained again as the next version",
         spec=policy_spec(retry={"maxAttempts": 3}),
         status=serving({"latestVersion": "v3"}),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from modelloop.api.modelversion import Phase
@@ -97,6 +99,76 @@ def test_auto_rollback_needs_a_previous_version() -> None:
     bad = LiveAccuracy(version="v5", reviews=100, correct=0, accuracy=0.0)
     d = decide_auto_rollback(AUTO, bad, "v5", None, "v5", "Promotion")
     assert (d.act, d.reason) == (False, "NoPreviousVersion")
+
+
+DEFAULT = AutoRollbackSpec()  # on, no floor, margin 0.05, alpha 0.05, 50 reviews
+
+
+def live(version: str, reviews: int, correct: int) -> LiveAccuracy:
+    return LiveAccuracy(version=version, reviews=reviews, correct=correct, accuracy=correct / reviews)
+
+
+# The default compares the active v5 with what v1 measured while it served (before), never with a floor.
+COMPARED = [
+    # name, active's tally, v1's tally, v1's phase, act, reason
+    ("on by default: clearly worse than v1 was", live("v5", 200, 140), live("v1", 400, 360), Phase.SUPERSEDED,
+     True, "AutoRollback"),
+    ("worse, but not by more than the margin", live("v5", 200, 174), live("v1", 400, 360), Phase.SUPERSEDED,
+     False, "Healthy"),
+    ("worse by more than the margin on too few reviews to prove it", live("v5", 50, 39), live("v1", 50, 45),
+     Phase.SUPERSEDED, False, "Healthy"),
+    ("better than v1 was", live("v5", 200, 190), live("v1", 400, 360), Phase.SUPERSEDED, False, "Healthy"),
+    ("v1 had too few reviews while it served", live("v5", 200, 20), live("v1", 49, 49), Phase.SUPERSEDED,
+     False, "Healthy"),
+    ("a tally of another version is not v1's", live("v5", 200, 20), live("v0", 400, 400), Phase.SUPERSEDED,
+     False, "Healthy"),
+    ("no floor by default: a low accuracy alone is no proof", live("v5", 200, 20), None, Phase.SUPERSEDED,
+     False, "Healthy"),
+    ("hysteresis: never back to a version that was itself rolled back", live("v5", 200, 140),
+     live("v1", 400, 360), Phase.ROLLED_BACK, False, "PreviousWasRolledBack"),
+    ("every tally perfect but a margin of 0 is not crossed", live("v5", 100, 100), live("v1", 100, 100),
+     Phase.SUPERSEDED, False, "Healthy"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("active", "before", "phase", "act", "reason"), [c[1:] for c in COMPARED], ids=[c[0] for c in COMPARED]
+)
+def test_auto_rollback_compares_with_the_previous_version(
+    active: LiveAccuracy, before: LiveAccuracy | None, phase: Phase, act: bool, reason: str
+) -> None:
+    d = decide_auto_rollback(DEFAULT, active, "v5", "v1", "v5", "Promotion", before, phase)
+    assert (d.act, d.reason) == (act, reason), d.message
+    assert d.target == ("v1" if act else None)
+    if reason == "PreviousWasRolledBack":
+        assert "v1 was itself rolled back" in d.message and "rollback-to" in d.message
+
+
+def test_a_declared_floor_still_acts_alone() -> None:
+    spec = AutoRollbackSpec(min_live_accuracy=0.8)
+    d = decide_auto_rollback(spec, live("v5", 60, 45), "v5", "v1", "v5", "Promotion", None, Phase.SUPERSEDED)
+    assert (d.act, d.target, d.reason) == (True, "v1", "AutoRollback")
+    assert "minLiveAccuracy 0.8" in d.message
+
+
+def test_the_default_false_rollback_rate_at_the_margin_is_at_most_alpha() -> None:
+    """200 seeded runs where v5 is worse than v1 by exactly the margin (0.85 vs 0.90, 200 and 400 reviews):
+    rolled back in at most alpha of them; worse by 20 points: rolled back in nearly all."""
+    rng = random.Random(20261202)
+
+    def rate(p_active: float) -> float:
+        acts = 0
+        for _ in range(200):
+            a = sum(rng.random() < p_active for _ in range(200))
+            b = sum(rng.random() < 0.90 for _ in range(400))
+            acts += decide_auto_rollback(DEFAULT, live("v5", 200, a), "v5", "v1", "v5", "Promotion",
+                                         live("v1", 400, b), Phase.SUPERSEDED).act  # fmt: skip
+        return acts / 200
+
+    at_margin, far_worse = rate(0.85), rate(0.70)
+    print(f"rolled back: at the margin {at_margin:.1%}, 20 points worse {far_worse:.1%}")
+    assert at_margin <= DEFAULT.alpha + 0.02
+    assert far_worse >= 0.95
 
 
 # Rollback in every state: active v5 (previous v1), something else may be rolling out.

@@ -857,21 +857,43 @@ class ServingSpec(ApiModel):
 
 
 class AutoRollbackSpec(ApiModel):
-    """Roll back to the previous version when live accuracy from reviews drops below a floor."""
+    """After a promotion, keep watching: roll back to the previous version when reviews show the active
+    one worse than it was, or below a declared floor (decide/rollback.py)."""
 
-    enabled: bool = Field(default=False, description="Off by default: a rollback nobody asked for surprises people.")
-    min_live_accuracy: float = Field(
-        default=0.80,
+    enabled: bool = Field(
+        default=True,
+        description="On by default: the active version is rolled back when reviews prove it worse than the "
+        "previous version was by more than `margin` (or below `minLiveAccuracy` when set). Never back to a "
+        "version that was itself rolled back.",
+    )
+    min_live_accuracy: float | None = Field(
+        default=None,
         alias="minLiveAccuracy",
         ge=0,
         le=1,
-        description="Roll back when live accuracy of the active version falls below this.",
+        description="An absolute floor: roll back when the active version's live accuracy falls below it. "
+        "Unset by default: a floor depends on the model, so only the comparison with the previous version acts.",
     )
     min_reviews: int = Field(
         default=50,
         alias="minReviews",
         ge=1,
-        description="Reviews of the active version needed before live accuracy is trusted.",
+        description="Reviews of the active version (and, for the comparison, of the previous one while it "
+        "served) needed before live accuracy is trusted.",
+    )
+    margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=0.5,
+        description="How much worse (absolute accuracy, 0-0.5) than the previous version's live accuracy the "
+        "active one may be before it is rolled back.",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="Error rate of the comparison: the chance of rolling back a version that is not worse by "
+        "more than `margin` (one-sided two-proportion z-test).",
     )
 
 
@@ -1194,13 +1216,13 @@ class FeedbackStatus(ApiModel):
 
 
 class LiveAccuracy(ApiModel):
-    """Accuracy of the active version as measured by reviews."""
+    """A version's accuracy as measured by reviews of its live answers."""
 
-    version: str | None = Field(default=None, description="The version measured (the active one).")
-    reviews: int = Field(default=0, ge=0, description="Reviewed predictions of that version since its promotion.")
+    version: str | None = Field(default=None, description="The version measured.")
+    reviews: int = Field(default=0, ge=0, description="Reviewed predictions of that version while it was active.")
     correct: int = Field(default=0, ge=0, description="Of those, the ones reviewers confirmed.")
     accuracy: float | None = Field(
-        default=None, ge=0, le=1, description="correct / reviews (0-1); autoRollback compares it with its floor."
+        default=None, ge=0, le=1, description="correct / reviews (0-1); what autoRollback judges."
     )
 
 
@@ -1310,6 +1332,12 @@ class RetrainPolicyStatus(ApiModel):
     feedback: FeedbackStatus = Field(default_factory=FeedbackStatus)
     live_accuracy: LiveAccuracy = Field(
         default_factory=LiveAccuracy, alias="liveAccuracy", description="Accuracy of the active version from reviews."
+    )
+    previous_live_accuracy: LiveAccuracy | None = Field(
+        default=None,
+        alias="previousLiveAccuracy",
+        description="The previous version's live accuracy over the time it served, kept when it was replaced: "
+        "what autoRollback compares the active version with.",
     )
     last_training_time: datetime | None = Field(
         default=None,

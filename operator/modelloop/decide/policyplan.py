@@ -406,7 +406,18 @@ class _Planner:
             new.previous_version,
             desired_version,
             new.desired.reason if new.desired else None,
+            new.previous_live_accuracy,
+            phases.get(new.previous_version) if new.previous_version else None,
         )
+        if auto.reason == "PreviousWasRolledBack":
+            prev = get_condition(self.conds, "AutoRollback")
+            if prev is None or prev.get("reason") != auto.reason:
+                self.event("Warning", "AutoRollbackHeld", auto.message)
+                self.log("warning", auto.message)
+        if auto.reason in ("PreviousWasRolledBack", "AutoRollback"):
+            self.cond("AutoRollback", "False" if auto.reason != "AutoRollback" else "True", auto.reason, auto.message)
+        elif auto.reason in ("Healthy", "TooFewReviews") and get_condition(self.conds, "AutoRollback") is not None:
+            self.cond("AutoRollback", "False", auto.reason, auto.message)
         chosen: RollbackDecision | None = decision if decision.act else (auto if auto.act else None)
         if chosen is not None and chosen.target:
             self.start_rollback(chosen)
@@ -767,6 +778,7 @@ class _Planner:
         self.mark(target, Phase.ACTIVE, f"serving on {d.summary} replicas", promoted_at=now)
         new.previous_version = old_active
         new.active_version = target
+        new.previous_live_accuracy = new.live_accuracy if new.live_accuracy.version == old_active else None
         new.live_accuracy = LiveAccuracy(version=target)
         self.cond("RolloutComplete", "True", "AllReplicasUpdated", d.message)
         if rollback:

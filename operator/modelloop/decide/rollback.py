@@ -14,8 +14,10 @@ replica stops splitting, only the active version answers), and any rollback ends
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from modelloop.api.constants import ROLLBACK_PREVIOUS
 from modelloop.api.modelversion import PROMOTABLE, Phase
@@ -118,9 +120,18 @@ def decide_auto_rollback(
     previous: str | None,
     desired: str | None,
     desired_reason: str | None,
+    before: LiveAccuracy | None = None,
+    previous_phase: Phase | None = None,
 ) -> RollbackDecision:
-    """Below the floor, the previous version wins over the active one, and over a half-finished
-    promotion of an unproven newer one; a rollback already under way is left to finish."""
+    """Worse than the previous version was (``before``: its live accuracy while it served), or below the
+    declared floor: the previous version wins over the active one, and over a half-finished promotion of an
+    unproven newer one; a rollback already under way is left to finish.
+
+    The comparison is unpaired (the two versions answered different requests at different times), so it asks
+    for proof at ``alpha`` that the active version is worse by more than ``margin``, not for a difference.
+    Hysteresis: never back to a version that was itself rolled back (``previous_phase`` RolledBack): when
+    reviews go bad for every version (the inputs drifted), bouncing between two versions helps nobody, and
+    the on-call decides."""
     if not spec.enabled or active is None or live.version != active:
         return RollbackDecision(False, None, "NotApplicable", "")
     if desired is not None and desired != active and desired_reason in ROLLBACK_REASONS:
@@ -131,19 +142,54 @@ def decide_auto_rollback(
         return RollbackDecision(
             False, None, "TooFewReviews", f"{live.reviews}/{spec.min_reviews} reviews of {active} so far"
         )
-    if live.accuracy >= spec.min_live_accuracy:
+    why = _worse(spec, live, before, previous)
+    if why is None:
         return RollbackDecision(
-            False, None, "Healthy", f"live accuracy {live.accuracy:.3f} >= {spec.min_live_accuracy}"
+            False, None, "Healthy", f"live accuracy of {active} {live.accuracy:.3f}: {_healthy(spec, before, previous)}"
         )
     if previous is None:
         return RollbackDecision(
-            False, None, "NoPreviousVersion",
-            f"live accuracy of {active} {live.accuracy:.3f} < {spec.min_live_accuracy} over {live.reviews} reviews, "
-            "but there is no previous version to roll back to",
+            False, None, "NoPreviousVersion", f"{why}, but there is no previous version to roll back to"
+        )
+    if previous_phase == Phase.ROLLED_BACK:
+        return RollbackDecision(
+            False, None, "PreviousWasRolledBack",
+            f"{why}, but {previous} was itself rolled back: not bouncing back to it; "
+            f"roll back by hand (rollback-to=<version>) or let the next training replace {active}",
         )  # fmt: skip
     abandoning = f" (abandoning the rollout of {desired})" if desired is not None and desired != active else ""
-    return RollbackDecision(
-        True, previous, "AutoRollback",
-        f"live accuracy of {active} {live.accuracy:.3f} < minLiveAccuracy {spec.min_live_accuracy} over "
-        f"{live.reviews} reviews: rolling back to {previous}{abandoning}",
-    )  # fmt: skip
+    return RollbackDecision(True, previous, "AutoRollback", f"{why}: rolling back to {previous}{abandoning}")
+
+
+def _worse(spec: AutoRollbackSpec, live: LiveAccuracy, before: LiveAccuracy | None, previous: str | None) -> str | None:
+    """Why the active version is judged bad, or None."""
+    acc = live.accuracy if live.accuracy is not None else 0.0
+    if spec.min_live_accuracy is not None and acc < spec.min_live_accuracy:
+        return (
+            f"live accuracy of {live.version} {acc:.3f} < minLiveAccuracy {spec.min_live_accuracy} "
+            f"over {live.reviews} reviews"
+        )
+    if not _comparable(spec, before, previous) or before is None or before.accuracy is None:
+        return None
+    gap = before.accuracy - acc
+    se = math.sqrt(acc * (1 - acc) / live.reviews + before.accuracy * (1 - before.accuracy) / before.reviews)
+    worse = gap > spec.margin if se == 0 else (gap - spec.margin) / se > NormalDist().inv_cdf(1 - spec.alpha)
+    if not worse:
+        return None
+    return (
+        f"live accuracy of {live.version} {acc:.3f} over {live.reviews} reviews is worse than {previous}'s "
+        f"{before.accuracy:.3f} over {before.reviews} by more than the margin {spec.margin} (alpha {spec.alpha})"
+    )
+
+
+def _comparable(spec: AutoRollbackSpec, before: LiveAccuracy | None, previous: str | None) -> bool:
+    return before is not None and before.version == previous and before.reviews >= spec.min_reviews
+
+
+def _healthy(spec: AutoRollbackSpec, before: LiveAccuracy | None, previous: str | None) -> str:
+    parts = [] if spec.min_live_accuracy is None else [f">= minLiveAccuracy {spec.min_live_accuracy}"]
+    if _comparable(spec, before, previous) and before is not None and before.accuracy is not None:
+        parts.append(f"not proven worse than {previous}'s {before.accuracy:.3f} by more than {spec.margin}")
+    elif previous is not None:
+        parts.append(f"{previous} has fewer than {spec.min_reviews} reviews from while it served to compare with")
+    return "; ".join(parts) or "no floor set and no previous version to compare with"
