@@ -157,6 +157,20 @@ STALLED = ServingView(2, (PodView("web-a", DIGEST["v3"], False), PodView("web-b"
 SHADOW_ON = {"rollout": {"shadow": {"enabled": True}}}
 CANARY_ON = {"rollout": {"shadow": {"enabled": False}, "canary": {"enabled": True, "steps": [10, 50]}}}
 
+PAST_KEEP_VERSIONS: dict[str, Any] = {
+    "spec": policy_spec(retention={"keepVersions": 2}),
+    "status": serving(
+        {"activeVersion": "v4", "previousVersion": "v3", "latestVersion": "v4", "desired": desired("v4")}
+    ),
+    "versions": [
+        mv("v1", Phase.SUPERSEDED),
+        mv("v2", Phase.SUPERSEDED),
+        mv("v3", Phase.SUPERSEDED),
+        mv("v4", Phase.ACTIVE),
+    ],
+}
+"""v4 serving, v3 before it, v1 and v2 past keepVersions 2."""
+
 CASES = [
     Case(
         "bootstrap v1: a new policy trains from the base dataset",
@@ -341,31 +355,13 @@ CASES = [
     ),
     Case(
         "retention prune: versions past keepVersions are deleted with their artifacts",
-        spec=policy_spec(retention={"keepVersions": 2}),
-        status=serving(
-            {"activeVersion": "v4", "previousVersion": "v3", "latestVersion": "v4", "desired": desired("v4")}
-        ),
-        versions=[
-            mv("v1", Phase.SUPERSEDED),
-            mv("v2", Phase.SUPERSEDED),
-            mv("v3", Phase.SUPERSEDED),
-            mv("v4", Phase.ACTIVE),
-        ],
+        **PAST_KEEP_VERSIONS,
         actions=[("Delete", "v1", ""), ("Delete", "v2", "")],
         events=[("Normal", "RetentionPruned")],
     ),
     Case(
         "retention waits while the bucket is unreadable (the artifacts could not be removed)",
-        spec=policy_spec(retention={"keepVersions": 2}),
-        status=serving(
-            {"activeVersion": "v4", "previousVersion": "v3", "latestVersion": "v4", "desired": desired("v4")}
-        ),
-        versions=[
-            mv("v1", Phase.SUPERSEDED),
-            mv("v2", Phase.SUPERSEDED),
-            mv("v3", Phase.SUPERSEDED),
-            mv("v4", Phase.ACTIVE),
-        ],
+        **PAST_KEEP_VERSIONS,
         storage=StorageRead(Failure(Stage.STORAGE, "S3Error", "AccessDenied", s3_code="AccessDenied")),
         events=[("Warning", "StorageAccessDenied")],
         conditions={"FeedbackReadable": ("False", "StorageAccessDenied"), "Ready": ("True", "Serving")},

@@ -321,6 +321,15 @@ class _Planner:
     def cond(self, type_: str, status: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
         self.conds = set_condition(self.conds, type_, status, reason, message, self.now, self.generation)
 
+    def warn_once(self, type_: str, reason: str, message: str, event_reason: str | None = None) -> None:
+        """Condition ``type_`` False for ``reason``, with one Warning Event (``event_reason``, else ``reason``)
+        and log line when it begins to hold, not on every pass while it does."""
+        prev = get_condition(self.conds, type_)
+        if prev is None or prev.get("reason") != reason:
+            self.event("Warning", event_reason or reason, message)
+            self.log("warning", message)
+        self.cond(type_, "False", reason, message)
+
     def fail(self, condition: str, verdict: ErrorVerdict) -> None:
         self.conds, event = failure_condition(self.conds, condition, verdict, self.now, self.generation)
         if event is not None:
@@ -410,12 +419,9 @@ class _Planner:
             phases.get(new.previous_version) if new.previous_version else None,
         )
         if auto.reason == "PreviousWasRolledBack":
-            prev = get_condition(self.conds, "AutoRollback")
-            if prev is None or prev.get("reason") != auto.reason:
-                self.event("Warning", "AutoRollbackHeld", auto.message)
-                self.log("warning", auto.message)
-        if auto.reason in ("PreviousWasRolledBack", "AutoRollback"):
-            self.cond("AutoRollback", "False" if auto.reason != "AutoRollback" else "True", auto.reason, auto.message)
+            self.warn_once("AutoRollback", auto.reason, auto.message, event_reason="AutoRollbackHeld")
+        elif auto.reason == "AutoRollback":
+            self.cond("AutoRollback", "True", auto.reason, auto.message)
         elif auto.reason in ("Healthy", "TooFewReviews") and get_condition(self.conds, "AutoRollback") is not None:
             self.cond("AutoRollback", "False", auto.reason, auto.message)
         chosen: RollbackDecision | None = decision if decision.act else (auto if auto.act else None)
@@ -591,11 +597,7 @@ class _Planner:
 
     def budget_condition(self, budget: BudgetDecision) -> None:
         """``Training=False`` reason ``BudgetExhausted``, with one Warning Event when the block begins."""
-        prev = get_condition(self.conds, "Training")
-        if prev is None or prev["reason"] != "BudgetExhausted":
-            self.event("Warning", "BudgetExhausted", budget.message)
-            self.log("warning", budget.message)
-        self.cond("Training", "False", "BudgetExhausted", budget.message)
+        self.warn_once("Training", "BudgetExhausted", budget.message)
 
     def retry_condition(self, retry: RetryDecision, start: TrainingStart | None, training: str | None) -> None:
         """``RetriesExhausted``: True (with a Warning Event, once) when the last attempt failed; False
@@ -759,11 +761,7 @@ class _Planner:
         new.rollout.started_at = started
         if not d.complete:
             if d.stalled:
-                prev = get_condition(self.conds, "RolloutComplete")
-                if prev is None or prev.get("reason") != "RolloutStalled":
-                    self.event("Warning", "RolloutStalled", d.message)
-                    self.log("warning", d.message)
-                self.cond("RolloutComplete", "False", "RolloutStalled", d.message)
+                self.warn_once("RolloutComplete", "RolloutStalled", d.message)
             else:
                 self.cond("RolloutComplete", "False", "RollingOut", d.message)
             return
