@@ -8,7 +8,7 @@ PIP_STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools kueue test test-unit test-integration test-faults test-cluster cluster cluster-down demo crds crds-check lint bench images kind-e2e clean
+.PHONY: help setup tools kueue argocd test test-unit test-integration test-faults test-cluster cluster cluster-down demo crds crds-check lint bench images kind-e2e clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-18s %s\n", $$1, $$2}'
@@ -29,20 +29,23 @@ tools: ## build the Kubernetes control plane and node, CoreDNS, MinIO, Helm; ins
 kueue: ## build Kueue's controller manager and copy its CRDs (hack/kueue.sh; the cluster tier's Kueue test runs it)
 	@bash hack/kueue.sh >/dev/null
 
-test: setup kueue ## everything CI runs: lint, CRD drift, unit, integration, e2e, fault and cluster tests
+argocd: ## build Argo CD (controller, repo-server, CLI) and copy its CRDs (hack/argocd.sh; the GitOps steps of the cluster tier run it)
+	@bash hack/argocd.sh >/dev/null
+
+test: setup kueue argocd ## everything CI runs: lint, CRD drift, unit, integration, e2e, fault and cluster tests
 	@$(MAKE) --no-print-directory lint crds-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(PIP_STAMP) ## pure tests only (no processes started)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup ## tests against a real kube-apiserver and MinIO
+test-integration: setup argocd ## tests against a real kube-apiserver and MinIO
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test-faults: setup ## the fault suite (operator killed, MinIO stopped, API server restarted, ...)
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
-test-cluster: setup kueue ## the README's install steps and the loop on a real single-node cluster (root; builds the images)
+test-cluster: setup kueue argocd ## the README's install steps and the loop on a real single-node cluster (root; builds the images)
 	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 cluster: setup ## a real single-node cluster on this machine (containerd, kubelet, kube-proxy, CoreDNS) until Ctrl-C; ARGS=--images loads ours

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds Argo CD's all-in-one binary (application controller, repo-server: symlink the names) from
-# github.com/argoproj/argo-cd/v3 into its own cache, for the GitOps tier that is not wired yet.
-# Not part of `make test` or CI: it needs Go 1.27 (fetched as a toolchain from the module proxy)
-# and about 23 CPU-minutes cold (measured 2026-12-02: 72 min wall at nice 19 on a loaded 2-core
-# machine; user 19m48s, sys 3m19s). Prints the binary's path on its last line.
+# Builds Argo CD's all-in-one binary (the application controller, the repo-server and the `argocd`
+# CLI, chosen by ARGOCD_BINARY_NAME) from github.com/argoproj/argo-cd/v3 into its own cache, and
+# copies the module's Application and AppProject CRDs beside it, for the cluster tier's GitOps steps
+# (dev/modelloop_dev/argocd.py) and tests/integration/test_argocd_lua.py. Prints its bin directory
+# on its last line; instant once built.
+#
+# Needs Go 1.27 (fetched as a toolchain from the module proxy) and about 23 CPU-minutes cold
+# (2026-12-02: user 19m48s, sys 3m19s; 72 min wall at nice 19 on a loaded 2-core machine).
 #
 # Why a wrapper module with argo-cd's own replace block: replace directives of a dependency do
 # not apply, so without them k8s.io/kubernetes pulls k8s.io/kubelet@v0.0.0, which no proxy
@@ -13,12 +16,24 @@ ARGOCD_VERSION=${ARGOCD_VERSION:-v3.6.1}
 export GOTOOLCHAIN=go1.27.3 GOFLAGS="-mod=mod -buildvcs=false -trimpath" CGO_ENABLED=0
 root=${MODELLOOP_TOOLS:-$HOME/.cache/modelloop/tools}/argocd-$ARGOCD_VERSION
 out=$root/bin/argocd
-[ -x "$out" ] && { echo "$out"; exit 0; }
+say() { echo "[argocd] $*" >&2; }
+if [ -x "$out" ] && [ -f "$root/crds/application-crd.yaml" ]; then echo "$root/bin"; exit 0; fi
 mkdir -p "$root/src" "$root/bin"
 cd "$root/src"
-printf 'module modelloop.dev/tools/argocd\n\ngo 1.27\n' >go.mod
-go get "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" >&2
-upstream=$(go mod download -json "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
-sed -n '/^replace (/,/^)/p' "$upstream" >>go.mod
-go build -o "$out" github.com/argoproj/argo-cd/v3/cmd >&2
-echo "$out"
+if [ ! -x "$out" ]; then
+  start=$(date +%s)
+  say "building Argo CD $ARGOCD_VERSION from its Go module (first time: 12-25 minutes on 2 cores)"
+  printf 'module modelloop.dev/tools/argocd\n\ngo 1.27\n' >go.mod
+  go get "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" >&2
+  upstream=$(go mod download -json "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  sed -n '/^replace (/,/^)/p' "$upstream" >>go.mod
+  go build -o "$out.tmp" github.com/argoproj/argo-cd/v3/cmd >&2
+  mv "$out.tmp" "$out"
+  say "built in $(( $(date +%s) - start ))s"
+fi
+mod=$(go mod download -json "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+rm -rf "$root/crds.tmp" && mkdir -p "$root/crds.tmp"
+cp "$mod/manifests/crds/application-crd.yaml" "$mod/manifests/crds/appproject-crd.yaml" "$root/crds.tmp/"
+chmod u+w "$root"/crds.tmp/*.yaml
+rm -rf "$root/crds" && mv "$root/crds.tmp" "$root/crds"
+echo "$root/bin"

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from modelloop_dev.argocd import ArgoCD, GitRepo, SyncRecorder, doc_yaml
 from modelloop_dev.cluster import Cluster
 from modelloop_dev.demo import PolicyView
 from modelloop_dev.devnode import Kube, load_kubeconfig
@@ -106,3 +108,72 @@ def install(cluster: Cluster, tools_bin: Path, creds_dir: Path) -> Installed:
     kube = Kube(load_kubeconfig(cluster.kubeconfig), creds_dir)
     print(f"README install: policy applied -> v1 Active in {install_s:.0f}s (all steps)")
     return Installed(cluster, PolicyView(kube, NAMESPACE, "digits", "digits"), install_s, env)
+
+
+# The files of the example the README applied by hand, as the team keeps them in Git.
+GIT_FILES = {
+    "digits/retrainpolicy.yaml": "examples/retrainpolicy-digits.yaml",
+    "digits/serving.yaml": "examples/serving-deployment.yaml",
+}
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` merged into ``base`` the way a JSON merge patch would (nested maps merged, the rest replaced)."""
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+@dataclass
+class GitOps:
+    """The README's example handed to Argo CD: its files in Git, docs/argocd.md's Application syncing them.
+
+    From then on the team changes the policy by committing to Git (``change_policy``), and the
+    recorder keeps every state the Application went through.
+    """
+
+    argocd: ArgoCD
+    repo: GitRepo
+    app: str
+    recorder: SyncRecorder
+    commits: list[str]
+
+    @classmethod
+    def hand_over(cls, installed: Installed, argocd: ArgoCD, repo: GitRepo) -> GitOps:
+        repo.init()
+        commit = repo.commit({rel: (REPO / src).read_text() for rel, src in GIT_FILES.items()}, "digits: the example")
+        application = doc_yaml(REPO / "docs" / "argocd.md", "kind: Application")
+        application["spec"]["source"]["repoURL"] = repo.url
+        name = application["metadata"]["name"]
+        recorder = SyncRecorder(argocd.kube, name).start()
+        argocd.apply(application)
+        gitops = cls(argocd, repo, name, recorder, [commit])
+        gitops.wait_synced(commit)
+        return gitops
+
+    def wait_synced(self, commit: str) -> dict[str, Any]:
+        try:
+            return self.argocd.wait_synced(self.app, commit)
+        except TimeoutError as e:
+            pytest.fail(f"{e}\n{diagnostics(self.argocd.cluster)}")
+
+    def change_policy(self, spec: dict[str, Any], message: str) -> str:
+        """Commits ``spec`` merged into the policy's file, asks Argo CD to look now, waits until it applied it."""
+        rel = "digits/retrainpolicy.yaml"
+        policy = yaml.safe_load(self.repo.read(rel))
+        policy["spec"] = merge(policy["spec"], spec)
+        commit = self.repo.commit({rel: yaml.safe_dump(policy, sort_keys=False)}, message)
+        self.commits.append(commit)
+        self.argocd.refresh(self.app)
+        self.wait_synced(commit)
+        return commit
+
+    def resource(self, kind: str, name: str) -> dict[str, Any]:
+        """The Application's view of one resource it manages (sync and health, with Argo CD's health message)."""
+        app = self.argocd.application(self.app)
+        for r in (app.get("status") or {}).get("resources") or []:
+            if r.get("kind") == kind and r.get("name") == name:
+                found: dict[str, Any] = r
+                return found
+        raise AssertionError(f"Application {self.app} does not manage {kind}/{name}")

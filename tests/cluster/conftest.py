@@ -4,7 +4,8 @@ One install for every module: the README's steps take 4-5 minutes on CI's two co
 ``test_install.py`` and ``test_kueue.py`` share the node, its images and the install, and each test
 creates what it needs beside it (its own policies, models and, for Kueue, queues); the order of the
 tests within ``test_install.py`` is a story (each step starts from the state the previous one left).
-Kueue's manager starts beside the same node the first time a test asks for the ``kueue`` fixture.
+Kueue's manager starts beside the same node the first time a test asks for the ``kueue`` fixture,
+and Argo CD (``argocd``, ``gitops``) the first time a test asks for the example to live in Git.
 
 Torn down after the tier's last test, not at the end of the session: the node's Pods (two
 operators, two model servers, MinIO, CoreDNS) would otherwise keep two cores busy while the other
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_harness import Installed, install
+from cluster_harness import GitOps, Installed, install
 
+from modelloop_dev.argocd import ArgoCD, GitRepo, locate_argocd
 from modelloop_dev.cluster import Cluster, load_product_images
 from modelloop_dev.kueue import Kueue, locate_kueue
 
@@ -69,6 +71,22 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Kueue:
     controller = Kueue(locate_kueue(REPO), cluster, tmp_path_factory.mktemp("kueue"))
     _tier.callback(controller.stop)
     return controller.start()
+
+
+@pytest.fixture(scope="session")
+def argocd(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> ArgoCD:
+    """Argo CD's application controller and repo-server (built by hack/argocd.sh) with Redis, until the tier ends."""
+    controller = ArgoCD(locate_argocd(REPO), REPO, cluster, tmp_path_factory.mktemp("argocd"))
+    _tier.callback(controller.stop)
+    return controller.start()
+
+
+@pytest.fixture(scope="session")
+def gitops(installed: Installed, argocd: ArgoCD, tmp_path_factory: pytest.TempPathFactory) -> GitOps:
+    """From the first test that asks on, the example lives in Git and Argo CD syncs it (self-heal on)."""
+    handed = GitOps.hand_over(installed, argocd, GitRepo(tmp_path_factory.mktemp("git") / "models"))
+    _tier.callback(handed.recorder.stop)
+    return handed
 
 
 @pytest.fixture(scope="session")

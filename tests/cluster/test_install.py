@@ -11,10 +11,15 @@ from the state the previous one left):
    read-only root filesystem and no capabilities; MinIO serves HTTPS only, with the certificate the
    README's openssl lines made, and the operator, the training and verification Jobs, the server and
    the sidecar all reach it over TLS, verified with the README's CA (``spec.storage.tls.caBundle``);
-2. a client sends traffic through the ``digits`` Service's ClusterIP and posts reviews to it; v2
-   is trained, verified and hot-swapped with no failed request, while the leading operator's
-   process is SIGKILLed during v2's training and the standby takes over once the Lease expires;
+2. the team hands the example to Argo CD (docs/argocd.md's Application, self-heal on, syncing
+   the example's files from a Git repository) and from then on changes the policy only by
+   committing to Git; a client sends traffic through the ``digits`` Service's ClusterIP and posts
+   reviews to it; v2 is trained, verified and hot-swapped with no failed request, while the leading
+   operator's process is SIGKILLed during v2's training and the standby takes over once the Lease
+   expires;
 3. ``kubectl annotate ... rollback-to=previous`` brings v1 back, again with no failed request;
+   through the retraining, the promotion and the rollback Argo CD never saw the policy or the
+   Deployment drift from Git, and it judged the policy's health with docs/argocd.md's Lua;
 4. a version declaring more weights than the server container's memory limit leaves room for is
    refused by the server from the cgroup files it reads on this node, before anything is loaded;
    the Pod keeps serving, ready, with no restart;
@@ -33,7 +38,7 @@ import time
 from typing import Any
 
 import pytest
-from cluster_harness import NAMESPACE, VERSION_TIMEOUT_S, Installed, diagnostics
+from cluster_harness import NAMESPACE, VERSION_TIMEOUT_S, GitOps, Installed, diagnostics
 from kubernetes.utils import parse_quantity
 
 from modelloop.api import constants as c
@@ -136,23 +141,27 @@ def test_minio_serves_tls_only_and_every_client_verifies_it_with_the_readme_ca(
 
 
 def test_reviews_through_the_service_train_v2_while_the_leader_dies(
-    installed: Installed, report: dict[str, Any]
+    installed: Installed, gitops: GitOps, report: dict[str, Any]
 ) -> None:
     view = installed.view
     url = installed.service_url()
-    # A team lowers the threshold in git (Argo CD applies the same patch). A retrain on 200 noisy
-    # reviews is not expected to beat v1's holdout accuracy by much: this test is about the loop.
-    # For the same reason the shadow stage (on by default, written out in the example policy) is
-    # turned off: v2 is promoted on verification, and this test proves training Jobs, the leader's
-    # failover and the hot swap on a real node. The shadow stage is proven with reviews of live
-    # answers in tests/integration/test_review_decisions_live.py and shown by make demo.
-    installed.patch_policy(
+    report["argocd_handed_over_synced"] = gitops.commits[0][:12]
+    # The team lowers the threshold in Git and Argo CD applies it. A retrain on 200 noisy reviews is
+    # not expected to beat v1's holdout accuracy by much: this test is about the loop. For the same
+    # reason the shadow stage (on by default, written out in the example policy) is turned off: v2
+    # is promoted on verification, and this test proves training Jobs, the leader's failover and
+    # the hot swap on a real node. The shadow stage is proven with reviews of live answers in
+    # tests/integration/test_review_decisions_live.py and shown by make demo.
+    t_git = time.monotonic()
+    gitops.change_policy(
         {
             "triggers": {"feedback": {"minSamples": 10, "minInterval": "0s"}},
             "verification": {"gates": {"beatMargin": -0.05}},
             "rollout": {"shadow": {"enabled": False}},
-        }
+        },
+        "digits: retrain after 10 corrections, promote on verification",
     )
+    report["git_commit_to_applied_s"] = round(time.monotonic() - t_git, 1)
     load = LoadGenerator(lambda: [url], concurrency=4).start()
     tally: Tally | None = None
     try:
@@ -165,8 +174,8 @@ def test_reviews_through_the_service_train_v2_while_the_leader_dies(
         assert reviewed.failed == 0, f"{reviewed.failed} reviews failed through the Service"
         assert reviewed.corrections >= 10, f"only {reviewed.corrections} corrections in 200 reviews"
         view.wait_phase("v2", {"Training"}, VERSION_TIMEOUT_S)
-        # Further reviews would start v3 at once; pause the trigger as the team would.
-        installed.patch_policy({"triggers": {"feedback": {"minInterval": "24h"}}})
+        # Further reviews would start v3 at once; pause the trigger as the team would, in Git.
+        gitops.change_policy({"triggers": {"feedback": {"minInterval": "24h"}}}, "digits: at most one retrain a day")
         leader = wait_for("an operator replica to lead", installed.leader, 60)
         # SIGKILL, as the OOM killer or a node failure would: no shutdown handler releases the Lease,
         # so the standby must wait for it to expire (15 s) rather than be handed it.
@@ -196,7 +205,7 @@ def test_reviews_through_the_service_train_v2_while_the_leader_dies(
 
 
 def test_rollback_annotation_brings_v1_back_with_no_failed_request(
-    installed: Installed, report: dict[str, Any]
+    installed: Installed, gitops: GitOps, report: dict[str, Any]
 ) -> None:
     view = installed.view
     url = installed.service_url()
@@ -217,6 +226,49 @@ def test_rollback_annotation_brings_v1_back_with_no_failed_request(
     assert tally.failed == 0, f"requests through the Service failed during the rollback: {tally.failures[:5]}"
     assert status["desired"]["reason"] == "Rollback"
     assert view.mv_phase("v2") == "RolledBack"
+
+
+def test_argo_cd_saw_no_drift_through_retraining_promotion_and_rollback(
+    installed: Installed, gitops: GitOps, report: dict[str, Any]
+) -> None:
+    """Issue 18's GitOps proof with Argo CD itself: from the hand-over to after the rollback (v2
+    trained while the leader died, promoted, rolled back by annotation) the Application was never
+    OutOfSync at a revision it had already applied, so self-heal never had anything to undo; the
+    policy's health is the message docs/argocd.md's Lua writes; the policy's spec and the Deployment
+    are still exactly what Git says."""
+    policy = installed.kubectl_json("-n", NAMESPACE, "get", "rp", "digits")
+    # Let Argo CD compare once more after the rollback before judging: a refresh, then Synced at HEAD.
+    gitops.argocd.refresh(gitops.app)
+    app = gitops.wait_synced(gitops.commits[-1])
+    recorder = gitops.recorder
+    states = [(o.sync, o.health) for o in recorder.observations]
+    report["argocd_states_seen"] = len(states)
+    report["argocd_drift"] = len(recorder.drift)
+    assert recorder.observations, "the watch on the Application saw nothing"
+    assert not recorder.drift, "Argo CD saw the cluster drift from a Git revision it had applied: " + "; ".join(
+        f"{o.sync}/{o.health} at {o.revision[:12]}: {[r for r in o.resources if r.get('status') != 'Synced']}"
+        for o in recorder.drift[:3]
+    )
+    assert set(gitops.commits) <= recorder.settled, "a commit was never seen Synced"
+    # A self-heal would have synced a revision a second time; every sync was of a new commit.
+    synced = [h["revision"] for h in (app.get("status") or {}).get("history") or []]
+    assert synced[-2:] == gitops.commits[1:], f"the team's commits were not synced in order: {synced}"
+    assert len(synced) == len(set(synced)) and set(synced) <= set(gitops.commits), f"extra syncs: {synced}"
+    ops = (app.get("status") or {}).get("operationState") or {}
+    assert ops.get("phase") == "Succeeded", ops
+
+    rp = gitops.resource("RetrainPolicy", "digits")
+    assert rp["status"] == "Synced", rp
+    assert rp["health"]["status"] == "Healthy" and rp["health"]["message"] == "Serving v1", rp["health"]
+    deployment = gitops.resource("Deployment", "digits")
+    assert deployment["status"] == "Synced" and deployment["health"]["status"] == "Healthy", deployment
+    assert app["status"]["health"]["status"] == "Healthy", app["status"]["health"]
+
+    # The operator wrote status only: the policy is at generation 3 (the hand-over applied the same
+    # spec; two commits changed it), and the rollback annotation is the only one a person added.
+    assert policy["metadata"]["generation"] == 3, policy["metadata"]["generation"]
+    healths = {o.health for o in recorder.observations}
+    report["argocd_health_states"] = sorted(h for h in healths if h)
 
 
 # Run inside a serving Pod's sidecar container (it can write the shared model volume): a copy of the
