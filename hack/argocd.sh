@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Argo CD's all-in-one binary (the application controller, the repo-server and the `argocd`
 # CLI, chosen by ARGOCD_BINARY_NAME) from github.com/argoproj/argo-cd/v3 into its own cache, and
-# copies the module's Application and AppProject CRDs beside it, for the cluster tier's GitOps steps
+# copies the module's Application and AppProject CRDs and the two Git wrapper scripts of Argo CD's
+# image beside it, for the cluster tier's GitOps steps
 # (dev/modelloop_dev/argocd.py) and tests/integration/test_argocd_lua.py. Prints its bin directory
 # on its last line; instant once built.
 #
@@ -17,7 +18,9 @@ export GOTOOLCHAIN=go1.27.3 GOFLAGS="-mod=mod -buildvcs=false -trimpath" CGO_ENA
 root=${MODELLOOP_TOOLS:-$HOME/.cache/modelloop/tools}/argocd-$ARGOCD_VERSION
 out=$root/bin/argocd
 say() { echo "[argocd] $*" >&2; }
-if [ -x "$out" ] && [ -f "$root/crds/application-crd.yaml" ]; then echo "$root/bin"; exit 0; fi
+if [ -x "$out" ] && [ -f "$root/crds/application-crd.yaml" ] && [ -x "$root/bin/git-verify-wrapper.sh" ]; then
+  echo "$root/bin"; exit 0
+fi
 mkdir -p "$root/src" "$root/bin"
 cd "$root/src"
 if [ ! -x "$out" ]; then
@@ -36,4 +39,6 @@ rm -rf "$root/crds.tmp" && mkdir -p "$root/crds.tmp"
 cp "$mod/manifests/crds/application-crd.yaml" "$mod/manifests/crds/appproject-crd.yaml" "$root/crds.tmp/"
 chmod u+w "$root"/crds.tmp/*.yaml
 rm -rf "$root/crds" && mv "$root/crds.tmp" "$root/crds"
+# The repo-server runs these by name for every manifest generation (Argo CD's image puts them on PATH).
+install -m 0755 "$mod/hack/git-verify-wrapper.sh" "$mod/hack/gpg-wrapper.sh" "$root/bin/"
 echo "$root/bin"

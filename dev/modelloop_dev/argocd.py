@@ -5,7 +5,9 @@ Its application controller and repo-server run as processes on the host, with De
 image to these machines, and neither component needs to be a Pod to do its job. The controller
 manages the "in-cluster" destination through the cluster's kubeconfig (``ARGOCD_FAKE_IN_CLUSTER``,
 Argo CD's own switch for running outside a Pod). The Git repository is a local one the repo-server
-reads over ``file://``, as Argo CD's own end-to-end tests do. argocd-server (UI, API, SSO) is not
+reads over ``file://``, as Argo CD's own end-to-end tests do. As in a default install, the
+repo-server serves gRPC over TLS with a certificate it makes itself and the controller does not
+verify it. argocd-server (UI, API, SSO) is not
 started: nothing here needs it; the resource actions it would run are run through the same Lua VM
 by ``argocd admin settings resource-overrides`` (``tests/integration/test_argocd_lua.py``).
 
@@ -29,6 +31,7 @@ from typing import Any
 import yaml
 
 from modelloop_dev.cluster import Cluster
+from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.devnode import Kube, KubeError, load_kubeconfig
 from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, hack_script_output, http_get, wait_for
 
@@ -200,7 +203,7 @@ class ArgoCD:
     """Argo CD's CRDs applied to ``cluster``; redis, the repo-server and the application controller running."""
 
     def __init__(
-        self, root: Path, repo_root: Path, cluster: Cluster, workdir: Path, start_timeout: float = 180.0
+        self, root: Path, repo_root: Path, cluster: Cluster | ControlPlane, workdir: Path, start_timeout: float = 180.0
     ) -> None:
         self.root = root
         self.binary = str(root / "bin" / "argocd")
@@ -279,7 +282,6 @@ class ArgoCD:
                 "127.0.0.1",
                 "--port",
                 str(repo_port),
-                "--disable-tls",
                 "--redis",
                 redis,
                 "--metrics-address",
@@ -289,7 +291,14 @@ class ArgoCD:
                 "--logformat",
                 "text",
             ],
-            component_env("argocd-repo-server", TMPDIR=str(tmp), ARGOCD_GPG_ENABLED="false", HOME=str(self.workdir)),
+            component_env(
+                "argocd-repo-server",
+                TMPDIR=str(tmp),
+                ARGOCD_GPG_ENABLED="false",
+                ARGOCD_ASK_PASS_SOCK=str(self.workdir / "ask-pass.sock"),
+                PATH=f"{self.root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                HOME=str(self.workdir),
+            ),
             lambda: http_get(f"http://127.0.0.1:{repo_metrics}/healthz") is not None,
         )
         controller_metrics = free_port()
@@ -303,7 +312,6 @@ class ArgoCD:
                 NAMESPACE,
                 "--repo-server",
                 f"127.0.0.1:{repo_port}",
-                "--repo-server-plaintext",
                 "--redis",
                 redis,
                 "--metrics-port",
