@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from modelloop_dev.cluster import Cluster
-from modelloop_dev.controlplane import ControlPlane
+from modelloop_dev.controlplane import ControlPlane, apply_crds
 from modelloop_dev.devnode import Kube, KubeError, load_kubeconfig
 from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, hack_script_output, http_get, wait_for
 
@@ -216,10 +216,9 @@ class ArgoCD:
 
     def start(self) -> ArgoCD:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        crds = [self.root / "crds" / f for f in ("application-crd.yaml", "appproject-crd.yaml")]
-        args = [a for f in crds for a in ("-f", str(f))]
-        self.cluster.kubectl("apply", "--server-side", "--field-manager=modelloop-tests", *args, timeout=300)
-        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=120s", *args, timeout=180)
+        apply_crds(
+            self.cluster.kubectl, [self.root / "crds" / f for f in ("application-crd.yaml", "appproject-crd.yaml")]
+        )
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         self.apply(self.config_map())
         secret = {

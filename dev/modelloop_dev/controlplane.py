@@ -15,6 +15,7 @@ import os
 import ssl
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -344,3 +345,28 @@ class ControlPlane:
             "kubeconfig": str(self.kubeconfig),
             "logs": {k: str(v) for k, v in self.logs().items()},
         }
+
+
+def apply_crds(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]], files: Sequence[Path], timeout: float = 120.0
+) -> None:
+    """Server-side applies the CRDs in ``files`` and waits until every one is Established.
+
+    Server-side: some CRDs (Kueue's Workload) are larger than client-side apply's annotation allows.
+    Not ``kubectl wait --for=condition=Established``: it fails at once on a CRD whose status has no
+    conditions yet, which is what a CRD looks like for a moment after it is created.
+    """
+    args = [a for f in files for a in ("-f", str(f))]
+    kubectl("apply", "--server-side", "--field-manager=modelloop-tests", *args, timeout=300)
+
+    def established() -> bool:
+        listed = json.loads(kubectl("get", *args, "-o", "json").stdout)
+        return all(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (i.get("status") or {}).get("conditions") or []
+            )
+            for i in listed.get("items", [listed])
+        )
+
+    wait_for(established, timeout, f"the CRDs of {', '.join(f.name for f in files)} to be established")

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from modelloop_dev.cluster import Cluster
+from modelloop_dev.controlplane import apply_crds
 from modelloop_dev.pki import TestCA
 from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, hack_script_output, http_get, wait_for
 
@@ -48,11 +49,7 @@ class Kueue:
 
     def start(self) -> Kueue:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        crds = sorted((self.root / "crds").glob("*.yaml"))
-        args = [a for f in crds for a in ("-f", str(f))]
-        # Server-side: the Workload CRD is larger than client-side apply's last-applied annotation allows.
-        self.cluster.kubectl("apply", "--server-side", "--field-manager=modelloop-tests", *args, timeout=300)
-        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=120s", *args, timeout=180)
+        apply_crds(self.cluster.kubectl, sorted((self.root / "crds").glob("*.yaml")))
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
 
         ca = TestCA("kueue-test-ca")
