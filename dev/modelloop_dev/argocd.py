@@ -110,6 +110,11 @@ class GitRepo:
         return (self.path / rel).read_text()
 
 
+def undid_something(self_heal: list[tuple[str, str, str]]) -> bool:
+    """Whether a self-heal sync changed a resource (kubectl apply says "unchanged" when it did not)."""
+    return any(not message.endswith("unchanged") for _, _, message in self_heal)
+
+
 @dataclass
 class Observation:
     """One state of an Application as a watch delivered it."""
@@ -128,6 +133,11 @@ class SyncRecorder:
     OutOfSync at a revision that has not yet been seen Synced is a change in Git on its way to the
     cluster: expected. OutOfSync at a revision already seen Synced means something changed a field
     Git sets after Argo CD had applied it (the operator, a controller, a person): drift, recorded.
+
+    Self-heal syncs are recorded too, with what each did to each resource (``self_heals``). Argo CD
+    may start one right after a sync, before it is ever seen Synced, when its cache has not yet
+    caught up with its own apply; such a sync finds every resource "unchanged". One that finds a
+    resource "configured" undid a change: drift that happened to be repaired before it was seen.
     """
 
     def __init__(self, kube: Kube, name: str) -> None:
@@ -136,6 +146,7 @@ class SyncRecorder:
         self.observations: list[Observation] = []
         self.settled: set[str] = set()
         self.drift: list[Observation] = []
+        self.self_heals: dict[str, list[tuple[str, str, str]]] = {}
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -166,7 +177,15 @@ class SyncRecorder:
             message=health.get("message") or "",
             resources=list(status.get("resources") or []),
         )
+        operation = status.get("operationState") or {}
+        healing = ((operation.get("operation") or {}).get("sync") or {}).get("autoHealAttemptsCount") or 0
+        done = operation.get("phase") in ("Succeeded", "Failed", "Error")
         with self._lock:
+            if healing and done:
+                self.self_heals[operation.get("startedAt") or ""] = [
+                    (r.get("kind", ""), r.get("name", ""), r.get("message", ""))
+                    for r in (operation.get("syncResult") or {}).get("resources") or []
+                ]
             self.observations.append(seen)
             if seen.sync == "Synced" and seen.revision:
                 self.settled.add(seen.revision)

@@ -42,6 +42,7 @@ from cluster_harness import NAMESPACE, VERSION_TIMEOUT_S, GitOps, Installed, dia
 from kubernetes.utils import parse_quantity
 
 from modelloop.api import constants as c
+from modelloop_dev.argocd import undid_something
 from modelloop_dev.demo import PolicyView, wait_for
 from modelloop_dev.loadgen import LoadGenerator, Tally, review
 
@@ -250,10 +251,13 @@ def test_argo_cd_saw_no_drift_through_retraining_promotion_and_rollback(
         for o in recorder.drift[:3]
     )
     assert set(gitops.commits) <= recorder.settled, "a commit was never seen Synced"
-    # A self-heal would have synced a revision a second time; every sync was of a new commit.
+    # Argo CD may self-heal right after its own sync, before its cache has caught up with its apply:
+    # harmless when every resource is "unchanged". A self-heal that configured something undid drift.
+    report["argocd_self_heals"] = len(recorder.self_heals)
+    undone = [h for h in recorder.self_heals.values() if undid_something(h)]
+    assert not undone, f"self-heal undid changes to what Git sets: {undone}"
     synced = [h["revision"] for h in (app.get("status") or {}).get("history") or []]
     assert synced[-2:] == gitops.commits[1:], f"the team's commits were not synced in order: {synced}"
-    assert len(synced) == len(set(synced)) and set(synced) <= set(gitops.commits), f"extra syncs: {synced}"
     ops = (app.get("status") or {}).get("operationState") or {}
     assert ops.get("phase") == "Succeeded", ops
 
@@ -265,8 +269,11 @@ def test_argo_cd_saw_no_drift_through_retraining_promotion_and_rollback(
     assert app["status"]["health"]["status"] == "Healthy", app["status"]["health"]
 
     # The operator wrote status only: the policy is at generation 3 (the hand-over applied the same
-    # spec; two commits changed it), and the rollback annotation is the only one a person added.
+    # spec; two commits changed it). The serving pods were never replaced: the Deployment's template is
+    # Git's and the operator never touches it (its generation moved once, for Argo CD's annotations).
     assert policy["metadata"]["generation"] == 3, policy["metadata"]["generation"]
+    replicasets = installed.kubectl_json("-n", NAMESPACE, "get", "replicasets", "-l", "app.kubernetes.io/name=digits")
+    assert len(replicasets["items"]) == 1, [r["metadata"]["name"] for r in replicasets["items"]]
     healths = {o.health for o in recorder.observations}
     report["argocd_health_states"] = sorted(h for h in healths if h)
 

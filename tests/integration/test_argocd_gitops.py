@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from modelloop.api import constants as c
-from modelloop_dev.argocd import ArgoCD, GitRepo, SyncRecorder, doc_yaml, locate_argocd
+from modelloop_dev.argocd import ArgoCD, GitRepo, SyncRecorder, doc_yaml, locate_argocd, undid_something
 from modelloop_dev.controlplane import ControlPlane
 from modelloop_dev.processes import wait_for
 
@@ -91,6 +91,7 @@ def test_self_heal_undoes_a_hand_edit_while_status_and_annotations_are_not_drift
         argocd.refresh(name)
         argocd.wait_synced(name, commit, timeout=60)
         assert not recorder.drift, [(o.sync, o.resources) for o in recorder.drift]
+        assert not [h for h in recorder.self_heals.values() if undid_something(h)], recorder.self_heals
 
         # A hand edit of a field Git sets: drift, and self-heal restores Git's 100.
         assert min_samples() == 100
@@ -98,6 +99,11 @@ def test_self_heal_undoes_a_hand_edit_while_status_and_annotations_are_not_drift
         wait_for(lambda: min_samples() == 100, 120, "self-heal to put Git's minSamples back")
         wait_for(lambda: bool(recorder.drift), 30, "the recorder to see the drift self-heal undid")
         assert recorder.drift[0].revision == commit
+        wait_for(
+            lambda: any(undid_something(h) for h in recorder.self_heals.values()),
+            30,
+            "the recorder to see a self-heal sync that configured the policy",
+        )
     finally:
         recorder.stop()
         control_plane.kubectl("-n", "argocd", "delete", "application", name, "--wait=false", check=False)
