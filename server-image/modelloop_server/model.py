@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from modelloop.api.artifacts import WEIGHTS_FILE, ArtifactError, ManifestFile, check_version
+from modelloop_trainer.inference import FORWARD_GATE
 from modelloop_trainer.plugin import ModelPlugin
 
 from .memory import MemoryCheck, size
@@ -55,8 +56,11 @@ class LoadedModel:
         return [*self.network.parameters(), *self.network.buffers()]
 
     def probabilities(self, x: Tensor) -> Tensor:
-        """Class probabilities ``[N, num_classes]``; runs in a worker thread (torch releases the GIL)."""
-        with torch.inference_mode():
+        """Class probabilities ``[N, num_classes]``; runs in a worker thread (torch releases the GIL).
+
+        Through the forward gate: another version may be loading beside this one (see
+        :data:`modelloop_trainer.inference.FORWARD_GATE`)."""
+        with FORWARD_GATE.forward(), torch.inference_mode():
             return torch.softmax(self.network(x).float(), dim=1)
 
 

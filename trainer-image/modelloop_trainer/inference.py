@@ -19,13 +19,21 @@ compilation per load on a small CPU quota, recompiles per batch size).
 The rewritten network must agree with the eager one on a probe input before it is used
 (``PROBABILITY_TOLERANCE``); if it does not, or a rewrite fails (a network ``torch.fx`` cannot
 trace), the eager network serves, and the log says why.
+
+``torch.fx`` traces by patching ``torch.nn.Module.__call__`` for the whole process while it runs,
+so a forward pass on another thread in that window goes through the tracer and fails ("module is
+not installed as a submodule"): a server loading v2 beside a serving v1 answered a request with a
+500 that way. :data:`FORWARD_GATE` keeps them apart: forward passes that may run beside a load hold
+it shared (``FORWARD_GATE.forward()``), tracing holds it alone, and a waiting trace goes first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +45,45 @@ log = logging.getLogger(__name__)
 # Folding reorders float32 sums: measured differences are ~1e-6 on ResNet-18 logits.
 PROBABILITY_TOLERANCE = 1e-4
 PROBE_ROWS = 2
+
+
+class ForwardGate:
+    """A readers-writer gate: many forward passes at once, or one ``torch.fx`` trace alone (waiting traces first)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._passes = 0
+        self._tracing = False
+        self._traces_waiting = 0
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._tracing and not self._traces_waiting)
+            self._passes += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._passes -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def trace(self) -> Iterator[None]:
+        with self._cond:
+            self._traces_waiting += 1
+            self._cond.wait_for(lambda: not self._tracing and not self._passes)
+            self._traces_waiting -= 1
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._tracing = False
+                self._cond.notify_all()
+
+
+FORWARD_GATE = ForwardGate()
 
 
 class ChannelsLast(nn.Module):
@@ -70,7 +117,9 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
     """A copy of ``net`` (eval mode) with every Conv→BatchNorm pair folded into one convolution."""
     from torch.fx.experimental.optimization import fuse  # imported late: torch.fx is slow to import
 
-    return fuse(net, inplace=False)
+    with FORWARD_GATE.trace():
+        folded: nn.Module = fuse(net, inplace=False)
+    return folded
 
 
 def channels_last(net: nn.Module) -> nn.Module:
@@ -108,7 +157,7 @@ def optimise(
     if not steps:
         return Optimised(net, ())
     probe = torch.rand((PROBE_ROWS, *input_shape), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
+    with FORWARD_GATE.forward(), torch.inference_mode():
         want = torch.softmax(net(probe).float(), dim=1)
         got = torch.softmax(candidate(probe).float(), dim=1)
     diff = float((want - got).abs().max()) if want.shape == got.shape else float("inf")
