@@ -36,7 +36,6 @@ from modelloop_dev.devnode import Kube, KubeError, load_kubeconfig
 from modelloop_dev.processes import ManagedProcess, ProcessFailed, free_port, hack_script_output, http_get, wait_for
 
 NAMESPACE = "argocd"
-IN_CLUSTER = "https://kubernetes.default.svc"
 APPLICATIONS = f"/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/applications"
 
 
@@ -160,10 +159,6 @@ class SyncRecorder:
         self._stop.set()
         self.kube.close_watches()
         self._thread.join(timeout=30)
-
-    def latest(self) -> Observation | None:
-        with self._lock:
-            return self.observations[-1] if self.observations else None
 
     def _record(self, app: dict[str, Any]) -> None:
         status = app.get("status") or {}
@@ -377,7 +372,7 @@ class ArgoCD:
         )
 
     def wait_synced(self, name: str, revision: str, timeout: float = 180.0) -> dict[str, Any]:
-        """Until the Application is Synced at ``revision`` and its last sync operation (if any) succeeded."""
+        """Until the Application is Synced at ``revision``; returns it (the caller judges its operation state)."""
         seen: dict[str, Any] = {}
 
         def synced() -> bool:

@@ -242,8 +242,7 @@ def test_argo_cd_saw_no_drift_through_retraining_promotion_and_rollback(
     gitops.argocd.refresh(gitops.app)
     app = gitops.wait_synced(gitops.commits[-1])
     recorder = gitops.recorder
-    states = [(o.sync, o.health) for o in recorder.observations]
-    report["argocd_states_seen"] = len(states)
+    report["argocd_states_seen"] = len(recorder.observations)
     report["argocd_drift"] = len(recorder.drift)
     assert recorder.observations, "the watch on the Application saw nothing"
     assert not recorder.drift, "Argo CD saw the cluster drift from a Git revision it had applied: " + "; ".join(

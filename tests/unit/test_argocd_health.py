@@ -10,7 +10,6 @@ the resource; here the reference interpreter does, with the result read back as 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from modelloop_dev.argocd import doc_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOMIZATIONS = ROOT / "charts/modelloop/files/resource_customizations"
@@ -235,9 +236,7 @@ def test_lua_round_trips_awkward_strings() -> None:
 
 def argocd_cm() -> dict[str, str]:
     """The argocd-cm data block docs/argocd.md tells people to apply."""
-    blocks = re.findall(r"```yaml\n(.*?)```", ARGOCD_DOC.read_text(), flags=re.S)
-    (cm,) = [yaml.safe_load(b) for b in blocks if "name: argocd-cm" in b]
-    data: dict[str, str] = cm["data"]
+    data: dict[str, str] = doc_yaml(ARGOCD_DOC, "name: argocd-cm")["data"]
     return data
 
 
